@@ -1,0 +1,177 @@
+"""Command line: ``bilevel run | list | show``.
+
+    bilevel run synthetic --solver lancbio --max-iter 500            # progress bar, summary, CSV history
+    bilevel run synthetic --solver subbio -P n=300 -P condition=1e3 -O lr_x=0.5
+    bilevel list solvers            bilevel show lancbio
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from ._validation import suggest
+
+
+def _parse_assignments(items: Sequence[str], flag: str) -> dict[str, Any]:
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise SystemExit(f"bilevel: {flag} expects KEY=VALUE; got {item!r}.")
+        key, raw = item.split("=", 1)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # a bare word, e.g. subproblem=minres
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def _catalogue() -> dict[str, dict[str, Any]]:
+    from .linear_solvers import LINEAR_SOLVERS
+    from .problems import PROBLEMS
+    from .solvers import SOLVERS
+
+    return {"solvers": dict(SOLVERS), "problems": dict(PROBLEMS), "linear-solvers": dict(LINEAR_SOLVERS)}
+
+
+def _first_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    cat = _catalogue()
+    kinds = [args.what] if args.what else list(cat)
+    for kind in kinds:
+        print(f"{kind}:")
+        for name, obj in sorted(cat[kind].items()):
+            print(f"  {name:<16} {_first_line(obj)}")
+    return 0
+
+
+def _option_rows(obj: Any) -> list[tuple[str, str]]:
+    rows = []
+    if dataclasses.is_dataclass(obj):
+        defaults = getattr(obj, "defaults", {})
+        for f in dataclasses.fields(obj):
+            if f.default is not dataclasses.MISSING:
+                value = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                value = f.default_factory()  # type: ignore[misc]
+            else:
+                rows.append((f.name, "(required)"))
+                continue
+            if value is None:
+                fallback = defaults.get(f.name)
+                shown = "problem preset" + (f", else {fallback!r}" if fallback is not None else "")
+            else:
+                shown = repr(value)
+            rows.append((f.name, shown))
+    else:
+        for p in inspect.signature(obj).parameters.values():
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            rows.append((p.name, "(required)" if p.default is p.empty else repr(p.default)))
+    return rows
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    cat = _catalogue()
+    for kind, table in cat.items():
+        if args.name in table:
+            obj = table[args.name]
+            print(f"{args.name} ({kind[:-1]}: {getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')})")
+            print("\noptions (name: default):")
+            for name, shown in _option_rows(obj):
+                print(f"  {name:<18} {shown}")
+            print()
+            print(inspect.getdoc(obj) or "(no docstring)")
+            return 0
+    names = [n for table in cat.values() for n in table]
+    print(f"bilevel: nothing named {args.name!r}.{suggest(args.name, names)} Try `bilevel list`.", file=sys.stderr)
+    return 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .history import atomic_write_text
+    from .problems import get_problem
+    from .run import solve
+    from .solvers import get_solver
+
+    popts = _parse_assignments(args.problem_opt, "-P/--problem-opt")
+    sopts = _parse_assignments(args.solver_opt, "-O/--solver-opt")
+    if args.dtype:
+        popts["dtype"] = getattr(torch, args.dtype)
+    if args.device:
+        popts["device"] = args.device
+    try:
+        problem = get_problem(args.problem, **popts)
+        solver = get_solver(args.solver, **sopts)
+        result = solve(
+            problem, solver, max_iter=args.max_iter, max_time=args.max_time, eval_every=args.eval_every,
+            seed=args.seed, tol=args.tol, progress=not args.no_progress,
+        )
+    except (ValueError, TypeError, KeyError) as err:
+        print(f"bilevel: {err}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    out = args.out or os.path.join("results", f"{problem.name}_{solver.name}_seed{args.seed}.csv")
+    result.history.to_csv(out)
+    meta = {
+        "problem": problem.name, "problem_options": {k: repr(v) for k, v in popts.items()},
+        "problem_info": {k: v for k, v in problem.info.items() if isinstance(v, (int, float, str, bool))},
+        "solver": solver.name, "options": result.options, "seed": args.seed, "status": result.status,
+        "message": result.message, "iterations": result.iterations, "time": result.time,
+        "counts": result.counts.as_dict(), "events": result.events, "torch": torch.__version__,
+    }
+    atomic_write_text(os.path.splitext(out)[0] + ".json", json.dumps(meta, indent=2) + "\n")
+    print(f"history written to {out} (metadata: {os.path.splitext(out)[0]}.json)")
+    return 0 if result.status != "diverged" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bilevel", description="Bilevel optimisation with Krylov hypergradients.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one solver on one problem")
+    run.add_argument("problem", help="problem name (see `bilevel list problems`)")
+    run.add_argument("--solver", default="lancbio", help="solver name (default: lancbio)")
+    run.add_argument("--max-iter", type=int, default=1000)
+    run.add_argument("--max-time", type=float, default=None, help="seconds of solver time")
+    run.add_argument("--eval-every", type=int, default=10)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--tol", type=float, default=None, help="stop when the hypergradient norm is below this")
+    run.add_argument("-P", "--problem-opt", action="append", metavar="KEY=VALUE", help="problem option, repeatable")
+    run.add_argument("-O", "--solver-opt", action="append", metavar="KEY=VALUE", help="solver option, repeatable")
+    run.add_argument("--dtype", choices=("float64", "float32"), default=None)
+    run.add_argument("--device", default=None, help="e.g. cpu or cuda")
+    run.add_argument("--out", default=None, help="CSV path for the history (default results/<problem>_<solver>_seed<seed>.csv)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="list solvers, problems and linear solvers")
+    lst.add_argument("what", nargs="?", choices=("solvers", "problems", "linear-solvers"))
+    lst.set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", help="options, defaults and documentation of a solver, problem or linear solver")
+    show.add_argument("name")
+    show.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

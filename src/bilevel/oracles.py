@@ -1,0 +1,231 @@
+"""First- and second-order oracles of a bilevel problem: the only module that calls autograd.
+
+Everything here acts on flat vectors ``x ∈ R^dx``, ``y ∈ R^dy``.  A problem's closed forms
+(``ClosedForms``) replace any oracle; the rest is autodiff of ``f`` and ``g``.
+
+Second-order products are taken at a *point*: ``Oracles.at(x, y, batch)`` returns a ``Linearization``
+that builds the graph of ``∇_y g(x, y)`` once and answers every HVP ``A·u = ∇²_yy g·u`` and cross
+product ``J·u = ∇²_xy g·u`` at that point by one backward pass through it.  Drop the object when
+(x, y) changes; the graph goes with it.
+
+Counting: an ``Oracles`` built with a ``Counts`` records every call by type (solvers never count by
+hand).  ``linearize`` counts autodiff graph builds (each costs about one gradient); it is 0 on a problem
+whose closed forms supply the products.  Evaluation code uses an ``Oracles`` without counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from .problem import BilevelProblem
+
+
+@dataclass
+class Counts:
+    """Oracle calls by type, and the number of data samples they touched."""
+
+    grad_x_f: int = 0
+    grad_y_f: int = 0
+    grad_y_g: int = 0
+    grad_x_g: int = 0
+    hvp: int = 0
+    cross: int = 0
+    cross_t: int = 0
+    linearize: int = 0
+    samples: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def copy(self) -> "Counts":
+        return Counts(**asdict(self))
+
+    def __sub__(self, other: "Counts") -> "Counts":
+        return Counts(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
+
+def _grads(out: Tensor, wrt: tuple, **kw) -> tuple:
+    """Gradients of ``out`` w.r.t. each of ``wrt``; zeros where ``out`` does not depend on it (e.g. an
+    upper objective without x, as in hyper-cleaning)."""
+    if not out.requires_grad:
+        return tuple(torch.zeros_like(t) for t in wrt)
+    grads = torch.autograd.grad(out, wrt, allow_unused=True, **kw)
+    return tuple(torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads))
+
+
+def _grad(out: Tensor, wrt: Tensor, **kw) -> Tensor:
+    return _grads(out, (wrt,), **kw)[0]
+
+
+class Oracles:
+    """Gradients and products of ``problem``; counts calls into ``counts`` when given."""
+
+    def __init__(self, problem: BilevelProblem, counts: Optional[Counts] = None) -> None:
+        self.problem = problem
+        self.counts = counts
+        self._cf = problem.closed_forms
+
+    # ---- bookkeeping -----------------------------------------------------------------------------
+    def _tick(self, kind: str, batch: Any, n: int = 1) -> None:
+        c = self.counts
+        if c is None:
+            return
+        setattr(c, kind, getattr(c, kind) + n)
+        c.samples += n * self._batch_size(batch)
+
+    def _batch_size(self, batch: Any) -> int:
+        if batch is None:
+            return self.problem.n_samples or 0
+        try:
+            return len(batch)
+        except TypeError:
+            return 0
+
+    def _leaf(self, t: Tensor) -> Tensor:
+        return t.detach().requires_grad_(True)
+
+    # ---- first-order oracles ---------------------------------------------------------------------
+    def grad_x_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        """∇_x f(x, y)."""
+        self._tick("grad_x_f", batch)
+        if self._cf.grad_x_f is not None:
+            return self._cf.grad_x_f(x, y, batch)
+        with torch.enable_grad():
+            xr = self._leaf(x)
+            return _grad(self.problem.f_value(xr, y.detach(), batch), xr)
+
+    def grad_y_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        """∇_y f(x, y)  (the right-hand side b of the v-system)."""
+        self._tick("grad_y_f", batch)
+        if self._cf.grad_y_f is not None:
+            return self._cf.grad_y_f(x, y, batch)
+        with torch.enable_grad():
+            yr = self._leaf(y)
+            return _grad(self.problem.f_value(x.detach(), yr, batch), yr)
+
+    def grad_f(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
+        """(∇_x f, ∇_y f) at one point: one backward pass with autodiff; counts one call of each."""
+        if self._cf.grad_x_f is not None or self._cf.grad_y_f is not None:
+            return self.grad_x_f(x, y, batch), self.grad_y_f(x, y, batch)
+        self._tick("grad_x_f", batch)
+        self._tick("grad_y_f", batch)
+        with torch.enable_grad():
+            xr, yr = self._leaf(x), self._leaf(y)
+            return _grads(self.problem.f_value(xr, yr, batch), (xr, yr))
+
+    def grad_y_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        """∇_y g(x, y)  (one inner step's direction)."""
+        self._tick("grad_y_g", batch)
+        if self._cf.grad_y_g is not None:
+            return self._cf.grad_y_g(x, y, batch)
+        with torch.enable_grad():
+            yr = self._leaf(y)
+            return _grad(self.problem.g_value(x.detach(), yr, batch), yr)
+
+    def grad_x_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        """∇_x g(x, y)."""
+        self._tick("grad_x_g", batch)
+        if self._cf.grad_x_g is not None:
+            return self._cf.grad_x_g(x, y, batch)
+        with torch.enable_grad():
+            xr = self._leaf(x)
+            return _grad(self.problem.g_value(xr, y.detach(), batch), xr)
+
+    def grad_g(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
+        """(∇_x g, ∇_y g) at one point; counts one call of each."""
+        if self._cf.grad_x_g is not None or self._cf.grad_y_g is not None:
+            return self.grad_x_g(x, y, batch), self.grad_y_g(x, y, batch)
+        self._tick("grad_x_g", batch)
+        self._tick("grad_y_g", batch)
+        with torch.enable_grad():
+            xr, yr = self._leaf(x), self._leaf(y)
+            return _grads(self.problem.g_value(xr, yr, batch), (xr, yr))
+
+    # ---- second order ----------------------------------------------------------------------------
+    def at(self, x: Tensor, y: Tensor, batch: Any = None) -> "Linearization":
+        """Second-order oracles at (x, y): see ``Linearization``."""
+        return Linearization(self, x, y, batch)
+
+
+class Linearization:
+    """HVPs and cross products of g at one point (x, y), sharing one ∇_y g graph.
+
+    ``hvp(u) = ∇²_yy g·u`` (R^dy → R^dy), ``cross(u) = ∇²_xy g·u`` (R^dy → R^dx),
+    ``cross_t(w) = ∇²_yx g·w`` (R^dx → R^dy), ``grad_y_g()`` the gradient at the point.
+    The autodiff graph is built lazily on the first product (counted as ``linearize``).
+    """
+
+    def __init__(self, oracles: Oracles, x: Tensor, y: Tensor, batch: Any) -> None:
+        self._o = oracles
+        self.x, self.y, self.batch = x.detach(), y.detach(), batch
+        cf = oracles.problem.closed_forms
+        self._closed = cf.linearize(self.x, self.y, batch) if cf.linearize is not None else None
+        self._xr = self._yr = self._gy = self._gx = None
+
+    def _graph_y(self) -> Tensor:
+        if self._gy is None:
+            self._o._tick("linearize", self.batch)
+            with torch.enable_grad():
+                self._xr, self._yr = self._o._leaf(self.x), self._o._leaf(self.y)
+                out = self._o.problem.g_value(self._xr, self._yr, self.batch)
+                (self._gy,) = torch.autograd.grad(out, self._yr, create_graph=True)
+        return self._gy
+
+    def _graph_x(self) -> Tensor:
+        if self._gx is None:
+            self._o._tick("linearize", self.batch)
+            with torch.enable_grad():
+                xr, yr = self._o._leaf(self.x), self._o._leaf(self.y)
+                out = self._o.problem.g_value(xr, yr, self.batch)
+                (self._gx,) = torch.autograd.grad(out, xr, create_graph=True, allow_unused=True)
+                if self._gx is None or not self._gx.requires_grad:  # g linear or constant in x
+                    self._gx = torch.zeros_like(self.x)
+                self._gx_yr = yr
+        return self._gx
+
+    def _closed_method(self, name: str):
+        return getattr(self._closed, name, None) if self._closed is not None else None
+
+    def grad_y_g(self) -> Tensor:
+        """∇_y g at the point (free when the graph is already built)."""
+        self._o._tick("grad_y_g", self.batch)
+        if self._o._cf.grad_y_g is not None:
+            return self._o._cf.grad_y_g(self.x, self.y, self.batch)
+        closed = self._closed_method("grad_y_g")
+        if closed is not None:
+            return closed()
+        return self._graph_y().detach()
+
+    def hvp(self, u: Tensor) -> Tensor:
+        """A·u = ∇²_yy g(x, y)·u."""
+        self._o._tick("hvp", self.batch)
+        closed = self._closed_method("hvp")
+        if closed is not None:
+            return closed(u)
+        with torch.enable_grad():
+            return _grad(self._graph_y(), self._yr, grad_outputs=u, retain_graph=True)
+
+    def cross(self, u: Tensor) -> Tensor:
+        """J·u = ∇²_xy g(x, y)·u, in R^dx."""
+        self._o._tick("cross", self.batch)
+        closed = self._closed_method("cross")
+        if closed is not None:
+            return closed(u)
+        with torch.enable_grad():
+            return _grad(self._graph_y(), self._xr, grad_outputs=u, retain_graph=True)
+
+    def cross_t(self, w: Tensor) -> Tensor:
+        """Jᵀ·w = ∇²_yx g(x, y)·w, in R^dy."""
+        self._o._tick("cross_t", self.batch)
+        closed = self._closed_method("cross_t")
+        if closed is not None:
+            return closed(w)
+        gx = self._graph_x()
+        if not gx.requires_grad:
+            return torch.zeros_like(self.y)
+        with torch.enable_grad():
+            return _grad(gx, self._gx_yr, grad_outputs=w, retain_graph=True)

@@ -1,0 +1,223 @@
+"""``BilevelProblem``: the description of ``min_x f(x, y*(x))``, ``y*(x) = argmin_y g(x, y)``.
+
+A problem describes; it never solves.  It holds the two objectives, the initial point, optional
+closed forms (hand-written oracles, ``y*``, the true hypergradient) and suggested hyperparameters
+(``presets``) that solver factories use for options the user left unset.
+
+Conventions: ``f(x, y, batch)`` and ``g(x, y, batch)`` return real scalars.  ``x`` and ``y`` are
+tensors or flat dicts of tensors.  ``batch`` is whatever the problem's sampler hands out (``None`` means
+the full data set).  Closed forms act on the *flat* vectors (see ``_tree.TreeSpec``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from ._tree import Tree, TreeSpec
+
+FlatFn = Callable[[Tensor, Tensor, Any], Tensor]
+
+
+class ProblemError(ValueError):
+    """A problem definition is invalid; the message says what was received and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ClosedForms:
+    """Optional hand-written oracles and ground truth, all on flat vectors.
+
+    Every entry is optional; a missing oracle falls back to autodiff of ``f``/``g``.
+
+    - ``grad_x_f``, ``grad_y_f``, ``grad_y_g``, ``grad_x_g``: ``(x, y, batch) -> Tensor``.
+    - ``linearize``: ``(x, y, batch) -> obj`` where ``obj`` may define ``hvp(u)`` (∇²_yy g·u),
+      ``cross(u)`` (∇²_xy g·u, in R^dx), ``cross_t(w)`` (∇²_yx g·w, in R^dy) and ``grad_y_g()``; it can
+      cache per-point quantities shared by those products.  Missing methods fall back to autodiff.
+    - ``y_star``: ``(x, y_init) -> y*(x)``;  ``hypergradient``: ``x -> ∇φ(x)`` (exact).
+    - ``preconditioner``: ``(x, y) -> (u -> M⁻¹u)`` with M ≈ ∇²_yy g, used only by the
+      ground-truth solves (never by a solver under test).
+    """
+
+    grad_x_f: Optional[FlatFn] = None
+    grad_y_f: Optional[FlatFn] = None
+    grad_y_g: Optional[FlatFn] = None
+    grad_x_g: Optional[FlatFn] = None
+    linearize: Optional[Callable[[Tensor, Tensor, Any], Any]] = None
+    y_star: Optional[Callable[[Tensor, Tensor], Tensor]] = None
+    hypergradient: Optional[Callable[[Tensor], Tensor]] = None
+    preconditioner: Optional[Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]]] = None
+
+
+def _with_batch(fn: Callable, name: str) -> Callable[[Any, Any, Any], Tensor]:
+    """Accept ``fn(x, y)`` as well as ``fn(x, y, batch)``."""
+    if not callable(fn):
+        raise ProblemError(f"{name} must be callable as {name}(x, y, batch); got {type(fn).__name__}.")
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: assume the full form
+        return fn
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind == p.VAR_POSITIONAL for p in params) or len(positional) >= 3:
+        return fn
+    if len(positional) == 2:
+        return lambda x, y, batch: fn(x, y)
+    raise ProblemError(
+        f"{name} must take (x, y) or (x, y, batch); its signature is {inspect.signature(fn)}."
+    )
+
+
+class BilevelProblem:
+    """``min_x f(x, y*(x))`` with ``y*(x) = argmin_y g(x, y)``, g strongly convex in y.
+
+    Args:
+        f, g: upper and lower objectives, ``(x, y[, batch]) -> scalar tensor``.
+        x0, y0: initial points (tensor or dict of tensors); copied, never mutated.
+        name: a label used in results and the CLI.
+        closed_forms: optional ``ClosedForms`` (flat-vector oracles and ground truth).
+        presets: suggested hyperparameters, ``{"*": {...}, "<solver name>": {...}}``; a solver factory
+            fills each option the user left as ``None`` from ``presets[solver]``, then ``presets["*"]``.
+        metrics: optional ``(x_tree, y_tree) -> dict[str, float]`` of extra evaluation metrics
+            (test accuracy, ...); called outside the timed region.
+        n_samples: size of the full data set (for sample counts), if the problem has data.
+        info: free-form metadata recorded in results.
+        validate: evaluate f and g once at (x0, y0) and check their outputs (default True).
+    """
+
+    def __init__(
+        self,
+        f: Callable,
+        g: Callable,
+        x0: Tree,
+        y0: Tree,
+        *,
+        name: str = "custom",
+        closed_forms: ClosedForms | None = None,
+        presets: Mapping[str, Mapping[str, Any]] | None = None,
+        metrics: Callable[[Tree, Tree], Mapping[str, float]] | None = None,
+        n_samples: int | None = None,
+        info: Mapping[str, Any] | None = None,
+        validate: bool = True,
+    ) -> None:
+        self.f = _with_batch(f, "f")
+        self.g = _with_batch(g, "g")
+        self.x_spec = TreeSpec.of(x0, "x0")
+        self.y_spec = TreeSpec.of(y0, "y0")
+        if self.x_spec.dtype != self.y_spec.dtype or self.x_spec.device != self.y_spec.device:
+            raise ProblemError(
+                f"x0 and y0 must share dtype and device; x0 is {self.x_spec.dtype} on {self.x_spec.device}, "
+                f"y0 is {self.y_spec.dtype} on {self.y_spec.device}. Cast one with .to(...)."
+            )
+        self._x0 = self.x_spec.flatten(x0)
+        self._y0 = self.y_spec.flatten(y0)
+        if closed_forms is not None and not isinstance(closed_forms, ClosedForms):
+            raise ProblemError(
+                f"closed_forms must be a bilevel.ClosedForms; got {type(closed_forms).__name__}."
+            )
+        self.closed_forms = closed_forms or ClosedForms()
+        self.presets = _check_presets(presets)
+        if metrics is not None and not callable(metrics):
+            raise ProblemError(f"metrics must be callable (x, y) -> dict; got {type(metrics).__name__}.")
+        self.metrics = metrics
+        if n_samples is not None and (not isinstance(n_samples, int) or n_samples < 1):
+            raise ProblemError(f"n_samples must be a positive int or None; got {n_samples!r}.")
+        self.n_samples = n_samples
+        self.name = str(name)
+        self.info = dict(info or {})
+        if validate:
+            self._validate()
+
+    # ---- shapes -----------------------------------------------------------------------------------
+    @property
+    def dx(self) -> int:
+        return self._x0.numel()
+
+    @property
+    def dy(self) -> int:
+        return self._y0.numel()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._x0.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._x0.device
+
+    @property
+    def x0(self) -> Tensor:
+        """Flat initial upper variable (a fresh copy)."""
+        return self._x0.clone()
+
+    @property
+    def y0(self) -> Tensor:
+        """Flat initial lower variable (a fresh copy)."""
+        return self._y0.clone()
+
+    def unflatten_x(self, x: Tensor) -> Tree:
+        return self.x_spec.unflatten(x)
+
+    def unflatten_y(self, y: Tensor) -> Tree:
+        return self.y_spec.unflatten(y)
+
+    # ---- values (flat inputs) ---------------------------------------------------------------------
+    def f_value(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.f(self.x_spec.unflatten(x), self.y_spec.unflatten(y), batch)
+
+    def g_value(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.g(self.x_spec.unflatten(x), self.y_spec.unflatten(y), batch)
+
+    def preset(self, solver: str, option: str) -> Any:
+        """The problem's suggested value of ``option`` for ``solver`` (None if it has none)."""
+        for key in (solver, "*"):
+            table = self.presets.get(key, {})
+            if option in table:
+                return table[option]
+        return None
+
+    def __repr__(self) -> str:
+        return (
+            f"BilevelProblem(name={self.name!r}, dx={self.dx}, dy={self.dy}, dtype={self.dtype}, "
+            f"device={self.device})"
+        )
+
+    def _validate(self) -> None:
+        x, y = self._x0.clone(), self._y0.clone().requires_grad_(True)
+        with torch.enable_grad():
+            for label, fn in (("f", self.f_value), ("g", self.g_value)):
+                try:
+                    out = fn(x, y, None)
+                except Exception as err:  # re-raised with context: the user's callable failed
+                    raise ProblemError(
+                        f"calling {label}(x0, y0, batch=None) raised {type(err).__name__}: {err}"
+                    ) from err
+                if not isinstance(out, Tensor):
+                    raise ProblemError(f"{label} must return a torch.Tensor; got {type(out).__name__}.")
+                if out.numel() != 1 or out.dim() > 1:
+                    raise ProblemError(
+                        f"{label} must return a scalar; got a tensor of shape {tuple(out.shape)}. "
+                        "Reduce it, e.g. with .mean() or .sum()."
+                    )
+                if out.is_complex() or not out.is_floating_point():
+                    raise ProblemError(f"{label} must return a real floating scalar; got dtype {out.dtype}.")
+                if not bool(torch.isfinite(out)):
+                    raise ProblemError(f"{label}(x0, y0) is not finite ({out.item()}); check x0, y0.")
+                if label == "g" and not out.requires_grad:
+                    raise ProblemError(
+                        "g does not depend on y (no gradient flows to y); the lower level must be a "
+                        "function of y."
+                    )
+
+
+def _check_presets(presets: Mapping | None) -> dict:
+    if presets is None:
+        return {}
+    if not isinstance(presets, Mapping) or not all(isinstance(v, Mapping) for v in presets.values()):
+        raise ProblemError(
+            'presets must map solver names (or "*") to dicts of options, e.g. {"*": {"lr_x": 1.0}}; '
+            f"got {presets!r}."
+        )
+    return {str(k): dict(v) for k, v in presets.items()}

@@ -1,0 +1,187 @@
+"""``solve(problem, solver, ...) -> Result``: the front door.
+
+The loop times only the solver's steps (the device is synchronised before the clock is read) and
+evaluates metrics between steps with uncounted oracles, so time and oracle counts never include
+evaluation.  A non-finite iterate ends the run with status ``diverged`` and keeps the last finite
+iterate and the history so far.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any, Callable, Optional
+
+import torch
+
+from ._validation import check_int, check_positive
+from .history import History
+from .metrics import Evaluator
+from .oracles import Counts, Oracles
+from .problem import BilevelProblem
+from .result import Result
+from .solvers.base import Solver
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _finite(*tensors) -> bool:
+    # one device sync: a sum is non-finite iff some entry is (or the values are astronomically large)
+    total = sum(t.sum() for t in tensors if t is not None)
+    return math.isfinite(float(total))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value)
+
+
+def solve(
+    problem: BilevelProblem,
+    solver: Solver,
+    *,
+    max_iter: int = 1000,
+    max_time: Optional[float] = None,
+    eval_every: int = 10,
+    seed: int = 0,
+    tol: Optional[float] = None,
+    true_hypergradient: Optional[bool] = None,
+    callback: Optional[Callable[[dict], Any]] = None,
+    progress: bool = False,
+) -> Result:
+    """Run ``solver`` on ``problem``.
+
+    Args:
+        max_iter: outer iterations K.   max_time: stop after this much solver time (seconds).
+        eval_every: evaluate every this many iterations (and after the last one).
+        seed: seeds the solver's own draws (random v_0, TTSA's truncation, ...).
+        tol: stop with ``converged`` once the hypergradient norm at an evaluation is ≤ tol (the true
+            one when available, else the estimate ‖D_k‖).
+        true_hypergradient: compute ‖∇φ(x_k)‖ at evaluations (solves y* and v* to tight tolerance).
+            Default: on for problems that declare ground truth (``info["ground_truth"]``) or carry a
+            closed-form hypergradient or y*.
+        callback: called with each evaluation row; return True to stop (status ``stopped``).
+        progress: show a tqdm progress bar.
+    """
+    if not isinstance(problem, BilevelProblem):
+        raise TypeError(f"problem must be a bilevel.BilevelProblem; got {type(problem).__name__}.")
+    if not isinstance(solver, Solver):
+        hint = " Did you forget the parentheses, e.g. bilevel.solvers.lancbio()?" if callable(solver) else ""
+        raise TypeError(f"solver must be a bilevel solver instance; got {type(solver).__name__}.{hint}")
+    check_int("solve", "max_iter", max_iter, 0)
+    check_int("solve", "eval_every", eval_every, 1)
+    check_int("solve", "seed", seed, 0)
+    if max_time is not None:
+        check_positive("solve", "max_time", max_time)
+    if tol is not None:
+        check_positive("solve", "tol", tol)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"solve: callback must be callable(row) -> bool; got {type(callback).__name__}.")
+    if true_hypergradient is None:
+        cf = problem.closed_forms
+        true_hypergradient = bool(
+            problem.info.get("ground_truth") or cf.hypergradient is not None or cf.y_star is not None
+        )
+
+    device = problem.device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    counts = Counts()
+    oracles = Oracles(problem, counts)
+    evaluate = Evaluator(problem, true_hypergradient)
+    history = History()
+    state = solver.init(problem, oracles, generator)
+    for text in solver.budget_warnings(state, max_iter):
+        warnings.warn(text, stacklevel=2)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_iter, desc=f"{solver.name} on {problem.name}", unit="it", dynamic_ncols=True)
+
+    elapsed = 0.0
+    status, message, done = "max_iter", "", 0
+    last_good = state
+    for k in range(max_iter):
+        _sync(device)
+        start = time.perf_counter()
+        new_state = solver.step(state, oracles, k)
+        _sync(device)
+        elapsed += time.perf_counter() - start
+        x_k, y_k, v_k = new_state.iterate
+        if not _finite(new_state.x, y_k, v_k):
+            status = "diverged"
+            message = _diverged_message(k, new_state, state)
+            break
+        state, last_good, done = new_state, new_state, k + 1
+        if bar is not None:
+            bar.update(1)
+        last = k == max_iter - 1
+        if k % eval_every == 0 or last:
+            row = {"iteration": k, "time": elapsed, **counts.as_dict(), **evaluate(x_k, y_k, v_k)}
+            history.append(row)
+            if bar is not None:
+                bar.set_postfix(_postfix(row), refresh=False)
+            if not all(math.isfinite(val) for val in row.values() if isinstance(val, float)):
+                status = "diverged"
+                message = f"the evaluation at iteration {k} is not finite; {_step_hint(state)}"
+                break
+            metric = row.get("hypergrad_norm", row.get("hypergrad_est_norm"))
+            if tol is not None and metric is not None and metric <= tol:
+                status = "converged"
+                message = f"hypergradient norm {metric:.3e} <= tol {tol:g} at iteration {k}."
+                break
+            if callback is not None and callback(dict(row)):
+                status, message = "stopped", f"the callback asked to stop at iteration {k}."
+                break
+        if max_time is not None and elapsed >= max_time:
+            status = "max_time"
+            message = f"solver time {elapsed:.3f} s reached max_time={max_time:g} at iteration {k}."
+            if not (k % eval_every == 0 or last):
+                history.append({"iteration": k, "time": elapsed, **counts.as_dict(), **evaluate(x_k, y_k, v_k)})
+            break
+    if bar is not None:
+        bar.close()
+    if status == "max_iter":
+        last_row = history.last()
+        metric = last_row.get("hypergrad_norm", last_row.get("hypergrad_est_norm"))
+        shown = f"; last hypergradient norm {metric:.3e}" if isinstance(metric, float) else ""
+        message = f"ran max_iter={max_iter} iterations{shown}. Raise max_iter (or set tol) to go further."
+
+    v_final = getattr(last_good, "v", None)
+    return Result(
+        x=last_good.x, y=last_good.y,
+        v=v_final, status=status, message=message, iterations=done, counts=counts, time=elapsed,
+        history=history, solver=solver.name, problem=problem.name,
+        options=_plain(getattr(last_good, "resolved", solver.options())),
+        events=dict(getattr(last_good, "events", {})), seed=seed,
+        x_tree=problem.unflatten_x(last_good.x), y_tree=problem.unflatten_y(last_good.y),
+    )
+
+
+def _postfix(row: dict) -> dict:
+    keys = ("hypergrad_norm", "hypergrad_est_norm", "residual")
+    return {k: f"{row[k]:.2e}" for k in keys if k in row}
+
+
+def _step_hint(state: Any) -> str:
+    opts = getattr(state, "resolved", {})
+    steps = ", ".join(f"{k}={_describe(opts[k])}" for k in ("lr_x", "lr_y", "eta") if opts.get(k) is not None)
+    return f"the step sizes are likely too large ({steps}); try smaller ones." if steps else "try smaller step sizes."
+
+
+def _diverged_message(k: int, new_state: Any, state: Any) -> str:
+    return (
+        f"non-finite values appeared at iteration {k}; the last finite iterate (after {k} iterations) is "
+        f"returned. {_step_hint(state)}"
+    )
+
+
+def _plain(opts: dict) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in opts.items()}

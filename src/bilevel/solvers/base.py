@@ -1,0 +1,67 @@
+"""The solver interface and the option machinery shared by every algorithm.
+
+A solver is an immutable configuration (a frozen dataclass with keyword-only options).  Options the
+user leaves as ``None`` are *presettable*: at ``init`` they are taken from the problem's presets for this
+solver (``BilevelProblem.presets``), else from the solver's documented ``defaults``.  The resolved values
+live in the run's state, never in the configuration, so one solver object can serve many problems.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Mapping
+
+import torch
+
+from ..oracles import Oracles
+from ..problem import BilevelProblem
+
+
+class Solver(ABC):
+    """Base class: ``init(problem, oracles, generator) -> state``, ``step(state, oracles, k) -> state``.
+
+    Every state exposes ``x`` (the next upper iterate), ``iterate`` (the triple (x_k, y_k, v_k) on which
+    step k's update was computed: what evaluation looks at; v_k is None for methods without v) and
+    ``events`` (a dict of event counts).
+    """
+
+    name: ClassVar[str] = "solver"
+    #: library defaults of presettable options (used when neither the user nor the problem sets one)
+    defaults: ClassVar[Mapping[str, Any]] = {}
+
+    @abstractmethod
+    def init(self, problem: BilevelProblem, oracles: Oracles, generator: torch.Generator) -> Any:
+        ...
+
+    @abstractmethod
+    def step(self, state: Any, oracles: Oracles, k: int) -> Any:
+        ...
+
+    def budget_warnings(self, state: Any, max_iter: int) -> list[str]:
+        """Configuration problems that only show given the run length (e.g. an unreachable cap)."""
+        return []
+
+    # ---- options ---------------------------------------------------------------------------------
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+    def options(self) -> dict[str, Any]:
+        """The options as given (None = 'from the problem's presets or the defaults')."""
+        return {name: getattr(self, name) for name in self.option_names()}
+
+    def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
+        """Options with every ``None`` filled from ``problem`` presets, then ``defaults``."""
+        out = {}
+        for name, value in self.options().items():
+            if value is None:
+                value = problem.preset(self.name, name)
+            if value is None:
+                value = self.defaults.get(name)
+            out[name] = value
+        return out
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{k}={v!r}" for k, v in self.options().items() if v is not None)
+        return f"{type(self).__name__}({given})"

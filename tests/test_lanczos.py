@@ -1,0 +1,303 @@
+"""Dynamic Lanczos v-solver: invariants on a fixed system, guards, restarts and the dimension schedule."""
+
+import math
+
+import pytest
+import torch
+
+from bilevel.linear_solvers import Lanczos, linear_solve
+from bilevel.linear_solvers._tridiagonal import ldl_solve, minres_solve
+from bilevel.schedules import DimensionSchedule
+from conftest import spd_matrix
+
+F64 = torch.float64
+
+
+def _system(n=30, condition=100.0, seed=0):
+    A = spd_matrix(n, condition, seed)
+    b = torch.randn(n, generator=torch.Generator().manual_seed(seed + 1), dtype=F64)
+    return A, b
+
+
+def _cg_iterates(A, b, steps):
+    x, r = torch.zeros_like(b), b.clone()
+    p, out = r.clone(), []
+    for _ in range(steps):
+        z = A @ p
+        a = (r @ r) / (p @ z)
+        x = x + a * p
+        r_new = r - a * z
+        p = r_new + (r_new @ r_new) / (r @ r) * p
+        r = r_new
+        out.append(x.clone())
+    return out
+
+
+def _minres_iterates(A, b, steps):
+    """Dense reference: argmin over K_j(A, b) of ‖b − A v‖ (orthonormal Krylov basis by QR)."""
+    out, cols = [], [b / b.norm()]
+    for j in range(1, steps + 1):
+        K, _ = torch.linalg.qr(torch.stack(cols, 1))
+        z = torch.linalg.lstsq(A @ K, b.unsqueeze(1)).solution.squeeze(1)
+        out.append(K @ z)
+        cols.append(A @ cols[-1] / (A @ cols[-1]).norm())
+    return out
+
+
+def test_galerkin_epoch_reproduces_cg_iterates():
+    A, b = _system()
+    solver = Lanczos(m=30)
+    state = solver.init(b)
+    for k, ref in enumerate(_cg_iterates(A, b, 12)):
+        v, state, info = solver.solve(lambda u: A @ u, b, state, k=k)
+        assert torch.allclose(v, ref, rtol=1e-9, atol=1e-11), k
+        assert info.epoch_step == k + 1
+
+
+def test_minres_epoch_reproduces_minres_iterates():
+    A, b = _system(n=20, condition=10.0)
+    solver = Lanczos(m=20, subproblem="minres")
+    state = solver.init(b)
+    for k, ref in enumerate(_minres_iterates(A, b, 8)):
+        v, state, _ = solver.solve(lambda u: A @ u, b, state, k=k)
+        assert torch.allclose(v, ref, rtol=1e-8, atol=1e-10), k
+
+
+@pytest.mark.parametrize("subproblem", ["galerkin", "minres"])
+@pytest.mark.parametrize("condition", [1.0, 10.0, 1e2, 1e4])
+def test_exact_in_n_steps_and_invariants(subproblem, condition):
+    n = 24
+    A, b = _system(n, condition)
+    solver = Lanczos(m=n, subproblem=subproblem, reorth="full")
+    state = solver.init(b)
+    v = None
+    for k in range(n):
+        v, state, info = solver.solve(lambda u: A @ u, b, state, k=k)
+        if "breakdown" in info.events:  # condition 1: A = I, the Krylov space is one-dimensional
+            break
+    exact = torch.linalg.solve(A, b)
+    assert torch.linalg.vector_norm(v - exact) <= 1e-8 * torch.linalg.vector_norm(exact)
+    Q = state.basis()
+    assert torch.allclose(Q @ Q.T, torch.eye(state.j, dtype=F64), atol=1e-12)
+    assert torch.allclose(state.T(), Q @ A @ Q.T, atol=1e-9 * condition)
+
+
+def test_invariants_without_reorthogonalisation_for_few_steps():
+    A, b = _system(40, 50.0)
+    solver = Lanczos(m=40)
+    state = solver.init(b)
+    for k in range(8):
+        _, state, _ = solver.solve(lambda u: A @ u, b, state, k=k)
+    Q = state.basis()
+    assert torch.allclose(Q @ Q.T, torch.eye(8, dtype=F64), atol=1e-12)
+    assert torch.allclose(state.T(), Q @ A @ Q.T, atol=1e-10)
+    # the Lanczos relation A Q_jᵀ = Q_jᵀ T_j + β_{j+1} q_{j+1} e_jᵀ
+    rel = A @ Q.T - Q.T @ state.T()
+    rel[:, -1] -= state.beta_next * state.Q[8]
+    assert rel.abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("condition", [1.0, 10.0, 1e2, 1e4])
+@pytest.mark.parametrize("subproblem", ["galerkin", "minres"])
+def test_restarted_matches_dense_solve(condition, subproblem):
+    A, b = _system(30, condition)
+    res = linear_solve(lambda u: A @ u, b, Lanczos(m=10, subproblem=subproblem), rtol=1e-10, max_calls=3000)
+    assert res.converged, (res.residual, res.calls)
+    exact = torch.linalg.solve(A, b)
+    assert torch.linalg.vector_norm(res.v - exact) <= 1e-8 * condition * torch.linalg.vector_norm(exact)
+
+
+def test_m1_is_steepest_descent_with_exact_line_search():
+    A, b = _system(15, 20.0)
+    solver = Lanczos(m=1)
+    state = solver.init(b)
+    v_prev = torch.zeros_like(b)
+    for k in range(6):
+        v, state, info = solver.solve(lambda u: A @ u, b, state, k=k)
+        r = b - A @ v_prev
+        assert torch.allclose(v, v_prev + (r @ r) / (r @ A @ r) * r, rtol=1e-12, atol=1e-14)
+        assert info.matvecs == (1 if k == 0 else 2)  # A·v̄ is skipped while v̄ = 0
+        assert "restart" in info.events
+        v_prev = v
+
+
+def test_restart_every_m_and_cost_one_plus_one_over_m():
+    A, b = _system(30, 100.0)
+    calls = []
+
+    def matvec(u):
+        calls.append(1)
+        return A @ u
+
+    solver = Lanczos(m=5)
+    state = solver.init(b)
+    restarts, total = [], 0
+    for k in range(50):
+        before = len(calls)
+        _, state, info = solver.solve(matvec, b, state, k=k)
+        assert info.matvecs == len(calls) - before
+        total += info.matvecs
+        if "restart" in info.events:
+            restarts.append(k)
+        assert info.epoch_step == k % 5 + 1
+    assert restarts == list(range(0, 50, 5))
+    assert total == 50 + len(restarts) - 1  # no HVP at the first restart (v̄ = 0)
+    assert solver.expected_matvecs(7) == pytest.approx(1.2)
+
+
+def test_growing_schedule_sets_epoch_lengths():
+    A, b = _system(40, 100.0)
+    sched = DimensionSchedule(m0=1, growth=1.5, period=4, m_max=6)
+    solver = Lanczos(m=sched)
+    state = solver.init(b)
+    restarts = []
+    for k in range(40):
+        _, state, info = solver.solve(lambda u: A @ u, b, state, k=k)
+        if "restart" in info.events:
+            restarts.append(k)
+        assert state.j <= sched(k)
+    # replay the rule: restart when the basis already holds m(k) vectors
+    expected, j = [], 0
+    for k in range(40):
+        if k == 0 or j >= sched(k):
+            expected.append(k)
+            j = 0
+        j += 1
+    assert restarts == expected
+    assert state.Q.shape[0] == sched.cap + 2  # preallocated once for the largest m
+
+
+def test_basis_buffer_is_preallocated_and_reused():
+    A, b = _system(20, 10.0)
+    solver = Lanczos(m=8)
+    state = solver.init(b)
+    ptr = state.Q.data_ptr()
+    for k in range(30):
+        _, state, _ = solver.solve(lambda u: A @ u, b, state, k=k)
+        assert state.Q.data_ptr() == ptr
+
+
+def test_breakdown_is_recorded_and_solution_exact():
+    n = 10
+    A = 3.0 * torch.eye(n, dtype=F64)
+    b = torch.arange(1.0, n + 1, dtype=F64)
+    solver = Lanczos(m=5)
+    state = solver.init(b)
+    v, state, info = solver.solve(lambda u: A @ u, b, state, k=0)
+    assert "breakdown" in info.events and state.restart_pending
+    assert torch.allclose(v, b / 3.0)
+    v2, state, info2 = solver.solve(lambda u: A @ u, b, state, k=1)
+    assert "restart_skipped" in info2.events  # residual is already zero: keep v̄
+    assert torch.allclose(v2, b / 3.0)
+
+
+def test_indefinite_T_falls_back_to_minres_and_restarts():
+    n = 12
+    A = torch.diag(torch.tensor([1.0, -1.0] * 6, dtype=F64))
+    b = torch.ones(n, dtype=F64)
+    solver = Lanczos(m=6)
+    state = solver.init(b)
+    seen = set()
+    for k in range(3):
+        v, state, info = solver.solve(lambda u: A @ u, b, state, k=k)
+        seen.update(info.events)
+        assert torch.isfinite(v).all()
+    assert "indefinite" in seen
+
+
+def test_eig_fallback_clamps():
+    A = torch.diag(torch.tensor([1.0, -1.0, 2.0, -2.0], dtype=F64))
+    b = torch.ones(4, dtype=F64)
+    solver = Lanczos(m=4, fallback="eig", mu_lb=0.5)
+    state = solver.init(b)
+    events = set()
+    for k in range(3):
+        v, state, info = solver.solve(lambda u: A @ u, b, state, k=k)
+        events.update(info.events)
+        assert torch.isfinite(v).all()
+    assert "indefinite" in events
+
+
+def test_nonfinite_correction_is_discarded():
+    A, b = _system(10, 10.0)
+    solver = Lanczos(m=5)
+    state = solver.init(b)
+    for k in range(3):
+        v_good, state, _ = solver.solve(lambda u: A @ u, b, state, k=k)
+    vbar = state.vbar.clone()
+    v, state, info = solver.solve(lambda u: torch.full_like(u, math.nan), b, state, k=3)
+    assert "discarded" in info.events or "breakdown" in info.events
+    assert torch.isfinite(v).all()
+    assert torch.equal(v, vbar) and state.restart_pending
+
+
+def test_plain_mode_window_and_cost():
+    A, b = _system(30, 50.0)
+    solver = Lanczos(m=3, mode="plain")
+    state = solver.init(b)
+    v, state, info = solver.solve(lambda u: A @ u, b, state, k=0)
+    # first iterate: the 1-D Galerkin solution on span{b}
+    assert torch.allclose(v, (b @ b) / (b @ A @ b) * b)
+    for k in range(1, 10):
+        v, state, info = solver.solve(lambda u: A @ u, b, state, k=k)
+        assert info.matvecs == 1
+        assert state.j == min(k + 1, 3)
+    Q = state.basis()
+    assert torch.allclose(v, Q.T @ torch.linalg.solve(state.T(), Q @ b))
+
+
+def test_exact_residual_costs_an_extra_hvp():
+    A, b = _system(20, 10.0)
+    solver = Lanczos(m=4, exact_residual=True)
+    state = solver.init(b)
+    counts = []
+    for k in range(8):
+        _, state, info = solver.solve(lambda u: A @ u, b, state, k=k)
+        counts.append(info.matvecs)
+    assert counts == [1, 1, 1, 1, 2, 2, 2, 2]  # v̄ = 0 in the first epoch, so w = A·0 costs nothing
+
+
+def test_float32_runs_and_converges():
+    A, b = _system(20, 10.0)
+    A32, b32 = A.float(), b.float()
+    res = linear_solve(lambda u: A32 @ u, b32, Lanczos(m=10, reorth="full"), rtol=1e-5, max_calls=200)
+    assert res.converged and res.v.dtype == torch.float32
+
+
+def test_inputs_not_mutated_and_deterministic():
+    A, b = _system(20, 10.0)
+    b0 = b.clone()
+    outs = []
+    for _ in range(2):
+        solver = Lanczos(m=4)
+        state = solver.init(b)
+        for k in range(9):
+            v, state, _ = solver.solve(lambda u: A @ u, b, state, k=k)
+        outs.append(v)
+    assert torch.equal(b, b0)
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"m": 0}, "m0 must be an integer >= 1; got 0"),
+        ({"m": 2.5}, "m must be an int or a DimensionSchedule"),
+        ({"subproblem": "gallerkin"}, "Did you mean 'galerkin'"),
+        ({"mode": "residuals"}, "Did you mean 'residual'"),
+        ({"reorth": "yes"}, "reorth must be one of"),
+        ({"eps_pivot": -1.0}, "eps_pivot must be finite and >= 0"),
+        ({"mu_lb": 0.0}, "mu_lb must be finite and > 0"),
+        ({"mode": "plain", "exact_residual": True}, "exact_residual applies to mode='residual'"),
+    ],
+)
+def test_bad_options(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        Lanczos(**kwargs)
+
+
+def test_tridiagonal_guards():
+    assert ldl_solve([1.0, 1.0], [2.0], [1.0, 1.0], 1e-10) is None  # indefinite: pivot 1 − 4 < 0
+    assert minres_solve([0.0], [], 0.0, [1.0], 0.0) is None  # rank deficient
+    s, res = minres_solve([2.0], [], 1.0, [1.0], 1.0)
+    assert s[0] == pytest.approx(0.6) and res == pytest.approx(math.sqrt(0.2))
