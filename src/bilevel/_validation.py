@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
+from abc import ABCMeta
 from typing import Any, Iterable
 
 
@@ -45,3 +47,20 @@ def check_choice(owner: str, name: str, value: Any, choices: Iterable[str]) -> s
         hint = suggest(str(value), choices)
         raise ValueError(f"{owner}: {name} must be one of {choices}; got {value!r}.{hint}")
     return value
+
+
+def check_bool(owner: str, name: str, value: Any) -> bool:
+    """A bool option; 1/0 and strings such as 'yes' are rejected rather than guessed."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be True or False; got {type(value).__name__} ({value!r}).")
+    return value
+
+
+class CheckedOptions(ABCMeta):
+    """Metaclass of configurable dataclasses: an unknown keyword gets the nearest valid name suggested
+    (``CG(step=5)`` → "CG: unknown option 'step'. Did you mean 'steps'?") instead of Python's bare error."""
+
+    def __call__(cls, *args: Any, **kwargs: Any):
+        if dataclasses.is_dataclass(cls):
+            reject_unknown(cls.__name__, kwargs, [f.name for f in dataclasses.fields(cls) if f.init])
+        return super().__call__(*args, **kwargs)

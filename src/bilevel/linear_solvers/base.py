@@ -19,6 +19,8 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 from torch import Tensor
 
+from .._validation import CheckedOptions
+
 MatVec = Callable[[Tensor], Tensor]
 
 
@@ -36,7 +38,7 @@ class SolveInfo:
     epoch_step: Optional[int] = None
 
 
-class LinearSolver(ABC):
+class LinearSolver(ABC, metaclass=CheckedOptions):
     """Base class of the v-solvers.  Subclasses are frozen dataclasses with keyword-only options."""
 
     name: ClassVar[str] = "linear_solver"
@@ -54,6 +56,11 @@ class LinearSolver(ABC):
     def expected_matvecs(self, k: int) -> Optional[float]:
         """Documented (expected) products with A at iteration k, if fixed by the configuration."""
         return None
+
+
+def known_zero(v0: Optional[Tensor]) -> bool:
+    """Whether the initial v is exactly zero (then the first product with it can be skipped)."""
+    return v0 is None or not bool(torch.any(v0 != 0))
 
 
 def initial_v(b: Tensor, v0: Optional[Tensor]) -> Tensor:

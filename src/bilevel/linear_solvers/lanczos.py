@@ -42,10 +42,10 @@ from typing import Any, ClassVar, Optional, Union
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_positive
+from .._validation import check_bool, check_choice, check_positive
 from ..schedules import DimensionSchedule, as_dimension_schedule
 from ._tridiagonal import ldl_solve, minres_solve
-from .base import LinearSolver, MatVec, SolveInfo, initial_v
+from .base import LinearSolver, MatVec, SolveInfo, initial_v, known_zero
 
 
 @dataclass
@@ -112,8 +112,7 @@ class Lanczos(LinearSolver):
         check_choice(owner, "subproblem", self.subproblem, ("galerkin", "minres"))
         check_choice(owner, "reorth", self.reorth, ("none", "full"))
         check_choice(owner, "fallback", self.fallback, ("minres", "eig"))
-        if not isinstance(self.exact_residual, bool):
-            raise TypeError(f"{owner}: exact_residual must be True or False; got {self.exact_residual!r}.")
+        check_bool(owner, "exact_residual", self.exact_residual)
         if self.exact_residual and self.mode == "plain":
             raise ValueError(f"{owner}: exact_residual applies to mode='residual' only; got mode='plain'.")
         check_positive(owner, "eps_pivot", self.eps_pivot, allow_zero=True)
@@ -137,7 +136,7 @@ class Lanczos(LinearSolver):
         rows = self.schedule.cap + 2  # basis + q_next (+1 spare for the plain window before trimming)
         return LanczosState(
             v=v,
-            v_is_zero=v0 is None,
+            v_is_zero=known_zero(v0),
             vbar=v.clone(),
             w=torch.zeros_like(b),
             w_is_zero=True,

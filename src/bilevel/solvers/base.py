@@ -14,11 +14,12 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
+from .._validation import CheckedOptions
 from ..oracles import Oracles
 from ..problem import BilevelProblem
 
 
-class Solver(ABC):
+class Solver(ABC, metaclass=CheckedOptions):
     """Base class: ``init(problem, oracles, generator) -> state``, ``step(state, oracles, k) -> state``.
 
     Every state exposes ``x`` (the next upper iterate), ``iterate`` (the triple (x_k, y_k, v_k) on which

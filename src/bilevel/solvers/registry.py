@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._validation import reject_unknown, suggest
+from .._validation import suggest
 
 SOLVERS: dict[str, type] = {}
 
@@ -16,8 +16,7 @@ def register(cls: type) -> type:
     SOLVERS[cls.name] = cls
 
     def create(klass, **options: Any):
-        reject_unknown(klass.name, options, klass.option_names())
-        return klass(**options)
+        return klass(**options)  # unknown names are rejected, with a suggestion, by CheckedOptions
 
     cls.create = classmethod(create)
     return cls

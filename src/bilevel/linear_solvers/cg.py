@@ -1,0 +1,132 @@
+"""AmIGO-CG: warm-started linear conjugate gradients on ``A v = b`` (Arbel & Mairal 2022, AmIGO).
+
+Update rule per call (Q = ``steps``), from the warm start v (state.v, or 0 when ``warm_start=False``)::
+
+    r ← b − A v                                   (1 matvec; skipped when v is known to be 0: r = b)
+    p ← r
+    repeat Q times:
+        z ← A p;  a ← rᵀr / pᵀz;  v ← v + a p      (1 matvec)
+        r_new ← r − a z;  β ← r_newᵀr_new / rᵀr;  p ← r_new + β p;  r ← r_new
+
+Oracle cost per call: Q + 1 matvecs (Q when starting from zero: the first call of a run started without
+v0, and every call with ``warm_start=False``).  Early stops make fewer: ``rtol`` (‖r‖ ≤ rtol‖b‖), an
+exactly zero residual (event ``"converged"``), a non-positive or non-finite curvature pᵀz (event
+``"indefinite"``) or a non-finite residual (event ``"nonfinite"``); the last two keep the last good v.
+
+Reference defaults (algorithms.md §3.2), Q = ``steps``:
+
+    ======  =====  =====================================  ======================
+            T / Q  λ / θ                                  B
+    Syn     5 / 5  1 / 1e-5                               —
+    HC      10 / 5 500 / 0.1 (Fashion-MNIST: λ = 100)     full
+    Stoc    6 / 9  100 / 0.1                              256 (one Hessian batch per CG run)
+    ======  =====  =====================================  ======================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import Tensor
+
+from .._validation import check_bool, check_int, check_positive
+from .base import LinearSolver, MatVec, SolveInfo, initial_v, known_zero
+
+
+def _dot(a: Tensor, b: Tensor) -> float:
+    return float(torch.dot(a.reshape(-1), b.reshape(-1)))
+
+
+@dataclass
+class CGState:
+    """v: current estimate.  v_is_zero: v is exactly 0, so A v is skipped.
+    residual_norm: ‖r‖ of the CG recurrence at the end of the last call (None before the first)."""
+
+    v: Tensor
+    v_is_zero: bool = True
+    residual_norm: Optional[float] = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CG(LinearSolver):
+    """Linear conjugate gradients, ``steps`` (Q) iterations per call, warm-started from ``state.v``.
+
+    Options: ``steps`` (Q ≥ 1, default 5); ``rtol`` (optional early stop on ‖r‖ ≤ rtol‖b‖, default None:
+    always Q iterations, as in AmIGO); ``warm_start`` (default True; False restarts from 0 every call).
+    """
+
+    name: ClassVar[str] = "cg"
+
+    steps: int = 5
+    rtol: Optional[float] = None
+    warm_start: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("CG", "steps", self.steps, minimum=1)
+        if self.rtol is not None:
+            object.__setattr__(self, "rtol", check_positive("CG", "rtol", self.rtol))
+        check_bool("CG", "warm_start", self.warm_start)
+
+    def init(self, b: Tensor, v0: Optional[Tensor] = None) -> CGState:
+        v = initial_v(b, v0)
+        return CGState(v=v, v_is_zero=known_zero(v0))
+
+    def expected_matvecs(self, k: int) -> Optional[float]:
+        if self.rtol is not None:
+            return None  # the early stop makes the count data-dependent
+        # Warm-started runs pay the residual product (the very first call from v = 0 pays Q).
+        return float(self.steps + 1 if self.warm_start else self.steps)
+
+    def solve(
+        self,
+        matvec: MatVec,
+        b: Tensor,
+        state: CGState,
+        *,
+        k: int = 0,
+        generator: Optional[torch.Generator] = None,
+    ) -> tuple[Tensor, CGState, SolveInfo]:
+        b = b.detach()
+        events: list[str] = []
+        from_zero = state.v_is_zero or not self.warm_start
+        if from_zero:
+            v, r, matvecs = torch.zeros_like(b), b, 0  # A·0 = 0: no product needed
+        else:
+            v = state.v
+            r, matvecs = b - matvec(v).detach(), 1
+        rr = _dot(r, r)
+        stop = self.rtol * float(torch.linalg.vector_norm(b)) if self.rtol is not None else 0.0
+        moved = False
+        if not math.isfinite(rr):
+            events.append("nonfinite")
+        elif rr == 0.0 or math.sqrt(rr) <= stop:
+            events.append("converged")
+        else:
+            p = r
+            for _ in range(self.steps):
+                z = matvec(p).detach()
+                matvecs += 1
+                pz = _dot(p, z)
+                if not (math.isfinite(pz) and pz > 0.0):
+                    events.append("indefinite")  # A is not SPD along p: keep the last good v
+                    break
+                a = rr / pz
+                r_new = r - a * z
+                rr_new = _dot(r_new, r_new)
+                if not math.isfinite(rr_new):
+                    events.append("nonfinite")
+                    break
+                v, r, moved = v + a * p, r_new, True
+                if rr_new == 0.0 or math.sqrt(rr_new) <= stop:
+                    rr = rr_new
+                    events.append("converged")
+                    break
+                p = r + (rr_new / rr) * p
+                rr = rr_new
+        state.v = v
+        state.v_is_zero = from_zero and not moved
+        state.residual_norm = math.sqrt(rr) if math.isfinite(rr) else rr
+        return v, state, SolveInfo(matvecs=matvecs, events=tuple(events))

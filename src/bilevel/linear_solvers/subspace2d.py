@@ -1,0 +1,155 @@
+"""SubBiO's v-solver: the Galerkin minimiser of m(v) = ½ vᵀA v − bᵀv over a two-dimensional subspace
+(Yang, Gao, Yuan, LancBiO/SubBiO, ICLR 2025; algorithms.md §2.3).
+
+Per call, with η = ``eta`` and ε = ``eps``::
+
+    p  ← v_prev − η A v_prev                       (1 matvec; p = 0 without a product when v_prev = 0)
+    w1 ← b/‖b‖;  w2 ← p − (w1ᵀp) w1                (Gram–Schmidt, applied twice for accuracy)
+    if p = 0 or ‖w2‖ ≤ ε‖p‖:  W = [w1]             (one-dimensional; event "collinear" when p ≠ 0)
+    else:                     W = [w1, w2/‖w2‖]
+    H  ← Wᵀ(A W), symmetrised (H + Hᵀ)/2            (2 matvecs; 1 in one dimension)
+    z  ← H⁻¹ (‖b‖, 0)ᵀ                              (Cholesky in float64, whatever b's dtype)
+    v  ← W z
+
+The warm start enters only through p: if v_{k−1} ∈ K_n(A, b) then S_k ⊂ K_{n+1}(A, b).
+
+Oracle cost per call (reported exactly in ``SolveInfo.matvecs``): 3 matvecs (documented cost); 2 when the
+subspace is one-dimensional because p ∥ b; 1 on a call from v_prev = 0 (the first call of a run
+started without v0); 0 when b = 0, where v = 0 is the exact answer (event "zero_rhs").
+
+Guards: H not positive definite or non-finite → the one-dimensional solve if w1ᵀA w1 > 0, else
+v_prev is kept; event "indefinite" in both cases.  A non-finite b or p keeps v_prev (event "nonfinite").
+
+Reference defaults (algorithms.md §2.3):
+
+    ======  =====  ===  ==================================  =====
+            η      T    λ / θ                               B
+    Syn     1e-5   5    1 / 1e-5                            —
+    HC      0.05   5    500 / 0.1                           full
+    Stoc    0.1    3    100 / 0.1; 50 / 0.05 from k = 500   256 (one Hessian batch for all 3 HVPs)
+    ======  =====  ===  ==================================  =====
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+import torch
+from torch import Tensor
+
+from .._validation import check_positive
+from .base import LinearSolver, MatVec, SolveInfo, initial_v, known_zero
+
+
+def _dot64(a: Tensor, b: Tensor) -> float:
+    # Entries of the 2x2 system are accumulated in float64 even for float32 vectors.
+    return float(torch.dot(a.reshape(-1).to(torch.float64), b.reshape(-1).to(torch.float64)))
+
+
+@dataclass
+class Subspace2DState:
+    """v: current estimate (v_prev of the next call).  v_is_zero: v is exactly 0, so p = 0 for free.
+    dim: dimension of the subspace used by the last call (0 before the first call, or when no solve)."""
+
+    v: Tensor
+    v_is_zero: bool = True
+    dim: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Subspace2D(LinearSolver):
+    """Best point of span{b, (I − ηA) v_prev} for the quadratic model (SubBiO).
+
+    Options: ``eta`` (η > 0, required); ``eps`` (ε ≥ 0, default 1e-10: the relative size of the
+    component of p orthogonal to b below which the subspace is taken as one-dimensional).
+    """
+
+    name: ClassVar[str] = "subspace2d"
+
+    eta: float
+    eps: float = 1e-10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eta", check_positive("Subspace2D", "eta", self.eta))
+        object.__setattr__(self, "eps", check_positive("Subspace2D", "eps", self.eps, allow_zero=True))
+
+    def init(self, b: Tensor, v0: Optional[Tensor] = None) -> Subspace2DState:
+        v = initial_v(b, v0)
+        return Subspace2DState(v=v, v_is_zero=known_zero(v0))
+
+    def expected_matvecs(self, k: int) -> Optional[float]:
+        return 3.0
+
+    def solve(
+        self,
+        matvec: MatVec,
+        b: Tensor,
+        state: Subspace2DState,
+        *,
+        k: int = 0,
+        generator: Optional[torch.Generator] = None,
+    ) -> tuple[Tensor, Subspace2DState, SolveInfo]:
+        b = b.detach()
+        bnorm = float(torch.linalg.vector_norm(b.to(torch.float64)))
+        if bnorm == 0.0:
+            # The minimiser over any subspace is 0: the product for p would be wasted.
+            return self._finish(state, torch.zeros_like(b), 0, 0, ("zero_rhs",))
+        if not math.isfinite(bnorm):
+            return self._finish(state, state.v, 0, 0, ("nonfinite",), keep=True)
+
+        events: list[str] = []
+        matvecs = 0
+        p: Optional[Tensor] = None
+        if not state.v_is_zero:
+            v_prev = state.v
+            p = v_prev - self.eta * matvec(v_prev).detach()
+            matvecs = 1
+        w1 = b / bnorm
+        w2: Optional[Tensor] = None
+        if p is not None:
+            pnorm = float(torch.linalg.vector_norm(p.to(torch.float64)))
+            if not math.isfinite(pnorm):
+                return self._finish(state, state.v, matvecs, 0, ("nonfinite",), keep=True)
+            if pnorm > 0.0:
+                w2 = p - _dot64(w1, p) * w1
+                w2 = w2 - _dot64(w1, w2) * w1  # second pass: orthogonal to working precision
+                w2norm = float(torch.linalg.vector_norm(w2.to(torch.float64)))
+                if w2norm <= self.eps * pnorm or w2norm == 0.0:
+                    w2 = None
+                    events.append("collinear")
+                else:
+                    w2 = w2 / w2norm
+
+        aw1 = matvec(w1).detach()
+        matvecs += 1
+        h11 = _dot64(w1, aw1)
+        if w2 is not None:
+            aw2 = matvec(w2).detach()
+            matvecs += 1
+            h12 = 0.5 * (_dot64(w1, aw2) + _dot64(w2, aw1))  # symmetrise H
+            h = torch.tensor([[h11, h12], [h12, _dot64(w2, aw2)]], dtype=torch.float64)
+            chol, info = torch.linalg.cholesky_ex(h)
+            if int(info) == 0 and bool(torch.isfinite(chol).all()):
+                rhs = torch.tensor([[bnorm], [0.0]], dtype=torch.float64)
+                z = torch.cholesky_solve(rhs, chol).reshape(-1).tolist()
+                if all(math.isfinite(t) for t in z):
+                    return self._finish(state, z[0] * w1 + z[1] * w2, matvecs, 2, tuple(events))
+            events.append("indefinite")
+        # One-dimensional solve: the exact line search along b, z = ‖b‖ / (w1ᵀA w1).
+        if math.isfinite(h11) and h11 > 0.0:
+            return self._finish(state, (bnorm / h11) * w1, matvecs, 1, tuple(events))
+        if "indefinite" not in events:
+            events.append("indefinite")
+        return self._finish(state, state.v, matvecs, 0, tuple(events), keep=True)
+
+    @staticmethod
+    def _finish(
+        state: Subspace2DState, v: Tensor, matvecs: int, dim: int, events: tuple[str, ...], keep: bool = False
+    ) -> tuple[Tensor, Subspace2DState, SolveInfo]:
+        if not keep:
+            state.v = v
+            state.v_is_zero = dim == 0  # only the zero_rhs answer is exactly 0
+        state.dim = dim
+        return state.v, state, SolveInfo(matvecs=matvecs, events=events)
