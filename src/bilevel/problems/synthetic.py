@@ -1,0 +1,220 @@
+"""The synthetic problem of the LancBiO experiments (reference §4.1), for any n and κ_G.
+
+    f(x, y) = c₁ cos(xᵀ D₁ y) + ½ ‖D₂ x − y‖²
+    g(x, y) = c₀ Σᵢ sin(xᵢ + yᵢ) + log Σᵢ exp(xᵢ yᵢ) + ½ yᵀ (D₃ + G) y
+
+with x, y ∈ R^n, diagonal D₁, D₂, D₃ and G = Q diag(linspace(1, κ_G, n)) Qᵀ.  Since the log-sum-exp
+Hessian is PSD and D₃ ⪰ 0, ∇²_yy g ⪰ G − c₀ I ⪰ (1 − c₀) I: g is strongly convex in y for |c₀| < 1.
+
+Closed-form oracles (s = softmax(x ⊙ y), g_y = x ⊙ s, g_x = y ⊙ s, t = xᵀ D₁ y):
+
+    ∇_x f = −c₁ sin(t) D₁ y + D₂ (D₂ x − y)
+    ∇_y f = −c₁ sin(t) D₁ x − (D₂ x − y)
+    ∇_y g = c₀ cos(x + y) + g_y + D₃ y + G y
+    ∇_x g = c₀ cos(x + y) + g_x
+    A u   = −c₀ sin(x + y) ⊙ u + (x² ⊙ s) ⊙ u − (g_yᵀ u) g_y + D₃ u + G u
+    J u   = −c₀ sin(x + y) ⊙ u + ((1 + x ⊙ y) ⊙ s) ⊙ u − (g_yᵀ u) g_x
+    Jᵀ w  = −c₀ sin(x + y) ⊙ w + ((1 + x ⊙ y) ⊙ s) ⊙ w − (g_xᵀ w) g_y
+
+Only ∇_y g and A u touch the dense G (O(n²)); the rest is O(n).  The ground-truth solves use the
+preconditioner M⁻¹ = Q diag(1/(λᵢ(G) + 0.5)) Qᵀ, which clusters the spectrum of M⁻¹A near 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._validation import check_int, check_positive
+from ..problem import BilevelProblem, ClosedForms
+from ..schedules import DimensionSchedule
+from .quadratic import _check_dtype_device, _check_seed
+
+__all__ = ["synthetic", "synthetic_data", "SyntheticData", "clear_synthetic_cache"]
+
+# Shift of the preconditioner M = G + 0.5 I (§4.1): A − G lies within about ±0.5 I plus the PSD
+# log-sum-exp and D₃ terms, so the eigenvalues of M⁻¹A cluster near 1.
+_PRECOND_SHIFT = 0.5
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """The raw arrays of one instance (shared through the cache: never modify them in place).
+
+    d1, d2, d3: the diagonals of D₁, D₂, D₃.  Q: the orthogonal eigenbasis of G; eigenvalues: λ(G) =
+    linspace(1, κ_G, n); G = Q diag(λ) Qᵀ.  x0, y0: the initial point.
+    """
+
+    d1: Tensor
+    d2: Tensor
+    d3: Tensor
+    Q: Tensor
+    eigenvalues: Tensor
+    G: Tensor
+    x0: Tensor
+    y0: Tensor
+
+
+def _check_args(owner: str, n: Any, condition: Any, seed: Any, dtype: Any, device: Any):
+    n = check_int(owner, "n", n, minimum=1)
+    condition = check_positive(owner, "condition", condition)
+    if condition < 1:
+        raise ValueError(f"{owner}: condition must be >= 1 (it is κ_G = λ_max(G)/λ_min(G)); got {condition!r}.")
+    seed = _check_seed(owner, seed)
+    dtype, dev = _check_dtype_device(owner, dtype, device)
+    return n, condition, seed, dtype, dev
+
+
+@lru_cache(maxsize=2)  # small: at n = 10⁴ one entry holds G and Q, 1.6 GB in float64
+def _generate(n: int, condition: float, seed: int, dtype: torch.dtype, device: torch.device) -> SyntheticData:
+    # Draw in the documented order, always in float64 on the CPU (the instance then does not
+    # depend on dtype or device): D₁, D₂, D₃, the n × n Gaussian for the QR, x0, y0.
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    f64 = torch.float64
+    d1 = 10.0 * (torch.rand(n, generator=gen, dtype=f64) - 0.5)
+    d2 = torch.rand(n, generator=gen, dtype=f64) + 0.1
+    d3 = 0.5 * torch.rand(n, generator=gen, dtype=f64)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=f64))
+    x0 = torch.randn(n, generator=gen, dtype=f64)
+    y0 = torch.randn(n, generator=gen, dtype=f64)
+    eig = torch.linspace(1.0, condition, n, dtype=f64)
+    G = (Q * eig) @ Q.T
+    G = 0.5 * (G + G.T)  # exactly symmetric, so autodiff and closed forms agree to round-off
+    cast = dict(dtype=dtype, device=device)
+    return SyntheticData(*(t.to(**cast) for t in (d1, d2, d3, Q, eig, G, x0, y0)))
+
+
+def synthetic_data(
+    n: int = 1000,
+    condition: float = 1e5,
+    seed: int = 0,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: Any = "cpu",
+) -> SyntheticData:
+    """The arrays of the instance (n, κ_G = condition, seed); cached in-process (LRU of 2 instances)."""
+    n, condition, seed, dtype, dev = _check_args("synthetic_data", n, condition, seed, dtype, device)
+    return _generate(n, condition, seed, dtype, dev)
+
+
+def clear_synthetic_cache() -> None:
+    """Drop the cached instances (frees G and Q)."""
+    _generate.cache_clear()
+
+
+class _SyntheticPoint:
+    """Per-point quantities shared by A u, J u and Jᵀ w at one (x, y): everything O(n) except G u."""
+
+    def __init__(self, data: SyntheticData, c0: float, x: Tensor, y: Tensor) -> None:
+        self._G, self._d3 = data.G, data.d3
+        self._x, self._y = x, y
+        s = torch.softmax(x * y, dim=0)  # max-shifted internally: stable
+        self.s = s
+        self.g_y = x * s
+        self.g_x = y * s
+        self._neg_sin = -c0 * torch.sin(x + y)
+        self._cos = c0 * torch.cos(x + y)
+        self._diag_A = self._neg_sin + x * x * s + data.d3
+        self._diag_J = self._neg_sin + (1.0 + x * y) * s
+
+    def grad_y_g(self) -> Tensor:
+        return self._cos + self.g_y + self._d3 * self._y + self._G @ self._y
+
+    def hvp(self, u: Tensor) -> Tensor:
+        return self._diag_A * u - torch.dot(self.g_y, u) * self.g_y + self._G @ u
+
+    def cross(self, u: Tensor) -> Tensor:
+        return self._diag_J * u - torch.dot(self.g_y, u) * self.g_x
+
+    def cross_t(self, w: Tensor) -> Tensor:
+        return self._diag_J * w - torch.dot(self.g_x, w) * self.g_y
+
+
+def synthetic(
+    n: int = 1000,
+    condition: float = 1e5,
+    seed: int = 0,
+    *,
+    c0: float = 0.5,
+    c1: float = 0.1,
+    dtype: torch.dtype = torch.float64,
+    device: Any = "cpu",
+) -> BilevelProblem:
+    """The synthetic problem of §4.1 (named ``"synthetic"``) with n = dx = dy and κ_G = ``condition``.
+
+    The paper uses n = 10⁴, κ_G = 1e5, seeds 1–10; tests use n = 50–200, κ_G = 100.  Data generation
+    (``synthetic_data``) is cached per (n, condition, seed, dtype, device).  Closed forms: the four
+    gradients, ``linearize`` (A u, J u, Jᵀ u) and the ground-truth preconditioner; no y*/∇φ closed
+    form (they need solves: ``bilevel.truth`` does them).
+
+    Presets: lr_x = λ = 1, lr_y = θ = eta = η = 1/κ_G, inner_steps = T = 5, v_steps = Q = 5;
+    LancBiO: m from 1, ×1.1 every 20 iterations, capped at 80.
+    """
+    owner = "synthetic"
+    n, condition, seed, dtype, dev = _check_args(owner, n, condition, seed, dtype, device)
+    for name, val in (("c0", c0), ("c1", c1)):
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+            raise TypeError(f"{owner}: {name} must be a finite number; got {val!r}.")
+    if abs(c0) >= 1:
+        raise ValueError(
+            f"{owner}: |c0| must be < 1 so that g is strongly convex in y (∇²_yy g ⪰ (1 − |c0|) I); got {c0!r}."
+        )
+    c0, c1 = float(c0), float(c1)
+    data = _generate(n, condition, seed, dtype, dev)
+    d1, d2, d3, G, Q, eig = data.d1, data.d2, data.d3, data.G, data.Q, data.eigenvalues
+
+    def f(x: Tensor, y: Tensor) -> Tensor:
+        return c1 * torch.cos(torch.dot(x * d1, y)) + 0.5 * (d2 * x - y).square().sum()
+
+    def g(x: Tensor, y: Tensor) -> Tensor:
+        return (
+            c0 * torch.sin(x + y).sum()
+            + torch.logsumexp(x * y, dim=0)
+            + 0.5 * torch.dot(y, d3 * y + G @ y)
+        )
+
+    def grad_x_f(x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        t = torch.dot(x * d1, y)
+        return -c1 * torch.sin(t) * (d1 * y) + d2 * (d2 * x - y)
+
+    def grad_y_f(x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        t = torch.dot(x * d1, y)
+        return -c1 * torch.sin(t) * (d1 * x) - (d2 * x - y)
+
+    def grad_y_g(x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        s = torch.softmax(x * y, dim=0)
+        return c0 * torch.cos(x + y) + x * s + d3 * y + G @ y
+
+    def grad_x_g(x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        s = torch.softmax(x * y, dim=0)
+        return c0 * torch.cos(x + y) + y * s
+
+    inv_shifted = 1.0 / (eig + _PRECOND_SHIFT)
+
+    def preconditioner(x: Tensor, y: Tensor):
+        # M⁻¹ u = Q diag(1/(λ + 0.5)) Qᵀ u: independent of (x, y), two O(n²) products.
+        return lambda u: Q @ (inv_shifted * (Q.T @ u))
+
+    cf = ClosedForms(
+        grad_x_f=grad_x_f,
+        grad_y_f=grad_y_f,
+        grad_y_g=grad_y_g,
+        grad_x_g=grad_x_g,
+        linearize=lambda x, y, batch: _SyntheticPoint(data, c0, x, y),
+        preconditioner=preconditioner,
+    )
+    step = 1.0 / condition
+    presets = {
+        "*": {"lr_x": 1.0, "lr_y": step, "eta": step, "inner_steps": 5, "v_steps": 5},
+        "lancbio": {"m": DimensionSchedule(m0=1, growth=1.1, period=20, m_max=80)},
+    }
+    # ground_truth: solve() evaluates the true hypergradient by default (y*, v* to 1e-10, preconditioned)
+    info = {"n": n, "condition": condition, "seed": seed, "c0": c0, "c1": c1, "ground_truth": True}
+    return BilevelProblem(
+        f, g, data.x0, data.y0, name="synthetic", closed_forms=cf, presets=presets, info=info
+    )
