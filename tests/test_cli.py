@@ -29,6 +29,14 @@ def test_run_writes_history_and_metadata(tmp_path, capsys):
     assert meta["status"] == "max_iter" and meta["options"]["m"] == 5 and meta["counts"]["cross"] == 60
 
 
+def test_cli_warnings_are_one_readable_line(tmp_path, capsys):
+    main(["run", "synthetic", "-P", "n=40", "-P", "condition=100", "--max-iter", "5", "--no-progress",
+          "--out", str(tmp_path / "w.csv")])
+    err = capsys.readouterr().err
+    assert "bilevel: warning: LancBiO: the subspace dimension never reaches its cap 80" in err
+    assert "UserWarning" not in err
+
+
 def test_run_subbio_on_quadratic_with_progress_bar(tmp_path, capsys):
     code = main(["run", "quadratic", "--solver", "subbio", "--max-iter", "30", "--out", str(tmp_path / "q.csv")])
     assert code == 0

@@ -7,7 +7,7 @@ algorithms: ``bilevel.solvers`` (LancBiO, SubBiO, ...); v-solvers: ``bilevel.lin
 checks for your own problems: ``bilevel.testing``.
 """
 
-from . import linear_solvers, problems, schedules, solvers, testing
+from . import linear_solvers, problems, schedules, solvers, testing, truth
 from .history import History
 from .oracles import Counts, Linearization, Oracles
 from .problem import BilevelProblem, ClosedForms, ProblemError
@@ -20,5 +20,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BilevelProblem", "ClosedForms", "Constant", "Counts", "DimensionSchedule", "History", "Linearization",
     "Oracles", "Piecewise", "PowerDecay", "ProblemError", "Result", "linear_solvers", "problems",
-    "schedules", "solve", "solvers", "testing",
+    "schedules", "solve", "solvers", "testing", "truth",
 ]

@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import sys
+import warnings
 from typing import Any, Sequence
 
 from ._validation import suggest
@@ -107,13 +108,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .run import solve
     from .solvers import get_solver
 
+    saved = warnings.showwarning
     popts = _parse_assignments(args.problem_opt, "-P/--problem-opt")
     sopts = _parse_assignments(args.solver_opt, "-O/--solver-opt")
     if args.dtype:
         popts["dtype"] = getattr(torch, args.dtype)
     if args.device:
         popts["device"] = args.device
+    def show(message, *_args, **_kwargs):  # one readable line instead of Python's file:line form
+        print(f"bilevel: warning: {message}", file=sys.stderr)
+
     try:
+        warnings.showwarning = show
         problem = get_problem(args.problem, **popts)
         solver = get_solver(args.solver, **sopts)
         result = solve(
@@ -123,6 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, KeyError) as err:
         print(f"bilevel: {err}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = saved
     print(result.summary())
     out = args.out or os.path.join("results", f"{problem.name}_{solver.name}_seed{args.seed}.csv")
     result.history.to_csv(out)
