@@ -91,6 +91,19 @@ class AIDSolver(Solver):
     def make_v_solver(self, opts: Mapping[str, Any]) -> LinearSolver:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def expected_hvps(self, opts: Mapping[str, Any], iterations: int) -> float:
+        """HVPs of the v-solver over ``iterations`` calls from the start (subclasses document it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not document its HVP cost")
+
+    def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
+        """Per iteration: T ∇_y g, 1 ∇_x f, 1 ∇_y f, 1 cross product, the v-solver's HVPs.
+        (Simultaneous order: the first of the T y-steps uses ∇_y g at the linearisation point.)"""
+        K = iterations
+        return {
+            "grad_y_g": opts["inner_steps"] * K, "grad_x_f": K, "grad_y_f": K, "grad_x_g": 0,
+            "cross": K, "cross_t": 0, "hvp": self.expected_hvps(opts, K),
+        }
+
     # ---------------------------------------------------------------------------------------------
     def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
         opts = super().resolve(problem)

@@ -30,6 +30,13 @@ class Solver(ABC, metaclass=CheckedOptions):
     name: ClassVar[str] = "solver"
     #: library defaults of presettable options (used when neither the user nor the problem sets one)
     defaults: ClassVar[Mapping[str, Any]] = {}
+    #: budgets of the shared registry-driven tests, kept next to the algorithm so they stay honest:
+    #: {"quadratic": {"max_iter": K, "reduction": r, "options": {...}}, "synthetic": {...},
+    #:  "counts": {"options": {...}}}; a method slow by nature gets a longer budget, not a looser bound.
+    checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: True when the per-iteration cost is random (e.g. TTSA's truncation): counts are then compared
+    #: with their expectation statistically.
+    random_cost: ClassVar[bool] = False
 
     @abstractmethod
     def init(self, problem: BilevelProblem, oracles: Oracles, generator: torch.Generator) -> Any:
@@ -38,6 +45,11 @@ class Solver(ABC, metaclass=CheckedOptions):
     @abstractmethod
     def step(self, state: Any, oracles: Oracles, k: int) -> Any:
         ...
+
+    def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
+        """Oracle calls of ``iterations`` outer iterations from the start, as documented (the expectation
+        when ``random_cost``), given resolved options ``opts``; keys are ``Counts`` fields."""
+        raise NotImplementedError(f"{type(self).__name__} does not document its oracle cost")
 
     def budget_warnings(self, state: Any, max_iter: int) -> list[str]:
         """Configuration problems that only show given the run length (e.g. an unreachable cap)."""

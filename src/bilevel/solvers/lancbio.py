@@ -54,6 +54,30 @@ class LancBiO(AIDSolver):
     def _check_options(self) -> None:
         self.make_v_solver({"m": self.m if self.m is not None else 1})
 
+    checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "quadratic": {"max_iter": 300, "reduction": 1e3},
+        "synthetic": {"max_iter": 800, "reduction": 1e3},
+        "counts": {"options": {"m": 6}},
+    }
+
+    def expected_hvps(self, opts: Mapping[str, Any], iterations: int) -> float:
+        """One Lanczos HVP per iteration plus one at each restart except the first (v̄ = 0 there); a
+        restart happens when the basis already holds m(k) vectors.  Plain mode: one per iteration.
+        (Breakdowns and skipped restarts, which need an exactly solved system, are not modelled.)"""
+        lanczos = self.make_v_solver(opts)
+        if lanczos.mode == "plain":
+            return float(iterations)
+        sched, total, j, epoch = lanczos.schedule, 0, 0, -1
+        for k in range(iterations):
+            if k == 0 or j >= sched(k) or k == sched.switch_at:
+                epoch, j = epoch + 1, 0
+                total += 1 if epoch else 0  # A·v̄ (v̄ = 0 in the first epoch)
+            elif self.exact_residual and epoch:
+                total += 1  # diagnostic mode refreshes w = A_k v̄
+            total += 1  # the Lanczos step
+            j += 1
+        return float(total)
+
     def budget_warnings(self, state: Any, max_iter: int) -> list[str]:
         sched = state.v_solver.schedule
         if sched.cap > sched.m0 and sched.first_reaching(sched.cap, max_iter) is None:

@@ -36,6 +36,15 @@ class SubBiO(AIDSolver):
     eta: Optional[float] = None
     eps: float = 1e-10
 
+    checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "quadratic": {"max_iter": 300, "reduction": 1e3},
+        "synthetic": {"max_iter": 800, "reduction": 1e3},
+    }
+
+    def expected_hvps(self, opts: Mapping[str, Any], iterations: int) -> float:
+        """3 per iteration, except the first: v_{-1} = 0 makes p = 0 (no product) and S = span{b} (1)."""
+        return float(3 * iterations - 2) if iterations else 0.0
+
     def _check_options(self) -> None:
         if self.eta is not None:
             self.make_v_solver({"eta": self.eta})
