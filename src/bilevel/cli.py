@@ -1,4 +1,4 @@
-"""Command line: ``bilevel run | list | show``.
+"""Command line: ``bilevel run | bench | plot | report | list | show``.
 
     bilevel run synthetic --solver lancbio --max-iter 500            # progress bar, summary, CSV history
     bilevel run synthetic --solver subbio -P n=300 -P condition=1e3 -O lr_x=0.5
@@ -146,6 +146,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.status != "diverged" else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import ConfigError, load, run_sweep
+
+    try:
+        specs = load(args.config)
+        summary = run_sweep(specs, args.out, backend=args.backend, n_jobs=args.n_jobs, scheduler=args.scheduler,
+                            progress=not args.no_progress, retry_failed=args.retry_failed)
+    except (ConfigError, ValueError, ImportError) as err:
+        print(f"bilevel: {err}", file=sys.stderr)
+        return 2
+    print(f"{summary}; results in {args.out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .bench.plot import plot
+
+    try:
+        path = plot(args.dir, y=args.y, x=args.x, path=args.out, title=args.title)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"bilevel: {err}", file=sys.stderr)
+        return 2
+    print(f"figure written to {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .bench.report import report
+
+    try:
+        path = report(args.dir, target_metric=args.target_metric, target=args.target, above=args.above,
+                      path=args.out, metrics=args.metrics, title=args.title,
+                      plots=[tuple(p.split(":", 1)) for p in args.plots])
+    except (ValueError, FileNotFoundError) as err:
+        print(f"bilevel: {err}", file=sys.stderr)
+        return 2
+    print(f"report written to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bilevel", description="Bilevel optimisation with Krylov hypergradients.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +205,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="CSV path for the history (default results/<problem>_<solver>_seed<seed>.csv)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench", help="run a YAML experiment grid (parallel, resumable)")
+    bench.add_argument("config", help="experiment YAML (see configs/)")
+    bench.add_argument("--out", required=True, help="results folder; re-running resumes it")
+    bench.add_argument("--backend", default="loky", help="loky (local processes), dask, ray or sequential")
+    bench.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port) or Ray address")
+    bench.add_argument("--n-jobs", type=int, default=None, help="parallel runs (default: CPU count)")
+    bench.add_argument("--retry-failed", action="store_true", help="re-run runs recorded as failed")
+    bench.add_argument("--no-progress", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+
+    plt = sub.add_parser("plot", help="plot a metric from a results folder (median and 20-80%% band over seeds)")
+    plt.add_argument("dir")
+    plt.add_argument("--x", choices=("time", "iteration", "hvp"), default="time")
+    plt.add_argument("--y", default="hypergrad_norm", help="metric column, e.g. hypergrad_norm, residual")
+    plt.add_argument("--out", default=None, help="figure file (.png, .pdf or .svg)")
+    plt.add_argument("--title", default=None)
+    plt.set_defaults(func=cmd_plot)
+
+    rep = sub.add_parser("report", help="write a Markdown summary of a results folder")
+    rep.add_argument("dir")
+    rep.add_argument("--out", default=None, help="Markdown path (default DIR/report.md)")
+    rep.add_argument("--target-metric", default="hypergrad_norm")
+    rep.add_argument("--target", type=float, default=1e-2)
+    rep.add_argument("--above", action="store_true", help="the target is reached from below (accuracies)")
+    rep.add_argument("--metrics", nargs="*", default=None, help="final metrics to tabulate")
+    rep.add_argument("--plots", nargs="*", default=["time:hypergrad_norm", "time:residual"],
+                     help="figures as X:METRIC pairs")
+    rep.add_argument("--title", default=None)
+    rep.set_defaults(func=cmd_report)
 
     lst = sub.add_parser("list", help="list solvers, problems and linear solvers")
     lst.add_argument("what", nargs="?", choices=("solvers", "problems", "linear-solvers"))

@@ -1,0 +1,250 @@
+"""Experiment configuration: a YAML file → validated, fully expanded run specifications.
+
+    name: synthetic                       # experiment name (used in reports)
+    problem:
+      name: synthetic
+      options: {n: 1000, condition: 1.0e5}
+    solvers:
+      - name: lancbio                     # a registered solver
+        label: LancBiO                    # optional legend label
+        options: {m: [10, 20, 50]}        # a list value means "sweep": one configuration per value
+      - name: amigo_gd
+        options: {v_steps: [3, 10]}
+    seeds: [1, 2, 3]                      # or an integer n: seeds 0 … n−1
+    run: {max_iter: 10000, max_time: 60, eval_every: 50, true_hypergradient: true}
+
+Schedules are written as mappings with a ``schedule`` key (never swept element-wise):
+``{schedule: dimension, m0: 1, growth: 1.1, period: 20, m_max: 80}``,
+``{schedule: power_decay, scale: 1.0, power: 0.4, offset: 1, floor: 0.01}``,
+``{schedule: piecewise, values: [0.1, 0.05], boundaries: [500]}``, ``{schedule: constant, value: 0.1}``.
+
+Every unknown key is rejected with the nearest valid name suggested; solver options are checked by
+building each solver, problem options against the problem factory's signature.  The seed of a run also
+seeds the problem (a new synthetic instance per seed, as in the paper) unless the problem options fix one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from .._validation import reject_unknown, suggest
+from ..schedules import Constant, DimensionSchedule, Piecewise, PowerDecay
+
+TOP_KEYS = ("name", "description", "problem", "solvers", "seeds", "run")
+PROBLEM_KEYS = ("name", "options")
+SOLVER_KEYS = ("name", "label", "options")
+RUN_KEYS = ("max_iter", "max_time", "eval_every", "true_hypergradient", "tol")
+SCHEDULES = {
+    "dimension": DimensionSchedule,
+    "power_decay": PowerDecay,
+    "piecewise": Piecewise,
+    "constant": Constant,
+}
+
+
+#: legend names as the papers write them (a config's ``label`` overrides)
+DISPLAY = {
+    "lancbio": "LancBiO", "subbio": "SubBiO", "amigo_gd": "AmIGO-GD", "amigo_cg": "AmIGO-CG", "soba": "SOBA",
+    "ttsa": "TTSA", "stocbio": "stocBiO", "bsa": "BSA", "stable": "STABLE", "f2sa": "F2SA", "hjfbio": "HJFBiO",
+    "bome": "BOME", "pbgd": "PBGD", "itd": "ITD",
+}
+
+
+class ConfigError(ValueError):
+    """The experiment file is invalid; the message names the place and the fix."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a problem instance, a solver configuration, a seed and the run limits."""
+
+    experiment: str
+    problem: str
+    problem_options: dict
+    solver: str
+    solver_options: dict
+    label: str
+    seed: int
+    limits: dict
+    run_id: str = field(default="")
+
+    def key(self) -> dict:
+        """What identifies the run (its id is a hash of this)."""
+        return {
+            "problem": self.problem, "problem_options": self.problem_options, "solver": self.solver,
+            "solver_options": self.solver_options, "seed": self.seed, "limits": self.limits,
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decode(value: Any) -> Any:
+    """YAML value → Python option value (schedule mappings become schedule objects)."""
+    if isinstance(value, Mapping) and "schedule" in value:
+        kind = value["schedule"]
+        if kind not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {kind!r}.{suggest(str(kind), SCHEDULES)} Valid: {', '.join(SCHEDULES)}.")
+        args = {k: v for k, v in value.items() if k != "schedule"}
+        cls = SCHEDULES[kind]
+        valid = list(inspect.signature(cls).parameters)
+        try:
+            reject_unknown(f"schedule {kind!r}", args, valid)
+        except TypeError as err:
+            raise ConfigError(str(err)) from None
+        if kind == "piecewise":
+            args = {"values": tuple(args.get("values", ())), "boundaries": tuple(args.get("boundaries", ()))}
+        try:
+            return cls(**args)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"schedule {dict(value)}: {err}") from None
+    return value
+
+
+def _sweep(options: Mapping[str, Any]) -> list[dict]:
+    """Cartesian product over the list-valued options (in key order)."""
+    keys = list(options)
+    axes = [options[k] if isinstance(options[k], list) else [options[k]] for k in keys]
+    for k, axis in zip(keys, axes):
+        if not axis:
+            raise ConfigError(f"option {k!r} sweeps over an empty list; give at least one value.")
+    return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
+
+
+def _swept_keys(options: Mapping[str, Any]) -> list[str]:
+    return [k for k, v in options.items() if isinstance(v, list)]
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, Mapping) and "schedule" in value:
+        inner = ", ".join(f"{k}={v}" for k, v in value.items() if k != "schedule")
+        return f"{value['schedule']}({inner})"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def run_id(spec_key: Mapping[str, Any], solver: str, seed: int) -> str:
+    digest = hashlib.sha256(json.dumps(spec_key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{solver}-{digest}-seed{seed}"
+
+
+def _require_mapping(value: Any, where: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping; got {type(value).__name__} ({value!r}).")
+    return value
+
+
+def parse(raw: Any, source: str = "<config>") -> list[RunSpec]:
+    """Validate a loaded YAML document and expand it into run specifications."""
+    from ..problems import PROBLEMS
+    from ..solvers import SOLVERS
+
+    raw = _require_mapping(raw, f"{source}: the document")
+    _reject(raw, TOP_KEYS, f"{source}")
+    for key in ("problem", "solvers"):
+        if key not in raw:
+            raise ConfigError(f"{source}: missing required key {key!r}.")
+    experiment = str(raw.get("name") or source)
+
+    problem = _require_mapping(raw["problem"], f"{source}: problem")
+    _reject(problem, PROBLEM_KEYS, f"{source}: problem")
+    pname = problem.get("name")
+    if pname not in PROBLEMS:
+        raise ConfigError(f"{source}: unknown problem {pname!r}.{suggest(str(pname), PROBLEMS)} "
+                          f"Registered: {', '.join(sorted(PROBLEMS))}.")
+    poptions = dict(_require_mapping(problem.get("options") or {}, f"{source}: problem.options"))
+    params = inspect.signature(PROBLEMS[pname]).parameters
+    _reject(poptions, [p for p in params if p not in ("dtype", "device")], f"{source}: problem.options")
+
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        seeds = list(range(seeds))
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ConfigError(f"{source}: seeds must be a non-empty list of non-negative integers, or a count; got {seeds!r}.")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{source}: seeds contain duplicates: {seeds}.")
+
+    limits = dict(_require_mapping(raw.get("run") or {}, f"{source}: run"))
+    _reject(limits, RUN_KEYS, f"{source}: run")
+    limits.setdefault("max_iter", 1000)
+    limits.setdefault("eval_every", 10)
+    _check_limits(limits, source)
+
+    solvers = raw["solvers"]
+    if not isinstance(solvers, list) or not solvers:
+        raise ConfigError(f"{source}: solvers must be a non-empty list of {{name, options}} entries.")
+    specs: list[RunSpec] = []
+    for i, entry in enumerate(solvers):
+        where = f"{source}: solvers[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        entry = _require_mapping(entry, where)
+        _reject(entry, SOLVER_KEYS, where)
+        sname = entry.get("name")
+        if sname not in SOLVERS:
+            raise ConfigError(f"{where}: unknown solver {sname!r}.{suggest(str(sname), SOLVERS)} "
+                              f"Registered: {', '.join(sorted(SOLVERS))}.")
+        soptions = dict(_require_mapping(entry.get("options") or {}, f"{where}.options"))
+        _reject(soptions, SOLVERS[sname].option_names(), f"{where}.options")
+        base_label = str(entry.get("label") or DISPLAY.get(sname, sname))
+        swept = _swept_keys(soptions)
+        for popts in _sweep(poptions):
+            for sopts in _sweep(soptions):
+                try:
+                    SOLVERS[sname].create(**{k: decode(v) for k, v in sopts.items()})
+                except (TypeError, ValueError) as err:
+                    raise ConfigError(f"{where}: {err}") from None
+                label = base_label
+                if swept:
+                    label += " (" + ", ".join(f"{k}={_short(sopts[k])}" for k in swept) + ")"
+                pswept = _swept_keys(poptions)
+                if pswept:
+                    label += " [" + ", ".join(f"{k}={_short(popts[k])}" for k in pswept) + "]"
+                for seed in seeds:
+                    spec = RunSpec(experiment, pname, popts, sname, sopts, label, seed, dict(limits))
+                    specs.append(RunSpec(**{**spec.to_dict(), "run_id": run_id(spec.key(), sname, seed)}))
+    ids = [s.run_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{source}: two solver entries describe the same runs; remove the duplicate.")
+    return specs
+
+
+def load(path: str) -> list[RunSpec]:
+    """Read and expand a YAML experiment file."""
+    import yaml
+
+    try:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"no experiment file at {path!r}.") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse(raw, source=path)
+
+
+def _reject(mapping: Mapping, valid, where: str) -> None:
+    for key in mapping:
+        if key not in valid:
+            raise ConfigError(f"{where}: unknown key {key!r}.{suggest(str(key), valid)} Valid keys: {', '.join(valid)}.")
+
+
+def _check_limits(limits: dict, source: str) -> None:
+    def positive_int(name):
+        v = limits.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{source}: run.{name} must be a positive integer; got {v!r}.")
+
+    positive_int("max_iter")
+    positive_int("eval_every")
+    for name in ("max_time", "tol"):
+        v = limits.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise ConfigError(f"{source}: run.{name} must be a positive number; got {v!r}.")
+    th = limits.get("true_hypergradient")
+    if th is not None and not isinstance(th, bool):
+        raise ConfigError(f"{source}: run.true_hypergradient must be true or false; got {th!r}.")

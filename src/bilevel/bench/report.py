@@ -1,0 +1,112 @@
+"""``bilevel report DIR``: a Markdown summary of a results folder, with its figures.
+
+Per configuration: runs and their statuses, the median (over seeds) of the final value of each metric,
+median iterations and HVPs, and the median solver time to reach the target (runs that never reach it
+are counted, not averaged in).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..history import atomic_write_text
+from . import storage
+from .plot import Y_LABELS, plot, time_to_target
+
+DEFAULT_METRICS = ("hypergrad_norm", "residual", "test_accuracy")
+
+
+def _fmt(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def summary_rows(out: str, metrics: Sequence[str], target_metric: str, target: float, above: bool):
+    groups: dict[str, list] = defaultdict(list)
+    for meta, cols in storage.iter_runs(out):
+        groups[meta["label"]].append((meta, cols))
+    rows = []
+    for label in sorted(groups):
+        runs = groups[label]
+        statuses = defaultdict(int)
+        for meta, _ in runs:
+            statuses[meta["status"]] += 1
+        finals = {}
+        for m in metrics:
+            vals = [float(cols[m][-1]) for _, cols in runs if m in cols and cols[m]]
+            finals[m] = float(np.median(vals)) if vals else math.nan
+        reach = []
+        for _, cols in runs:
+            if target_metric in cols and "time" in cols:
+                reach.append(time_to_target(np.asarray(cols["time"], float), np.asarray(cols[target_metric], float),
+                                            target, above))
+        hit = [t for t in reach if not math.isnan(t)]
+        rows.append({
+            "label": label,
+            "runs": len(runs),
+            "status": ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())),
+            "finals": finals,
+            "iterations": float(np.median([m.get("iterations", 0) for m, _ in runs])),
+            "hvp": float(np.median([m.get("counts", {}).get("hvp", 0) for m, _ in runs])),
+            "time": float(np.median([m.get("time", 0.0) or 0.0 for m, _ in runs])),
+            "reach": (float(np.median(hit)) if hit else math.nan, len(hit), len(reach)),
+        })
+    return rows
+
+
+def report(out: str, *, metrics: Optional[Sequence[str]] = None, target_metric: str = "hypergrad_norm",
+           target: float = 1e-2, above: bool = False, path: Optional[str] = None,
+           plots: Sequence[tuple[str, str]] = (("time", "hypergrad_norm"), ("time", "residual")),
+           title: Optional[str] = None) -> str:
+    """Write the Markdown report (default ``OUT/report.md``) and its figures; returns the path."""
+    runs = list(storage.iter_runs(out))
+    if not runs:
+        raise ValueError(f"no finished runs under {out!r}; run `bilevel bench CONFIG --out {out}` first.")
+    present = set().union(*(cols.keys() for _, cols in runs))
+    metrics = [m for m in (metrics or DEFAULT_METRICS) if m in present]
+    path = path or os.path.join(out, "report.md")
+    folder = os.path.dirname(os.path.abspath(path))
+    first = runs[0][0]
+    lines = [f"# {title or first.get('experiment', 'experiment')}", ""]
+    popts = ", ".join(f"{k}={v}" for k, v in first.get("problem_options", {}).items()) or "defaults"
+    seeds = sorted({m["seed"] for m, _ in runs})
+    env = first.get("env", {})
+    lines += [
+        f"- problem: `{first['problem']}` ({popts}); seeds {seeds}",
+        f"- limits: {', '.join(f'{k}={v}' for k, v in first.get('limits', {}).items())}",
+        f"- machine: {env.get('machine', '?')} ({env.get('processor', '?')}, {env.get('cpus', '?')} CPUs); "
+        f"torch {env.get('torch', '?')}, bilevel {env.get('bilevel', '?')}, commit `{first.get('commit')}`",
+        f"- time is solver time (evaluation excluded); medians over seeds",
+        "",
+    ]
+    op = "≥" if above else "≤"
+    header = ["configuration", "runs", "status"] + [f"final {Y_LABELS.get(m, m)}" for m in metrics] + \
+             ["iterations", "HVPs", "solver time (s)", f"time to {target_metric} {op} {target:g} (s)"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for row in summary_rows(out, metrics, target_metric, target, above):
+        med, hit, n = row["reach"]
+        reach = f"{_fmt(med)} ({hit}/{n} reached)" if n else "—"
+        cells = [row["label"], str(row["runs"]), row["status"]] + [_fmt(row["finals"][m]) for m in metrics] + \
+                [_fmt(row["iterations"]), _fmt(row["hvp"]), _fmt(row["time"]), reach]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for x, y in plots:
+        if y not in present:
+            continue
+        fig = os.path.join(folder, "figures", f"{y}_vs_{x}.png")
+        plot(out, y=y, x=x, path=fig)
+        lines += [f"![{Y_LABELS.get(y, y)} vs {x}]({os.path.relpath(fig, folder)})", ""]
+    failed = [(m["label"], m["seed"], m.get("message", "")) for m, _ in runs if m.get("status") == "failed"]
+    if failed:
+        lines += ["## Failed runs", ""] + [f"- {label}, seed {seed}: {msg}" for label, seed, msg in failed] + [""]
+    atomic_write_text(path, "\n".join(lines))
+    return path

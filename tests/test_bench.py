@@ -1,0 +1,225 @@
+"""Benchmark harness: config parsing and errors, end-to-end grid, resume after SIGKILL, failures, plots,
+report, and the Dask backend on a loopback LocalCluster."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from bilevel.bench import ConfigError, load, parse, run_sweep
+from bilevel.bench import storage
+from bilevel.bench.plot import plot, summarise
+from bilevel.bench.report import report
+from bilevel.cli import main
+from bilevel.schedules import DimensionSchedule, PowerDecay
+
+TINY = {
+    "name": "tiny",
+    "problem": {"name": "quadratic", "options": {"dy": 12}},
+    "solvers": [{"name": "lancbio", "options": {"m": [2, 4]}}, "subbio"],
+    "seeds": 2,
+    "run": {"max_iter": 30, "eval_every": 10},
+}
+
+
+def _write(tmp_path, text, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_parse_expands_sweeps_seeds_and_labels():
+    specs = parse(TINY)
+    assert len(specs) == (2 + 1) * 2
+    labels = sorted({s.label for s in specs})
+    assert labels == ["LancBiO (m=2)", "LancBiO (m=4)", "SubBiO"]
+    assert sorted({s.seed for s in specs}) == [0, 1]
+    assert len({s.run_id for s in specs}) == len(specs)
+    assert parse(TINY)[0].run_id == specs[0].run_id  # ids are stable across parses
+    other = dict(TINY, run={"max_iter": 31, "eval_every": 10})
+    assert parse(other)[0].run_id != specs[0].run_id  # and change with anything that changes the run
+
+
+def test_schedules_in_yaml(tmp_path):
+    path = _write(tmp_path, """
+        problem: {name: quadratic}
+        solvers:
+          - name: lancbio
+            options:
+              m: {schedule: dimension, m0: 1, growth: 1.1, period: 20, m_max: 80}
+              lr_x: {schedule: power_decay, scale: 1.0, power: 0.4, offset: 1, floor: 0.01}
+        run: {max_iter: 5}
+    """)
+    (spec,) = load(path)
+    from bilevel.bench.config import decode
+
+    assert decode(spec.solver_options["m"]) == DimensionSchedule(1, 1.1, 20, 80)
+    assert decode(spec.solver_options["lr_x"]) == PowerDecay(1.0, 0.4, 1, 0.01)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"solver": []}, "unknown key 'solver'. Did you mean 'solvers'"),
+        ({"problem": {"name": "quadratik"}}, "Did you mean 'quadratic'"),
+        ({"problem": {"name": "quadratic", "options": {"dyy": 3}}}, "Did you mean 'dy'"),
+        ({"solvers": [{"name": "lancbio", "options": {"lrx": 1.0}}]}, "Did you mean 'lr_x'"),
+        ({"solvers": [{"name": "lancbo"}]}, "Did you mean 'lancbio'"),
+        ({"solvers": [{"name": "lancbio", "option": {}}]}, "Did you mean 'options'"),
+        ({"solvers": [{"name": "lancbio", "options": {"m": 0}}]}, "m0 must be an integer >= 1; got 0"),
+        ({"solvers": [{"name": "lancbio", "options": {"m": []}}]}, "sweeps over an empty list"),
+        ({"solvers": []}, "solvers must be a non-empty list"),
+        ({"seeds": [1, 1]}, "duplicates"),
+        ({"seeds": "three"}, "seeds must be a non-empty list"),
+        ({"run": {"max_iters": 3}}, "Did you mean 'max_iter'"),
+        ({"run": {"max_iter": 0}}, "run.max_iter must be a positive integer; got 0"),
+        ({"run": {"max_time": -1}}, "run.max_time must be a positive number"),
+        ({"solvers": ["lancbio", "lancbio"]}, "same runs"),
+        ({"solvers": [{"name": "lancbio", "options": {"m": {"schedule": "dimensional"}}}]}, "Did you mean 'dimension'"),
+    ],
+)
+def test_config_errors_are_clear(change, match):
+    raw = dict(TINY)
+    for key, value in change.items():
+        if key == "solver":
+            raw["solver"] = value
+        else:
+            raw[key] = value
+    with pytest.raises(ConfigError, match=match):
+        parse(raw)
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ConfigError, match="no experiment file"):
+        load(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(_write(tmp_path, "problem: [unclosed\n"))
+
+
+def test_tiny_grid_end_to_end(tmp_path):
+    out = str(tmp_path / "out")
+    summary = run_sweep(parse(TINY), out, n_jobs=2, progress=False)
+    assert summary.ran == 6 and summary.statuses == {"max_iter": 6}
+    folders = sorted(glob.glob(os.path.join(out, "runs", "*")))
+    assert len(folders) == 6
+    for folder in folders:
+        assert sorted(os.listdir(folder)) == ["history.parquet", "meta.json"]
+        meta = json.load(open(os.path.join(folder, "meta.json")))
+        for key in ("run_id", "options", "seed", "env", "commit", "status", "counts", "label", "limits", "error"):
+            assert key in meta
+        assert meta["env"]["torch"].startswith("2.13") and meta["status"] == "max_iter"
+        cols = storage.read_history(folder, meta)
+        for column in ("iteration", "time", "hvp", "cross", "residual", "hypergrad_norm"):
+            assert column in cols, column
+        assert cols["iteration"] == [0, 10, 20, 29]
+    again = run_sweep(parse(TINY), out, n_jobs=2, progress=False)
+    assert again.skipped == 6 and again.ran == 0
+
+
+def test_csv_fallback_without_pyarrow(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "have_parquet", lambda: False)
+    out = str(tmp_path / "out")
+    run_sweep(parse(dict(TINY, seeds=1, solvers=["subbio"])), out, backend="sequential", progress=False)
+    (folder,) = glob.glob(os.path.join(out, "runs", "*"))
+    meta = storage.read_meta(folder)
+    assert meta["history_file"] == "history.csv"
+    assert storage.read_history(folder, meta)["iteration"] == [0, 10, 20, 29]
+
+
+def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
+    raw = dict(TINY, problem={"name": "quadratic", "options": {"condition": [10.0, 0.5]}}, seeds=1,
+               solvers=["subbio"])
+    out = str(tmp_path / "out")
+    summary = run_sweep(parse(raw), out, backend="sequential", progress=False)
+    assert summary.statuses == {"failed": 1, "max_iter": 1}
+    metas = [m for m, _ in storage.iter_runs(out)]
+    failed = [m for m in metas if m["status"] == "failed"]
+    assert len(failed) == 1 and "condition" in failed[0]["message"] and "Traceback" in failed[0]["error"]
+    # failed runs are not retried unless asked
+    assert run_sweep(parse(raw), out, backend="sequential", progress=False).ran == 0
+    assert run_sweep(parse(raw), out, backend="sequential", progress=False, retry_failed=True).ran == 1
+
+
+def test_sigkill_mid_sweep_resumes_without_duplicates(tmp_path):
+    cfg = _write(tmp_path, """
+        name: killme
+        problem: {name: synthetic, options: {n: 150, condition: 100.0}}
+        solvers:
+          - name: lancbio
+            options: {m: [2, 3, 4, 5]}
+        seeds: [0, 1]
+        run: {max_iter: 400, eval_every: 2}
+    """)
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, "-m", "bilevel.cli", "bench", cfg, "--out", out, "--backend", "sequential", "--no-progress"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(glob.glob(os.path.join(out, "runs", "*", "meta.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {os.path.basename(os.path.dirname(p)): json.load(open(p))["finished"]
+                   for p in glob.glob(os.path.join(out, "runs", "*", "meta.json"))}
+    assert 2 <= len(done_before) < 8, "the sweep should have been killed mid-way"
+    assert subprocess.run(cmd, timeout=300).returncode == 0
+    specs = load(cfg)
+    metas = {m["run_id"]: m for m, _ in storage.iter_runs(out)}
+    assert set(metas) == {s.run_id for s in specs}
+    assert all(m["status"] == "max_iter" for m in metas.values())
+    for run_id, finished in done_before.items():
+        assert metas[run_id]["finished"] == finished  # finished runs were not redone
+    for folder in glob.glob(os.path.join(out, "runs", "*")):
+        assert sorted(os.listdir(folder)) == ["history.parquet", "meta.json"]  # no duplicates, no leftovers
+
+
+def test_plot_and_report(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    run_sweep(parse(TINY), out, backend="sequential", progress=False)
+    for ext in ("png", "svg", "pdf"):
+        path = plot(out, y="hypergrad_norm", x="time", path=str(tmp_path / f"fig.{ext}"))
+        assert os.path.getsize(path) > 1000
+    assert main(["plot", out, "--x", "hvp", "--y", "residual", "--out", str(tmp_path / "r.png")]) == 0
+    assert main(["plot", out, "--y", "test_accuracy"]) == 2
+    assert "no run" in capsys.readouterr().err
+    path = report(out, target=1e-2)
+    text = open(path).read()
+    assert "| LancBiO (m=2) | 2 | max_iter 2 |" in text and "SubBiO" in text
+    assert "figures/hypergrad_norm_vs_time.png" in text
+    assert os.path.exists(os.path.join(out, "figures", "hypergrad_norm_vs_time.png"))
+
+
+def test_summarise_median_and_band():
+    import numpy as np
+
+    runs = [(np.array([0.0, 1.0, 2.0]), np.array([3.0, 2.0, 1.0])),
+            (np.array([0.0, 1.0, 2.0]), np.array([5.0, 4.0, 3.0])),
+            (np.array([0.0, 2.0]), np.array([4.0, 2.0]))]
+    grid, med, q20, q80 = summarise(runs, points=3)
+    assert list(grid) == [0.0, 1.0, 2.0]
+    assert list(med) == [4.0, 4.0, 2.0]
+    assert q20[0] == pytest.approx(3.4) and q80[0] == pytest.approx(4.6)
+
+
+def test_cli_bench_errors(tmp_path, capsys):
+    cfg = _write(tmp_path, "problem: {name: quadratic}\nsolver: [lancbio]\n")
+    assert main(["bench", cfg, "--out", str(tmp_path / "o")]) == 2
+    assert "Did you mean 'solvers'" in capsys.readouterr().err
+    ok = _write(tmp_path, "problem: {name: quadratic}\nsolvers: [lancbio]\nrun: {max_iter: 3}\n", "ok.yaml")
+    assert main(["bench", ok, "--out", str(tmp_path / "o"), "--backend", "spark"]) == 2
+    assert "unknown backend 'spark'" in capsys.readouterr().err
+
+
+def test_dask_backend_on_local_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        out = str(tmp_path / "out")
+        summary = run_sweep(parse(TINY), out, backend="dask", scheduler=cluster.scheduler_address, progress=False)
+    assert summary.ran == 6 and summary.statuses == {"max_iter": 6}
+    assert len(list(storage.iter_runs(out))) == 6
