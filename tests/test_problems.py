@@ -79,7 +79,8 @@ def test_quadratic_presets_and_constants():
     assert problem.preset("anything", "lr_x") == pytest.approx(1 / L_phi, rel=1e-10)
     assert problem.preset("lancbio", "lr_y") == pytest.approx(1 / 40)
     assert problem.preset("subbio", "eta") == pytest.approx(1 / 40)
-    assert problem.preset("x", "inner_steps") == 5 and problem.preset("x", "v_steps") == 5
+    # T and Q are structural: the solvers' own defaults, not problem presets
+    assert problem.preset("x", "inner_steps") is None and problem.preset("x", "v_steps") is None
     assert problem.name == "quadratic" and problem.dx == 3 and problem.dy == 6
 
 
@@ -151,7 +152,11 @@ def test_synthetic_presets_and_info():
     assert problem.preset("amigo_gd", "lr_y") == pytest.approx(1e-5)
     assert problem.preset("soba", "eta") == pytest.approx(1e-5)
     assert problem.preset("soba", "lr_x") == 1.0
-    assert problem.preset("x", "inner_steps") == 5 and problem.preset("x", "v_steps") == 5
+    assert problem.preset("x", "inner_steps") is None  # only the paper's per-solver settings below
+    assert problem.preset("amigo_gd", "inner_steps") == 5 and problem.preset("amigo_gd", "v_steps") == 5
+    assert problem.preset("stocbio", "inner_steps") == 10 and problem.preset("stocbio", "v_steps") == 10
+    assert problem.preset("soba", "inner_steps") == 1 and problem.preset("ttsa", "v_steps") == 10
+    assert problem.preset("ttsa", "lr_x")(0) == 1.0 and problem.preset("ttsa", "lr_x")(10 ** 9) == 0.01
     m = problem.preset("lancbio", "m")
     assert isinstance(m, DimensionSchedule) and m(0) == 1 and m(19) == 2 and m(10_000) == 80
     assert problem.info == {"n": 20, "condition": 1e5, "seed": 3, "c0": 0.5, "c1": 0.1, "ground_truth": True}

@@ -84,7 +84,7 @@ def quadratic(
 
     ``problem.info`` holds A, B, c, d, alpha, x_star (the exact minimiser of φ), phi_star, the
     constants L (= λ_max(A)), mu (= λ_min(A)) and L_phi (= λ_max(∇²φ)), condition and seed.
-    Presets (all solvers): lr_y = eta = 1/L, lr_x = 1/L_phi, inner_steps = 5, v_steps = 5.
+    Presets (all solvers): lr_y = eta = 1/L, lr_x = 1/L_phi (T and Q: each solver's own defaults).
     """
     owner = "quadratic"
     dx = check_int(owner, "dx", dx, minimum=1)
@@ -155,7 +155,8 @@ def quadratic(
             hypergradient=hypergradient,
         )
 
-    presets = {"*": {"lr_x": 1.0 / L_phi, "lr_y": 1.0 / L, "eta": 1.0 / L, "inner_steps": 5, "v_steps": 5}}
+    # problem-scale quantities only: T and Q are the solvers' own defaults
+    presets = {"*": {"lr_x": 1.0 / L_phi, "lr_y": 1.0 / L, "eta": 1.0 / L}}
     info = {
         "ground_truth": True,  # solve() evaluates the true hypergradient by default (dense solves)
         "dx": dx,

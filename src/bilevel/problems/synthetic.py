@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .._validation import check_int, check_positive
 from ..problem import BilevelProblem, ClosedForms
-from ..schedules import DimensionSchedule
+from ..schedules import DimensionSchedule, PowerDecay
 from .quadratic import _check_dtype_device, _check_seed
 
 __all__ = ["synthetic", "synthetic_data", "SyntheticData", "clear_synthetic_cache"]
@@ -152,8 +152,10 @@ def synthetic(
     gradients, ``linearize`` (A u, J u, Jᵀ u) and the ground-truth preconditioner; no y*/∇φ closed
     form (they need solves: ``bilevel.truth`` does them).
 
-    Presets: lr_x = λ = 1, lr_y = θ = eta = η = 1/κ_G, inner_steps = T = 5, v_steps = Q = 5;
-    LancBiO: m from 1, ×1.1 every 20 iterations, capped at 80.
+    Presets: lr_x = λ = 1, lr_y = θ = eta = η = 1/κ_G for every solver; per solver the paper's T, Q
+    (LancBiO/SubBiO/AmIGO T = 5, AmIGO Q = 5; stocBiO/BSA T = Q = 10; TTSA T = 1, Q = 10, λ_k =
+    max(0.01, k^−0.4); BSA λ_k = max(0.01, k^−1/2); SOBA T = 1; ITD T = 10) and LancBiO's m: from 1,
+    ×1.1 every 20 iterations, capped at 80.
     """
     owner = "synthetic"
     n, condition, seed, dtype, dev = _check_args(owner, n, condition, seed, dtype, device)
@@ -209,9 +211,18 @@ def synthetic(
         preconditioner=preconditioner,
     )
     step = 1.0 / condition
+    # "*" holds the problem-scale steps; per solver, the paper's synthetic settings (algorithms.md §2-§3)
     presets = {
-        "*": {"lr_x": 1.0, "lr_y": step, "eta": step, "inner_steps": 5, "v_steps": 5},
-        "lancbio": {"m": DimensionSchedule(m0=1, growth=1.1, period=20, m_max=80)},
+        "*": {"lr_x": 1.0, "lr_y": step, "eta": step},
+        "lancbio": {"inner_steps": 5, "m": DimensionSchedule(m0=1, growth=1.1, period=20, m_max=80)},
+        "subbio": {"inner_steps": 5},
+        "amigo_gd": {"inner_steps": 5, "v_steps": 5},
+        "amigo_cg": {"inner_steps": 5, "v_steps": 5},
+        "soba": {"inner_steps": 1},
+        "ttsa": {"inner_steps": 1, "v_steps": 10, "lr_x": PowerDecay(1.0, 0.4, offset=1, floor=0.01)},
+        "stocbio": {"inner_steps": 10, "v_steps": 10},
+        "bsa": {"inner_steps": 10, "v_steps": 10, "lr_x": PowerDecay(1.0, 0.5, offset=1, floor=0.01)},
+        "itd": {"inner_steps": 10},
     }
     # ground_truth: solve() evaluates the true hypergradient by default (y*, v* to 1e-10, preconditioned)
     info = {"n": n, "condition": condition, "seed": seed, "c0": c0, "c1": c1, "ground_truth": True}
