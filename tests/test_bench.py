@@ -223,3 +223,29 @@ def test_dask_backend_on_local_cluster(tmp_path):
         summary = run_sweep(parse(TINY), out, backend="dask", scheduler=cluster.scheduler_address, progress=False)
     assert summary.ran == 6 and summary.statuses == {"max_iter": 6}
     assert len(list(storage.iter_runs(out))) == 6
+
+
+def test_overrides_and_per_solver_limits(tmp_path):
+    path = _write(tmp_path, """
+        problem: {name: synthetic, options: {n: 10000}}
+        solvers:
+          - lancbio
+          - name: soba
+            run: {max_iter: 300}
+        seeds: [1, 2, 3]
+        run: {max_iter: 100, eval_every: 50}
+    """)
+    specs = load(path, {"problem.options.n": "50", "seeds": "[4]", "solvers.0.options": "{m: [3, 4]}"})
+    assert {s.problem_options["n"] for s in specs} == {50} and {s.seed for s in specs} == {4}
+    assert sorted(s.label for s in specs) == ["LancBiO (m=3)", "LancBiO (m=4)", "SOBA"]
+    assert {s.solver: s.limits["max_iter"] for s in specs} == {"lancbio": 100, "soba": 300}
+    with pytest.raises(ConfigError, match="index '5'"):
+        load(path, {"solvers.5.options": "{}"})
+    with pytest.raises(ConfigError, match=r"solvers\[1\].run: unknown key 'max_iters'"):
+        load(path, {"solvers.1.run": "{max_iters: 3}"})
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml"))))
+def test_shipped_configs_parse(path):
+    specs = load(path)
+    assert specs and len({s.run_id for s in specs}) == len(specs)

@@ -150,7 +150,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import ConfigError, load, run_sweep
 
     try:
-        specs = load(args.config)
+        overrides = {}
+        for item in args.set or ():
+            if "=" not in item:
+                raise ConfigError(f"--set expects KEY.PATH=VALUE; got {item!r}.")
+            key, value = item.split("=", 1)
+            overrides[key.strip()] = value
+        specs = load(args.config, overrides)
         summary = run_sweep(specs, args.out, backend=args.backend, n_jobs=args.n_jobs, scheduler=args.scheduler,
                             progress=not args.no_progress, retry_failed=args.retry_failed)
     except (ConfigError, ValueError, ImportError) as err:
@@ -213,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port) or Ray address")
     bench.add_argument("--n-jobs", type=int, default=None, help="parallel runs (default: CPU count)")
     bench.add_argument("--retry-failed", action="store_true", help="re-run runs recorded as failed")
+    bench.add_argument("--set", action="append", metavar="PATH=VALUE",
+                       help="override a config value by dotted path, e.g. problem.options.n=1000 (repeatable)")
     bench.add_argument("--no-progress", action="store_true")
     bench.set_defaults(func=cmd_bench)
 

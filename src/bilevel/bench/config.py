@@ -8,10 +8,13 @@
       - name: lancbio                     # a registered solver
         label: LancBiO                    # optional legend label
         options: {m: [10, 20, 50]}        # a list value means "sweep": one configuration per value
-      - name: amigo_gd
-        options: {v_steps: [3, 10]}
+      - name: soba
+        run: {max_iter: 30000}            # per-solver overrides of the run limits
     seeds: [1, 2, 3]                      # or an integer n: seeds 0 … n−1
     run: {max_iter: 10000, max_time: 60, eval_every: 50, true_hypergradient: true}
+
+Overrides from the command line (``bilevel bench … --set problem.options.n=1000 --set seeds=[1,2]``)
+replace values by dotted path before validation (``load(path, overrides)``).
 
 Schedules are written as mappings with a ``schedule`` key (never swept element-wise):
 ``{schedule: dimension, m0: 1, growth: 1.1, period: 20, m_max: 80}``,
@@ -37,7 +40,7 @@ from ..schedules import Constant, DimensionSchedule, Piecewise, PowerDecay
 
 TOP_KEYS = ("name", "description", "problem", "solvers", "seeds", "run")
 PROBLEM_KEYS = ("name", "options")
-SOLVER_KEYS = ("name", "label", "options")
+SOLVER_KEYS = ("name", "label", "options", "run")
 RUN_KEYS = ("max_iter", "max_time", "eval_every", "true_hypergradient", "tol")
 SCHEDULES = {
     "dimension": DimensionSchedule,
@@ -189,6 +192,10 @@ def parse(raw: Any, source: str = "<config>") -> list[RunSpec]:
             raise ConfigError(f"{where}: unknown solver {sname!r}.{suggest(str(sname), SOLVERS)} "
                               f"Registered: {', '.join(sorted(SOLVERS))}.")
         soptions = dict(_require_mapping(entry.get("options") or {}, f"{where}.options"))
+        own_limits = dict(_require_mapping(entry.get("run") or {}, f"{where}.run"))
+        _reject(own_limits, RUN_KEYS, f"{where}.run")
+        run_limits = {**limits, **own_limits}
+        _check_limits(run_limits, where)
         _reject(soptions, SOLVERS[sname].option_names(), f"{where}.options")
         base_label = str(entry.get("label") or DISPLAY.get(sname, sname))
         swept = _swept_keys(soptions)
@@ -205,7 +212,7 @@ def parse(raw: Any, source: str = "<config>") -> list[RunSpec]:
                 if pswept:
                     label += " [" + ", ".join(f"{k}={_short(popts[k])}" for k in pswept) + "]"
                 for seed in seeds:
-                    spec = RunSpec(experiment, pname, popts, sname, sopts, label, seed, dict(limits))
+                    spec = RunSpec(experiment, pname, popts, sname, sopts, label, seed, dict(run_limits))
                     specs.append(RunSpec(**{**spec.to_dict(), "run_id": run_id(spec.key(), sname, seed)}))
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
@@ -213,8 +220,8 @@ def parse(raw: Any, source: str = "<config>") -> list[RunSpec]:
     return specs
 
 
-def load(path: str) -> list[RunSpec]:
-    """Read and expand a YAML experiment file."""
+def load(path: str, overrides: Mapping[str, str] | None = None) -> list[RunSpec]:
+    """Read and expand a YAML experiment file; ``overrides`` maps dotted paths to YAML values."""
     import yaml
 
     try:
@@ -224,7 +231,47 @@ def load(path: str) -> list[RunSpec]:
         raise ConfigError(f"no experiment file at {path!r}.") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    for dotted, text in (overrides or {}).items():
+        raw = apply_override(raw, dotted, text, path)
     return parse(raw, source=path)
+
+
+def apply_override(raw: Any, dotted: str, text: str, source: str = "<config>") -> Any:
+    """Set ``raw[a][b]… = yaml(text)`` for ``dotted = "a.b…"``; list entries by index (``solvers.0.options``)."""
+    import copy
+
+    import yaml
+
+    raw = copy.deepcopy(_require_mapping(raw, f"{source}: the document"))
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"--set {dotted}={text}: empty key in the dotted path.")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {dotted}={text}: the value is not valid YAML: {err}") from None
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"--set {dotted}: {'.'.join(keys[:depth])} has {len(node)} entries; got index {key!r}.")
+            if isinstance(node[int(key)], str):  # a solver given by name alone
+                node[int(key)] = {"name": node[int(key)]}
+            node = node[int(key)]
+        else:
+            if key not in node or node[key] is None:
+                node[key] = {}
+            node = node[key]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:depth + 1])} is a value, not a mapping.")
+    last = keys[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {dotted}: index {last!r} out of range ({len(node)} entries).")
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return raw
 
 
 def _reject(mapping: Mapping, valid, where: str) -> None:

@@ -93,11 +93,16 @@ def plot(out: str, y: str = "hypergrad_norm", x: str = "time", path: Optional[st
     positive = all_y[np.isfinite(all_y)]
     if log_y is None:
         log_y = bool(positive.size and positive.min() > 0 and positive.max() / positive.min() > 100)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for label in sorted(curves):
+    fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=110)
+    labels = sorted(curves)
+    # beyond ten lines the default colour cycle repeats: use 20 colours and alternate line styles
+    colours = plt.get_cmap("tab20").colors if len(labels) > 10 else plt.get_cmap("tab10").colors
+    styles = ("-", "--", "-.", ":")
+    for i, label in enumerate(labels):
         grid, med, q20, q80 = summarise(curves[label])
         (line,) = ax.plot(grid, med, label=f"{label}" + (f" ({len(curves[label])} seeds)" if len(curves[label]) > 1 else ""),
-                          linewidth=1.6)
+                          linewidth=1.6, color=colours[i % len(colours)],
+                          linestyle=styles[(i // len(colours)) % len(styles)] if len(labels) <= 10 else styles[i % 2])
         if len(curves[label]) > 1:
             ax.fill_between(grid, q20, q80, color=line.get_color(), alpha=0.2, linewidth=0)
     if log_y:
@@ -107,7 +112,7 @@ def plot(out: str, y: str = "hypergrad_norm", x: str = "time", path: Optional[st
     ax.grid(True, which="major", alpha=0.3)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=8, frameon=False, loc="best")
+    ax.legend(fontsize=7 if len(labels) > 8 else 8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp" + ext

@@ -79,7 +79,7 @@ class ITD(Solver):
 
     # Quadratic: the fixed point's bias is ‖J A⁻¹ (I − θA)^T ∇_y f‖ ~ (1 − θ μ_g)^T = 0.99^T (κ = 100,
     # θ = 1/L): the presets' T = 5 stall at ‖∇φ‖ = 0.33 (reduction 5), T = 700 reaches 2.0e-4 within
-    # 20 iterations (measured reduction 8.2e3).  Synthetic, presets (T = 5): measured 3.8e4 at K = 300.
+    # 20 iterations (measured reduction 8.2e3).  Synthetic, presets (T = 10): measured 3.1e4 at K = 300.
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "quadratic": {"max_iter": 20, "reduction": 1e3, "options": {"inner_steps": 700}},
         "synthetic": {"max_iter": 300, "reduction": 1e4},
