@@ -249,3 +249,21 @@ def test_overrides_and_per_solver_limits(tmp_path):
 def test_shipped_configs_parse(path):
     specs = load(path)
     assert specs and len({s.run_id for s in specs}) == len(specs)
+
+
+def test_exponent_floats_parse_as_numbers(tmp_path):
+    path = _write(tmp_path, """
+        problem: {name: synthetic, options: {n: 30, condition: 1.0e5}}
+        solvers: [{name: lancbio, options: {lr_x: 1e-3}}]
+        run: {max_iter: 2, tol: 1e-12}
+    """)
+    (spec,) = load(path, {"problem.options.condition": "2e4"})
+    assert spec.problem_options["condition"] == 2e4 and spec.solver_options["lr_x"] == 1e-3
+    assert spec.limits["tol"] == 1e-12
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml"))))
+def test_shipped_configs_have_numeric_options(path):
+    for spec in load(path):
+        for value in spec.problem_options.values():
+            assert not isinstance(value, str) or not value[:1].isdigit(), (path, value)

@@ -220,13 +220,41 @@ def parse(raw: Any, source: str = "<config>") -> list[RunSpec]:
     return specs
 
 
+def _yaml_loader():
+    """PyYAML's safe loader, except that 1e5 and 1.0e-3 are floats: YAML 1.1 wants a dot and a signed
+    exponent, so plain PyYAML reads ``condition: 1.0e5`` as the string '1.0e5'."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."),
+    )
+    return Loader
+
+
+def _yaml_load(text_or_stream):
+    import yaml
+
+    return yaml.load(text_or_stream, Loader=_yaml_loader())  # a SafeLoader subclass
+
+
 def load(path: str, overrides: Mapping[str, str] | None = None) -> list[RunSpec]:
     """Read and expand a YAML experiment file; ``overrides`` maps dotted paths to YAML values."""
     import yaml
 
     try:
         with open(path) as fh:
-            raw = yaml.safe_load(fh)
+            raw = _yaml_load(fh)
     except FileNotFoundError:
         raise ConfigError(f"no experiment file at {path!r}.") from None
     except yaml.YAMLError as err:
@@ -247,7 +275,7 @@ def apply_override(raw: Any, dotted: str, text: str, source: str = "<config>") -
     if not all(keys):
         raise ConfigError(f"--set {dotted}={text}: empty key in the dotted path.")
     try:
-        value = yaml.safe_load(text)
+        value = _yaml_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {dotted}={text}: the value is not valid YAML: {err}") from None
     node = raw
