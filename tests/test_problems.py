@@ -9,7 +9,7 @@ import torch
 
 from bilevel.oracles import Oracles
 from bilevel.problem import BilevelProblem, ClosedForms
-from bilevel.problems import PROBLEMS, get_problem, quadratic, synthetic, synthetic_data
+from bilevel.problems import PROBLEMS, get_problem, hyperclean, quadratic, synthetic, synthetic_data
 from bilevel.problems.synthetic import clear_synthetic_cache
 from bilevel.schedules import DimensionSchedule
 from bilevel.testing import check_hypergradient, check_oracles
@@ -245,7 +245,7 @@ def test_check_oracles_fails_on_a_wrong_hvp():
 
 
 def test_registry():
-    assert PROBLEMS == {"quadratic": quadratic, "synthetic": synthetic}
+    assert PROBLEMS == {"hyperclean": hyperclean, "quadratic": quadratic, "synthetic": synthetic}
     p = get_problem("quadratic", dx=2, dy=3, condition=5.0)
     assert (p.dx, p.dy, p.name) == (2, 3, "quadratic")
     s = get_problem("synthetic", n=8, condition=10.0, seed=1)

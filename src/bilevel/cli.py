@@ -111,6 +111,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     saved = warnings.showwarning
     popts = _parse_assignments(args.problem_opt, "-P/--problem-opt")
     sopts = _parse_assignments(args.solver_opt, "-O/--solver-opt")
+    for flag in ("dataset", "corruption", "data_dir"):  # shorthands for the data problems' options
+        if getattr(args, flag) is not None:
+            popts[flag] = getattr(args, flag)
     if args.dtype:
         popts["dtype"] = getattr(torch, args.dtype)
     if args.device:
@@ -206,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tol", type=float, default=None, help="stop when the hypergradient norm is below this")
     run.add_argument("-P", "--problem-opt", action="append", metavar="KEY=VALUE", help="problem option, repeatable")
     run.add_argument("-O", "--solver-opt", action="append", metavar="KEY=VALUE", help="solver option, repeatable")
+    run.add_argument("--dataset", default=None, help="hyperclean: mnist, fashion_mnist, kmnist or digits")
+    run.add_argument("--corruption", type=float, default=None, help="hyperclean: fraction of corrupted labels")
+    run.add_argument("--data-dir", default=None, help="hyperclean: folder with the dataset files "
+                     "(default: $BILEVEL_DATA_DIR, else the download cache)")
     run.add_argument("--dtype", choices=("float64", "float32"), default=None)
     run.add_argument("--device", default=None, help="e.g. cpu or cuda")
     run.add_argument("--out", default=None, help="CSV path for the history (default results/<problem>_<solver>_seed<seed>.csv)")

@@ -11,12 +11,14 @@ from typing import Any, Callable
 
 from .._validation import reject_unknown, suggest
 from ..problem import BilevelProblem
+from .hyperclean import hyperclean
 from .quadratic import quadratic
 from .synthetic import SyntheticData, clear_synthetic_cache, synthetic, synthetic_data
 
 __all__ = [
     "PROBLEMS",
     "get_problem",
+    "hyperclean",
     "quadratic",
     "synthetic",
     "synthetic_data",
@@ -25,6 +27,7 @@ __all__ = [
 ]
 
 PROBLEMS: dict[str, Callable[..., BilevelProblem]] = {
+    "hyperclean": hyperclean,
     "quadratic": quadratic,
     "synthetic": synthetic,
 }

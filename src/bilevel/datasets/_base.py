@@ -1,0 +1,48 @@
+"""The ``Dataset`` record and the one exception type of ``bilevel.datasets``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Dataset", "DatasetError"]
+
+
+class DatasetError(RuntimeError):
+    """A dataset cannot be provided: unknown name, missing or corrupted file, failed download, bad format.
+
+    The message always names the file concerned and says how to fix the problem.
+    """
+
+
+# eq=False: comparing arrays element-wise inside a generated __eq__ would raise; identity is enough.
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """An image-classification dataset with its official train/test split.
+
+    train_images, test_images: uint8, shape (N, H, W), raw pixel values in [0, pixel_max].
+    train_labels, test_labels: int64, shape (N,), values in [0, n_classes).
+    mean, std: normalisation constants of ``pixel / pixel_max``; use ``(images / pixel_max - mean) / std``.
+    notes: provenance and deviations from the upstream dataset (for example KMNIST's partial training
+    images), to be reported with results.
+    files: file name -> absolute path of every file read (empty for nothing but a bundled source).
+    """
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    n_classes: int
+    pixel_max: float
+    mean: float
+    std: float
+    notes: str = ""
+    files: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # the default repr would print four large arrays
+        return (f"Dataset(name={self.name!r}, train={tuple(self.train_images.shape)}, "
+                f"test={tuple(self.test_images.shape)}, n_classes={self.n_classes}, "
+                f"pixel_max={self.pixel_max}, mean={self.mean:.4f}, std={self.std:.4f})")
