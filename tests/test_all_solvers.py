@@ -5,7 +5,6 @@ A new algorithm file is picked up here automatically; it must declare honest bud
 """
 
 import inspect
-import math
 
 import pytest
 import torch

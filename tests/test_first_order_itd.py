@@ -15,7 +15,7 @@ import torch
 
 import bilevel
 from bilevel import BilevelProblem
-from bilevel.oracles import Counts, Oracles
+from bilevel.oracles import Oracles
 from bilevel.solvers import BOME, F2SA, ITD, PBGD, get_solver
 from bilevel.truth import true_hypergradient
 

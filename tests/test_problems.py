@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bilevel.oracles import Oracles
-from bilevel.problem import BilevelProblem, ClosedForms
+from bilevel.problem import BilevelProblem
 from bilevel.problems import PROBLEMS, get_problem, hyperclean, quadratic, synthetic, synthetic_data
 from bilevel.problems.synthetic import clear_synthetic_cache
 from bilevel.schedules import DimensionSchedule

@@ -1,6 +1,5 @@
 """End-to-end: the AID loop with LancBiO and SubBiO, oracle counts, determinism, statuses and bad inputs."""
 
-import math
 import warnings
 
 import pytest

@@ -12,7 +12,7 @@ the full data set).  Closed forms act on the *flat* vectors (see ``_tree.TreeSpe
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 import torch

@@ -7,7 +7,6 @@ from typing import Any, Optional
 
 from torch import Tensor
 
-from ._tree import Tree
 from .history import History
 from .oracles import Counts
 

@@ -84,7 +84,7 @@ def report(out: str, *, metrics: Optional[Sequence[str]] = None, target_metric: 
         f"- limits: {', '.join(f'{k}={v}' for k, v in first.get('limits', {}).items())}",
         f"- machine: {env.get('machine', '?')} ({env.get('processor', '?')}, {env.get('cpus', '?')} CPUs); "
         f"torch {env.get('torch', '?')}, bilevel {env.get('bilevel', '?')}, commit `{first.get('commit')}`",
-        f"- time is solver time (evaluation excluded); medians over seeds",
+        "- time is solver time (evaluation excluded); medians over seeds",
         "",
     ]
     op = "≥" if above else "≤"

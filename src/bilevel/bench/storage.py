@@ -30,12 +30,9 @@ def run_dir(out: str, run_id: str) -> str:
 
 
 def have_parquet() -> bool:
-    try:
-        import pyarrow  # noqa: F401
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("pyarrow") is not None
 
 
 def write_history(folder: str, rows: list[dict], columns: list[str]) -> str:

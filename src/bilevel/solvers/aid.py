@@ -110,11 +110,6 @@ class AIDSolver(Solver):
         if opts["order"] is None:
             opts["order"] = self.default_order
         owner = type(self).__name__
-        for name in ("lr_x", "lr_y"):
-            if opts[name] is None:
-                raise ValueError(
-                    f"{owner}: {name} has no value: pass {name}=... (problem {problem.name!r} has no preset for it)."
-                )
         if opts["inner_steps"] == 0 and opts["order"] == "simultaneous":
             raise ValueError(f"{owner}: order='simultaneous' needs inner_steps >= 1; got 0.")
         return opts

@@ -41,6 +41,7 @@ class AmIGOGD(AIDSolver):
     """
 
     name: ClassVar[str] = "amigo_gd"
+    required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 10, "v_steps": 5}
 
     eta: Optional[float] = None
@@ -61,13 +62,6 @@ class AmIGOGD(AIDSolver):
         if self.freeze_x_first:
             raise ValueError(f"{owner}: freeze_x_first needs an epoch-based v-solver (LancBiO); GD has no epochs.")
 
-    def resolve(self, problem):
-        opts = super().resolve(problem)
-        if opts["eta"] is None:
-            raise ValueError(
-                f"AmIGOGD: eta has no value: pass eta=... (problem {problem.name!r} has no preset for it)."
-            )
-        return opts
 
     def expected_hvps(self, opts: Mapping[str, Any], iterations: int) -> float:
         """Q per iteration, less the skipped product of the first call when v starts at exactly 0."""

@@ -34,6 +34,8 @@ class Solver(ABC, metaclass=CheckedOptions):
     #: {"quadratic": {"max_iter": K, "reduction": r, "options": {...}}, "synthetic": {...},
     #:  "counts": {"options": {...}}}; a method slow by nature gets a longer budget, not a looser bound.
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: options that must have a value after resolution (user, problem preset or default)
+    required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y")
     #: True when the per-iteration cost is random (e.g. TTSA's truncation): counts are then compared
     #: with their expectation statistically.
     random_cost: ClassVar[bool] = False
@@ -73,6 +75,12 @@ class Solver(ABC, metaclass=CheckedOptions):
             if value is None:
                 value = self.defaults.get(name)
             out[name] = value
+        for name in self.required:
+            if out.get(name) is None:
+                raise ValueError(
+                    f"{type(self).__name__}: {name} has no value: pass {name}=... "
+                    f"(problem {problem.name!r} has no preset for it)."
+                )
         return out
 
     def __repr__(self) -> str:

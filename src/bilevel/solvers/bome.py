@@ -101,10 +101,10 @@ class BOME(Solver):
     }
 
     def __post_init__(self) -> None:
-        self._validate(self.options(), partial=True)
+        self._validate(self.options())
 
     @staticmethod
-    def _validate(opts: Mapping[str, Any], partial: bool) -> None:
+    def _validate(opts: Mapping[str, Any]) -> None:
         owner = "BOME"
         for name in ("lr_x", "lr_y", "lr_y_outer"):
             if opts.get(name) is not None:
@@ -114,16 +114,10 @@ class BOME(Solver):
         if opts.get("inner_steps") is not None:
             check_int(owner, "inner_steps", opts["inner_steps"], 1)
         check_positive(owner, "eps", opts["eps"], allow_zero=True)
-        if not partial:
-            for name in ("lr_x", "lr_y"):
-                if opts[name] is None:
-                    raise ValueError(
-                        f"{owner}: {name} has no value: pass {name}=... (the problem has no preset for it)."
-                    )
 
     def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
         opts = super().resolve(problem)
-        self._validate(opts, partial=False)
+        self._validate(opts)
         return opts
 
     def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Mapping, Optional
 from ..linear_solvers.base import LinearSolver
 from .aid import AIDSolver
 from .registry import register
-from .ttsa import check_neumann_options, make_randomized_neumann, randomized_neumann_hvps, require_eta
+from .ttsa import check_neumann_options, make_randomized_neumann, randomized_neumann_hvps
 
 
 @register
@@ -49,6 +49,7 @@ class BSA(AIDSolver):
     """
 
     name: ClassVar[str] = "bsa"
+    required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 10, "v_steps": 10}
     random_cost: ClassVar[bool] = True
 
@@ -67,11 +68,6 @@ class BSA(AIDSolver):
 
     def _check_options(self) -> None:
         check_neumann_options(self)
-
-    def resolve(self, problem):
-        opts = super().resolve(problem)
-        require_eta(self, problem, opts)
-        return opts
 
     def expected_hvps(self, opts: Mapping[str, Any], iterations: int) -> float:
         return randomized_neumann_hvps(opts, iterations, self.compat_hybrid)

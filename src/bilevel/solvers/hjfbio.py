@@ -72,6 +72,7 @@ class HJFBiO(Solver):
     """
 
     name: ClassVar[str] = "hjfbio"
+    required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
 
     lr_x: Optional[ScheduleLike] = None
     lr_y: Optional[ScheduleLike] = None
@@ -99,11 +100,6 @@ class HJFBiO(Solver):
 
     def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
         opts = super().resolve(problem)
-        for name in ("lr_x", "lr_y", "eta"):
-            if opts[name] is None:
-                raise ValueError(
-                    f"HJFBiO: {name} has no value: pass {name}=... (problem {problem.name!r} has no preset for it)."
-                )
         wide = problem.dtype == torch.float64
         if opts["delta"] is None:
             opts["delta"] = 1e-5 if wide else 1e-3

@@ -87,10 +87,10 @@ class ITD(Solver):
     }
 
     def __post_init__(self) -> None:
-        self._validate(self.options(), partial=True)
+        self._validate(self.options())
 
     @staticmethod
-    def _validate(opts: Mapping[str, Any], partial: bool) -> None:
+    def _validate(opts: Mapping[str, Any]) -> None:
         owner = "ITD"
         for name in ("lr_x", "lr_y"):
             if opts.get(name) is not None:
@@ -106,16 +106,10 @@ class ITD(Solver):
                     "back-propagation goes through the last T_b of the T unrolled steps. Lower backprop_steps "
                     "or raise inner_steps."
                 )
-        if not partial:
-            for name in ("lr_x", "lr_y"):
-                if opts[name] is None:
-                    raise ValueError(
-                        f"{owner}: {name} has no value: pass {name}=... (the problem has no preset for it)."
-                    )
 
     def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
         opts = super().resolve(problem)
-        self._validate(opts, partial=False)
+        self._validate(opts)
         return opts
 
     @staticmethod

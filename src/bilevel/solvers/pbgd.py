@@ -93,26 +93,20 @@ class PBGD(Solver):
     }
 
     def __post_init__(self) -> None:
-        self._validate(self.options(), partial=True)
+        self._validate(self.options())
 
     @staticmethod
-    def _validate(opts: Mapping[str, Any], partial: bool) -> None:
+    def _validate(opts: Mapping[str, Any]) -> None:
         owner = "PBGD"
         for name in ("lr_x", "lr_y", "lr_y_penalized", "gamma"):
             if opts.get(name) is not None:
                 as_schedule(opts[name], f"{owner}: {name}")
         if opts.get("inner_steps") is not None:
             check_int(owner, "inner_steps", opts["inner_steps"], 1)
-        if not partial:
-            for name in ("lr_x", "lr_y"):
-                if opts[name] is None:
-                    raise ValueError(
-                        f"{owner}: {name} has no value: pass {name}=... (the problem has no preset for it)."
-                    )
 
     def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
         opts = super().resolve(problem)
-        self._validate(opts, partial=False)
+        self._validate(opts)
         return opts
 
     def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:

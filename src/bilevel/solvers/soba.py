@@ -49,6 +49,7 @@ class SOBA(AIDSolver):
     """
 
     name: ClassVar[str] = "soba"
+    required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 1}
     default_order: ClassVar[str] = "simultaneous"
 
@@ -77,8 +78,6 @@ class SOBA(AIDSolver):
     def resolve(self, problem):
         opts = super().resolve(problem)
         check_int("SOBA", "inner_steps", opts["inner_steps"], 1)
-        if opts["eta"] is None:
-            raise ValueError(f"SOBA: eta has no value: pass eta=... (problem {problem.name!r} has no preset for it).")
         return opts
 
     def expected_hvps(self, opts: Mapping[str, Any], iterations: int) -> float:

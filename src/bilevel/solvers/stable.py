@@ -73,6 +73,7 @@ class STABLE(Solver):
     """
 
     name: ClassVar[str] = "stable"
+    required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
     defaults: ClassVar[Mapping[str, Any]] = {"v_steps": 20}
 
     lr_x: Optional[ScheduleLike] = None
@@ -96,15 +97,6 @@ class STABLE(Solver):
             check_positive(owner, "eta", self.eta)
         if self.v_steps is not None:
             check_int(owner, "v_steps", self.v_steps, 1)
-
-    def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
-        opts = super().resolve(problem)
-        for name in ("lr_x", "lr_y", "eta"):
-            if opts[name] is None:
-                raise ValueError(
-                    f"STABLE: {name} has no value: pass {name}=... (problem {problem.name!r} has no preset for it)."
-                )
-        return opts
 
     def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
         K = iterations

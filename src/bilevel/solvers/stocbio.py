@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Mapping, Optional
 from ..linear_solvers.neumann import Neumann
 from .aid import AIDSolver
 from .registry import register
-from .ttsa import check_neumann_options, require_eta
+from .ttsa import check_neumann_options
 
 
 @register
@@ -44,6 +44,7 @@ class StocBiO(AIDSolver):
     """
 
     name: ClassVar[str] = "stocbio"
+    required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 10, "v_steps": 10}
 
     eta: Optional[float] = None
@@ -57,11 +58,6 @@ class StocBiO(AIDSolver):
 
     def _check_options(self) -> None:
         check_neumann_options(self)
-
-    def resolve(self, problem):
-        opts = super().resolve(problem)
-        require_eta(self, problem, opts)
-        return opts
 
     def expected_hvps(self, opts: Mapping[str, Any], iterations: int) -> float:
         """Q per iteration: the sum starts from b, so there is no known-zero product to skip."""

@@ -31,6 +31,7 @@ class SubBiO(AIDSolver):
     """
 
     name: ClassVar[str] = "subbio"
+    required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 5}
 
     eta: Optional[float] = None
@@ -48,12 +49,6 @@ class SubBiO(AIDSolver):
     def _check_options(self) -> None:
         if self.eta is not None:
             self.make_v_solver({"eta": self.eta})
-
-    def resolve(self, problem):
-        opts = super().resolve(problem)
-        if opts["eta"] is None:
-            raise ValueError(f"SubBiO: eta has no value: pass eta=... (problem {problem.name!r} has no preset for it).")
-        return opts
 
     def make_v_solver(self, opts: Mapping[str, Any]) -> Subspace2D:
         return Subspace2D(eta=opts["eta"], eps=self.eps)

@@ -88,13 +88,6 @@ def check_neumann_options(solver: AIDSolver) -> None:
         )
 
 
-def require_eta(solver: AIDSolver, problem: Any, opts: Mapping[str, Any]) -> None:
-    if opts["eta"] is None:
-        raise ValueError(
-            f"{type(solver).__name__}: eta has no value: pass eta=... (problem {problem.name!r} has no preset for it)."
-        )
-
-
 @register
 @dataclass(frozen=True, kw_only=True)
 class TTSA(AIDSolver):
@@ -133,6 +126,7 @@ class TTSA(AIDSolver):
     """
 
     name: ClassVar[str] = "ttsa"
+    required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 1, "v_steps": 10}
     random_cost: ClassVar[bool] = True
 
@@ -157,7 +151,6 @@ class TTSA(AIDSolver):
     def resolve(self, problem):
         opts = super().resolve(problem)
         check_int(type(self).__name__, "inner_steps", opts["inner_steps"], 1)
-        require_eta(self, problem, opts)
         return opts
 
     def expected_hvps(self, opts: Mapping[str, Any], iterations: int) -> float:
