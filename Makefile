@@ -14,7 +14,7 @@ $(BIN)/bilevel: pyproject.toml
 	touch $@
 
 demo: $(BIN)/bilevel
-	$(BIN)/bilevel run synthetic --solver lancbio --max-iter 500 --out results/demo.csv
+	$(BIN)/bilevel run hyperclean --dataset digits --corruption 0.8 --solver lancbio --max-iter 1000 --out results/demo.csv
 
 test: $(BIN)/bilevel
 	$(BIN)/python -m pytest -q
