@@ -187,8 +187,9 @@ def test_plot_and_report(tmp_path, capsys):
     assert main(["plot", out, "--x", "hvp", "--y", "residual", "--out", str(tmp_path / "r.png")]) == 0
     assert main(["plot", out, "--y", "test_accuracy"]) == 2
     assert "no run" in capsys.readouterr().err
-    path = report(out, target=1e-2)
+    path = report(out, target=1e-2, notes="Ran with `bilevel bench tiny.yaml`.")
     text = open(path).read()
+    assert "Ran with `bilevel bench tiny.yaml`." in text
     assert "| LancBiO (m=2) | 2 | max_iter 2 |" in text and "SubBiO" in text
     assert "figures/hypergrad_norm_vs_time.png" in text
     assert os.path.exists(os.path.join(out, "figures", "hypergrad_norm_vs_time.png"))

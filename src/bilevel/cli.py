@@ -187,7 +187,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         path = report(args.dir, target_metric=args.target_metric, target=args.target, above=args.above,
                       path=args.out, metrics=args.metrics, title=args.title,
-                      plots=[tuple(p.split(":", 1)) for p in args.plots])
+                      plots=[tuple(p.split(":", 1)) for p in args.plots],
+                      notes=open(args.notes).read() if args.notes else None)
     except (ValueError, FileNotFoundError) as err:
         print(f"bilevel: {err}", file=sys.stderr)
         return 2
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--plots", nargs="*", default=["time:hypergrad_norm", "time:residual"],
                      help="figures as X:METRIC pairs")
     rep.add_argument("--title", default=None)
+    rep.add_argument("--notes", default=None, help="Markdown file inserted after the header")
     rep.set_defaults(func=cmd_report)
 
     lst = sub.add_parser("list", help="list solvers, problems and linear solvers")

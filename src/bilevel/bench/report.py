@@ -65,8 +65,9 @@ def summary_rows(out: str, metrics: Sequence[str], target_metric: str, target: f
 def report(out: str, *, metrics: Optional[Sequence[str]] = None, target_metric: str = "hypergrad_norm",
            target: float = 1e-2, above: bool = False, path: Optional[str] = None,
            plots: Sequence[tuple[str, str]] = (("time", "hypergrad_norm"), ("time", "residual")),
-           title: Optional[str] = None) -> str:
-    """Write the Markdown report (default ``OUT/report.md``) and its figures; returns the path."""
+           title: Optional[str] = None, notes: Optional[str] = None) -> str:
+    """Write the Markdown report (default ``OUT/report.md``) and its figures; returns the path.
+    ``notes``: Markdown inserted after the header (commands used, what was measured)."""
     runs = list(storage.iter_runs(out))
     if not runs:
         raise ValueError(f"no finished runs under {out!r}; run `bilevel bench CONFIG --out {out}` first.")
@@ -87,6 +88,8 @@ def report(out: str, *, metrics: Optional[Sequence[str]] = None, target_metric: 
         "- time is solver time (evaluation excluded); medians over seeds",
         "",
     ]
+    if notes:
+        lines += [notes.strip(), ""]
     op = "≥" if above else "≤"
     header = ["configuration", "runs", "status"] + [f"final {Y_LABELS.get(m, m)}" for m in metrics] + \
              ["iterations", "HVPs", "solver time (s)", f"time to {target_metric} {op} {target:g} (s)"]
