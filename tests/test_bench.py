@@ -193,6 +193,17 @@ def test_plot_and_report(tmp_path, capsys):
     assert "| LancBiO (m=2) | 2 | max_iter 2 |" in text and "SubBiO" in text
     assert "figures/hypergrad_norm_vs_time.png" in text
     assert os.path.exists(os.path.join(out, "figures", "hypergrad_norm_vs_time.png"))
+    # several folders, one section each; relative targets (fraction of each run's final value)
+    out2 = str(tmp_path / "out2")
+    run_sweep(parse(dict(TINY, name="second", solvers=["subbio"])), out2, backend="sequential", progress=False)
+    combined = str(tmp_path / "docs" / "both.md")
+    assert main(["report", out, out2, "--out", combined, "--title", "Both", "--target-metric", "hypergrad_norm",
+                 "--target-fraction", "2.0"]) == 0
+    text = open(combined).read()
+    assert text.startswith("# Both") and "## tiny" in text and "## second" in text
+    assert "time to 2 × final hypergrad_norm" in text and "(2/2 reached)" in text
+    assert os.path.exists(tmp_path / "docs" / "figures" / "out2_hypergrad_norm_vs_time.png")
+    assert main(["report", out, out2]) == 2
 
 
 def test_summarise_median_and_band():

@@ -185,7 +185,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .bench.report import report
 
     try:
-        path = report(args.dir, target_metric=args.target_metric, target=args.target, above=args.above,
+        path = report(args.dir if len(args.dir) > 1 else args.dir[0], target_metric=args.target_metric,
+                      target=args.target, above=args.above, fraction=args.target_fraction,
                       path=args.out, metrics=args.metrics, title=args.title,
                       plots=[tuple(p.split(":", 1)) for p in args.plots],
                       notes=open(args.notes).read() if args.notes else None)
@@ -240,12 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     plt.add_argument("--title", default=None)
     plt.set_defaults(func=cmd_plot)
 
-    rep = sub.add_parser("report", help="write a Markdown summary of a results folder")
-    rep.add_argument("dir")
+    rep = sub.add_parser("report", help="write a Markdown summary of one or more results folders")
+    rep.add_argument("dir", nargs="+", help="results folder(s); several give one section each (needs --out)")
     rep.add_argument("--out", default=None, help="Markdown path (default DIR/report.md)")
     rep.add_argument("--target-metric", default="hypergrad_norm")
     rep.add_argument("--target", type=float, default=1e-2)
     rep.add_argument("--above", action="store_true", help="the target is reached from below (accuracies)")
+    rep.add_argument("--target-fraction", type=float, default=None,
+                     help="time to reach this fraction of each run's final value (e.g. 0.99 with --above)")
     rep.add_argument("--metrics", nargs="*", default=None, help="final metrics to tabulate")
     rep.add_argument("--plots", nargs="*", default=["time:hypergrad_norm", "time:residual"],
                      help="figures as X:METRIC pairs")

@@ -29,7 +29,10 @@ def _fmt(value: float) -> str:
     return str(value)
 
 
-def summary_rows(out: str, metrics: Sequence[str], target_metric: str, target: float, above: bool):
+def summary_rows(out: str, metrics: Sequence[str], target_metric: str, target: float, above: bool,
+                 fraction: Optional[float] = None):
+    """One row per configuration.  With ``fraction``, each run's target is ``fraction`` × its own final
+    value of ``target_metric`` (e.g. 99 % of the final accuracy) instead of ``target``."""
     groups: dict[str, list] = defaultdict(list)
     for meta, cols in storage.iter_runs(out):
         groups[meta["label"]].append((meta, cols))
@@ -45,9 +48,10 @@ def summary_rows(out: str, metrics: Sequence[str], target_metric: str, target: f
             finals[m] = float(np.median(vals)) if vals else math.nan
         reach = []
         for _, cols in runs:
-            if target_metric in cols and "time" in cols:
-                reach.append(time_to_target(np.asarray(cols["time"], float), np.asarray(cols[target_metric], float),
-                                            target, above))
+            if target_metric in cols and "time" in cols and cols[target_metric]:
+                ys = np.asarray(cols[target_metric], float)
+                goal = fraction * ys[-1] if fraction is not None else target
+                reach.append(time_to_target(np.asarray(cols["time"], float), ys, goal, above))
         hit = [t for t in reach if not math.isnan(t)]
         rows.append({
             "label": label,
@@ -62,40 +66,34 @@ def summary_rows(out: str, metrics: Sequence[str], target_metric: str, target: f
     return rows
 
 
-def report(out: str, *, metrics: Optional[Sequence[str]] = None, target_metric: str = "hypergrad_norm",
-           target: float = 1e-2, above: bool = False, path: Optional[str] = None,
-           plots: Sequence[tuple[str, str]] = (("time", "hypergrad_norm"), ("time", "residual")),
-           title: Optional[str] = None, notes: Optional[str] = None) -> str:
-    """Write the Markdown report (default ``OUT/report.md``) and its figures; returns the path.
-    ``notes``: Markdown inserted after the header (commands used, what was measured)."""
+def _section(out: str, folder: str, level: str, *, metrics, target_metric, target, above, fraction, plots,
+             prefix: str) -> list[str]:
     runs = list(storage.iter_runs(out))
     if not runs:
         raise ValueError(f"no finished runs under {out!r}; run `bilevel bench CONFIG --out {out}` first.")
     present = set().union(*(cols.keys() for _, cols in runs))
     metrics = [m for m in (metrics or DEFAULT_METRICS) if m in present]
-    path = path or os.path.join(out, "report.md")
-    folder = os.path.dirname(os.path.abspath(path))
     first = runs[0][0]
-    lines = [f"# {title or first.get('experiment', 'experiment')}", ""]
+    lines = [f"{level} {first.get('experiment', 'experiment')}", ""]
     popts = ", ".join(f"{k}={v}" for k, v in first.get("problem_options", {}).items()) or "defaults"
     seeds = sorted({m["seed"] for m, _ in runs})
     env = first.get("env", {})
+    notes = sorted({str(m.get("problem_info", {}).get(k)) for m, _ in runs for k in ("split_note",)
+                    if m.get("problem_info", {}).get(k)})
     lines += [
-        f"- problem: `{first['problem']}` ({popts}); seeds {seeds}",
-        f"- limits: {', '.join(f'{k}={v}' for k, v in first.get('limits', {}).items())}",
+        f"- problem: `{first['problem']}` ({popts}); seeds {seeds}; results in `{out}`",
+        f"- limits: {', '.join(f'{k}={v}' for k, v in first.get('limits', {}).items())} (per-solver overrides in the config)",
         f"- machine: {env.get('machine', '?')} ({env.get('processor', '?')}, {env.get('cpus', '?')} CPUs); "
         f"torch {env.get('torch', '?')}, bilevel {env.get('bilevel', '?')}, commit `{first.get('commit')}`",
         "- time is solver time (evaluation excluded); medians over seeds",
-        "",
-    ]
-    if notes:
-        lines += [notes.strip(), ""]
+    ] + [f"- data: {n}" for n in notes] + [""]
     op = "≥" if above else "≤"
+    goal = f"{fraction:g} × final {target_metric}" if fraction is not None else f"{target_metric} {op} {target:g}"
     header = ["configuration", "runs", "status"] + [f"final {Y_LABELS.get(m, m)}" for m in metrics] + \
-             ["iterations", "HVPs", "solver time (s)", f"time to {target_metric} {op} {target:g} (s)"]
+             ["iterations", "HVPs", "solver time (s)", f"time to {goal} (s)"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
-    for row in summary_rows(out, metrics, target_metric, target, above):
+    for row in summary_rows(out, metrics, target_metric, target, above, fraction):
         med, hit, n = row["reach"]
         reach = f"{_fmt(med)} ({hit}/{n} reached)" if n else "—"
         cells = [row["label"], str(row["runs"]), row["status"]] + [_fmt(row["finals"][m]) for m in metrics] + \
@@ -105,11 +103,44 @@ def report(out: str, *, metrics: Optional[Sequence[str]] = None, target_metric: 
     for x, y in plots:
         if y not in present:
             continue
-        fig = os.path.join(folder, "figures", f"{y}_vs_{x}.png")
-        plot(out, y=y, x=x, path=fig)
+        fig = os.path.join(folder, "figures", f"{prefix}{y}_vs_{x}.png")
+        plot(out, y=y, x=x, path=fig, title=first.get("experiment"))
         lines += [f"![{Y_LABELS.get(y, y)} vs {x}]({os.path.relpath(fig, folder)})", ""]
     failed = [(m["label"], m["seed"], m.get("message", "")) for m, _ in runs if m.get("status") == "failed"]
     if failed:
-        lines += ["## Failed runs", ""] + [f"- {label}, seed {seed}: {msg}" for label, seed, msg in failed] + [""]
+        lines += [f"{level}# Failed runs", ""] + [f"- {label}, seed {seed}: {msg}" for label, seed, msg in failed] + [""]
+    return lines
+
+
+def report(out, *, metrics: Optional[Sequence[str]] = None, target_metric: str = "hypergrad_norm",
+           target: float = 1e-2, above: bool = False, fraction: Optional[float] = None,
+           path: Optional[str] = None,
+           plots: Sequence[tuple[str, str]] = (("time", "hypergrad_norm"), ("time", "residual")),
+           title: Optional[str] = None, notes: Optional[str] = None) -> str:
+    """Write the Markdown report and its figures; returns the path.
+
+    ``out``: one results folder (report at ``OUT/report.md`` by default) or several (one section each;
+    ``path`` required).  ``fraction``: time to reach that fraction of each run's own final value of
+    ``target_metric`` (e.g. 0.99 with ``above`` for "99 % of the final accuracy").
+    ``notes``: Markdown inserted after the title (commands used, what was measured).
+    """
+    outs = [out] if isinstance(out, (str, os.PathLike)) else list(out)
+    if not outs:
+        raise ValueError("give at least one results folder.")
+    if len(outs) > 1 and path is None:
+        raise ValueError("with several results folders, give the report path (--out).")
+    path = path or os.path.join(outs[0], "report.md")
+    folder = os.path.dirname(os.path.abspath(path))
+    single = len(outs) == 1
+    lines: list[str] = []
+    if not single or title:
+        lines += [f"# {title or 'report'}", ""]
+    if notes:
+        lines += [notes.strip(), ""]
+    for o in outs:
+        prefix = "" if single else os.path.basename(os.path.normpath(o)) + "_"
+        lines += _section(os.fspath(o), folder, "#" if single and not title else "##", metrics=metrics,
+                          target_metric=target_metric, target=target, above=above, fraction=fraction,
+                          plots=plots, prefix=prefix)
     atomic_write_text(path, "\n".join(lines))
     return path
