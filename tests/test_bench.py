@@ -216,6 +216,10 @@ def test_summarise_median_and_band():
     assert list(grid) == [0.0, 1.0, 2.0]
     assert list(med) == [4.0, 4.0, 2.0]
     assert q20[0] == pytest.approx(3.4) and q80[0] == pytest.approx(4.6)
+    # where a seed has ended, no median is drawn (it would be over fewer seeds)
+    shorter = runs[:2] + [(np.array([0.0, 1.0]), np.array([4.0, 2.0]))]
+    grid, med, _, _ = summarise(shorter, points=3)
+    assert med[1] == 2.0 and np.isnan(med[2])  # values 2, 4, 2 at x = 1
 
 
 def test_cli_bench_errors(tmp_path, capsys):

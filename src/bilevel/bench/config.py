@@ -161,7 +161,7 @@ def parse(raw: Any, source: str = "<config>") -> list[RunSpec]:
                           f"Registered: {', '.join(sorted(PROBLEMS))}.")
     poptions = dict(_require_mapping(problem.get("options") or {}, f"{source}: problem.options"))
     params = inspect.signature(PROBLEMS[pname]).parameters
-    _reject(poptions, [p for p in params if p not in ("dtype", "device")], f"{source}: problem.options")
+    _reject(poptions, list(params), f"{source}: problem.options")
 
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:

@@ -73,6 +73,9 @@ def summarise(runs: Sequence[tuple[np.ndarray, np.ndarray]], points: int = 200, 
             med = np.nanmedian(table, axis=0)
             q20 = np.nanquantile(table, 0.2, axis=0)
             q80 = np.nanquantile(table, 0.8, axis=0)
+    # a median over fewer seeds than the configuration has would jump where the fastest runs end
+    incomplete = np.isnan(table).any(axis=0)
+    med[incomplete] = q20[incomplete] = q80[incomplete] = np.nan
     return grid, med, q20, q80
 
 
@@ -95,14 +98,14 @@ def plot(out: str, y: str = "hypergrad_norm", x: str = "time", path: Optional[st
         log_y = bool(positive.size and positive.min() > 0 and positive.max() / positive.min() > 100)
     fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=110)
     labels = sorted(curves)
-    # beyond ten lines the default colour cycle repeats: use 20 colours and alternate line styles
-    colours = plt.get_cmap("tab20").colors if len(labels) > 10 else plt.get_cmap("tab10").colors
-    styles = ("-", "--", "-.", ":")
+    # beyond ten lines the default colour cycle repeats: the dark tab20 shades first (solid), then the
+    # light ones (dashed), so that neighbouring labels never share a hue
+    tab20 = plt.get_cmap("tab20").colors
+    colours = tab20[0::2] + tab20[1::2] if len(labels) > 10 else plt.get_cmap("tab10").colors
     for i, label in enumerate(labels):
         grid, med, q20, q80 = summarise(curves[label])
         (line,) = ax.plot(grid, med, label=f"{label}" + (f" ({len(curves[label])} seeds)" if len(curves[label]) > 1 else ""),
-                          linewidth=1.6, color=colours[i % len(colours)],
-                          linestyle=styles[(i // len(colours)) % len(styles)] if len(labels) <= 10 else styles[i % 2])
+                          linewidth=1.6, color=colours[i % len(colours)], linestyle="-" if i < 10 else "--")
         if len(curves[label]) > 1:
             ax.fill_between(grid, q20, q80, color=line.get_color(), alpha=0.2, linewidth=0)
     if log_y:

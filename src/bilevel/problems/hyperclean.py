@@ -24,6 +24,7 @@ from torch.func import functional_call
 from .._validation import check_choice, check_int, check_positive, suggest
 from ..problem import BilevelProblem, ClosedForms, ProblemError
 from ..schedules import DimensionSchedule, PowerDecay
+from .quadratic import _check_dtype_device
 
 #: default sizes (train, validation, test) per dataset; None = everything available
 SIZES = {"mnist": (5000, 5000, None), "fashion_mnist": (5000, 5000, None), "kmnist": (5000, 5000, None),
@@ -200,6 +201,7 @@ def hyperclean(
     if isinstance(corruption, bool) or not isinstance(corruption, (int, float)) or not 0 <= corruption < 1:
         raise ProblemError(f"{owner}: corruption must be a rate in [0, 1); got {corruption!r}.")
     check_int(owner, "seed", seed, 0)
+    dtype, device = _check_dtype_device(owner, dtype, device)
     check_choice(owner, "corruption_mode", corruption_mode, ("shift", "uniform"))
     check_positive(owner, "reg", reg)
     if not isinstance(model, nn.Module):

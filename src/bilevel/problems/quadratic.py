@@ -26,7 +26,9 @@ __all__ = ["quadratic"]
 
 
 def _check_dtype_device(owner: str, dtype: Any, device: Any) -> tuple[torch.dtype, torch.device]:
-    """Shared by the problem factories: a floating torch dtype and a valid device."""
+    """Shared by the problem factories: a floating torch dtype (or its name, "float32") and a device."""
+    if isinstance(dtype, str):  # from YAML / the command line
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
         raise TypeError(f"{owner}: dtype must be a real floating torch.dtype (e.g. torch.float64); got {dtype!r}.")
     try:
