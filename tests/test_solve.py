@@ -233,3 +233,16 @@ def _no_preset_problem():
 def test_bad_inputs_raise_clear_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call(_no_preset_problem())
+
+
+def test_history_csv_is_written_atomically_with_normal_permissions(tmp_path, quad):
+    import os
+    import stat
+
+    res = bilevel.solve(quad, lancbio(), max_iter=5, eval_every=2)
+    path = tmp_path / "deep" / "h.csv"
+    res.history.to_csv(path)
+    text = path.read_text().splitlines()
+    assert text[0].startswith("iteration,time") and len(text) == 1 + len(res.history)
+    assert stat.S_IMODE(os.stat(path).st_mode) & 0o044  # readable by others, like any file the user writes
+    assert not [p for p in os.listdir(path.parent) if p.startswith(".tmp-")]

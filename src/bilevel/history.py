@@ -64,6 +64,12 @@ class History:
         return f"History({len(self)} rows, columns={self._columns})"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` so that ``path`` is either the old file or the complete new one, never partial."""
     path = os.fspath(path)
@@ -71,6 +77,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "w", newline="") as fh:
             fh.write(text)
             fh.flush()
