@@ -150,8 +150,12 @@ def solve(
         bar.close()
     if status == "max_iter":
         last_row = history.last()
-        metric = last_row.get("hypergrad_norm", last_row.get("hypergrad_est_norm"))
-        shown = f"; last hypergradient norm {metric:.3e}" if isinstance(metric, float) else ""
+        if "hypergrad_norm" in last_row:
+            shown = f"; last true hypergradient norm {last_row['hypergrad_norm']:.3e}"
+        elif "hypergrad_est_norm" in last_row:
+            shown = f"; last estimated hypergradient norm ‖D‖ {last_row['hypergrad_est_norm']:.3e}"
+        else:
+            shown = ""
         message = f"ran max_iter={max_iter} iterations{shown}. Raise max_iter (or set tol) to go further."
 
     v_final = getattr(last_good, "v", None)
