@@ -74,7 +74,9 @@ def _section(out: str, folder: str, level: str, *, metrics, target_metric, targe
     present = set().union(*(cols.keys() for _, cols in runs))
     metrics = [m for m in (metrics or DEFAULT_METRICS) if m in present]
     first = runs[0][0]
-    lines = [f"{level} {first.get('experiment', 'experiment')}", ""]
+    name, folder_name = first.get("experiment", "experiment"), os.path.basename(os.path.normpath(out))
+    heading = name if folder_name == name else f"{name} (`{folder_name}`)"
+    lines = [f"{level} {heading}", ""]
     popts = ", ".join(f"{k}={v}" for k, v in first.get("problem_options", {}).items()) or "defaults"
     seeds = sorted({m["seed"] for m, _ in runs})
     env = first.get("env", {})
@@ -104,7 +106,7 @@ def _section(out: str, folder: str, level: str, *, metrics, target_metric, targe
         if y not in present:
             continue
         fig = os.path.join(folder, "figures", f"{prefix}{y}_vs_{x}.png")
-        plot(out, y=y, x=x, path=fig, title=first.get("experiment"))
+        plot(out, y=y, x=x, path=fig, title=heading.replace("`", ""))
         lines += [f"![{Y_LABELS.get(y, y)} vs {x}]({os.path.relpath(fig, folder)})", ""]
     failed = [(m["label"], m["seed"], m.get("message", "")) for m, _ in runs if m.get("status") == "failed"]
     if failed:
