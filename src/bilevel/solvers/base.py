@@ -57,7 +57,14 @@ class Solver(ABC, metaclass=CheckedOptions):
         """Configuration problems that only show given the run length (e.g. an unreachable cap)."""
         return []
 
-    # ---- options ---------------------------------------------------------------------------------
+    # ---- options ------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate(self.options())
+
+    def validate(self, opts: Mapping[str, Any]) -> None:
+        """Check option values.  Called with the options as given (``None`` = not set yet) when the solver
+        is built, and again by ``resolve`` once presets and defaults have filled them."""
+
     @classmethod
     def option_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
@@ -81,6 +88,7 @@ class Solver(ABC, metaclass=CheckedOptions):
                     f"{type(self).__name__}: {name} has no value: pass {name}=... "
                     f"(problem {problem.name!r} has no preset for it)."
                 )
+        self.validate(out)
         return out
 
     def __repr__(self) -> str:

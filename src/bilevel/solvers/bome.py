@@ -100,11 +100,7 @@ class BOME(Solver):
         "counts": {"options": {"inner_steps": 3}},
     }
 
-    def __post_init__(self) -> None:
-        self._validate(self.options())
-
-    @staticmethod
-    def _validate(opts: Mapping[str, Any]) -> None:
+    def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "BOME"
         for name in ("lr_x", "lr_y", "lr_y_outer"):
             if opts.get(name) is not None:
@@ -114,11 +110,6 @@ class BOME(Solver):
         if opts.get("inner_steps") is not None:
             check_int(owner, "inner_steps", opts["inner_steps"], 1)
         check_positive(owner, "eps", opts["eps"], allow_zero=True)
-
-    def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
-        opts = super().resolve(problem)
-        self._validate(opts)
-        return opts
 
     def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
         """Per iteration: T + 1 ∇_y g, 2 ∇_x g, 1 ∇_x f, 1 ∇_y f; no second-order products."""

@@ -101,11 +101,7 @@ class F2SA(Solver):
         "counts": {"options": {"inner_steps": 3}},
     }
 
-    def __post_init__(self) -> None:
-        self._validate(self.options())
-
-    @staticmethod
-    def _validate(opts: Mapping[str, Any]) -> None:
+    def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "F2SA"
         for name in ("lr_x", "lr_y", "lr_y_penalized", "mu_step"):
             if opts.get(name) is not None:
@@ -115,11 +111,6 @@ class F2SA(Solver):
         if opts.get("inner_steps") is not None:
             check_int(owner, "inner_steps", opts["inner_steps"], 1)
         check_bool(owner, "mu_growth", opts["mu_growth"])
-
-    def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
-        opts = super().resolve(problem)
-        self._validate(opts)
-        return opts
 
     def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
         """Per iteration: 2T ∇_y g, T ∇_y f, 1 ∇_x f, 2 ∇_x g; no second-order products."""

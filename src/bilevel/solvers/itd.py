@@ -86,11 +86,7 @@ class ITD(Solver):
         "counts": {"options": {"inner_steps": 4, "backprop_steps": 3}},
     }
 
-    def __post_init__(self) -> None:
-        self._validate(self.options())
-
-    @staticmethod
-    def _validate(opts: Mapping[str, Any]) -> None:
+    def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "ITD"
         for name in ("lr_x", "lr_y"):
             if opts.get(name) is not None:
@@ -106,11 +102,6 @@ class ITD(Solver):
                     "back-propagation goes through the last T_b of the T unrolled steps. Lower backprop_steps "
                     "or raise inner_steps."
                 )
-
-    def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
-        opts = super().resolve(problem)
-        self._validate(opts)
-        return opts
 
     @staticmethod
     def _backprop_steps(opts: Mapping[str, Any]) -> int:
