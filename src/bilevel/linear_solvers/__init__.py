@@ -1,20 +1,25 @@
 """v-solvers: approximate v ≈ A⁻¹b for A = ∇²_yy g given through HVPs, one file each.
 
-All share the ``LinearSolver`` interface (``init`` / ``solve``, state carried across outer iterations);
-``linear_solve`` uses one on a fixed system.
+All share the ``LinearSolver`` interface (``init`` / ``solve`` with immutable states carried across outer
+iterations; ``resolved`` fills presettable options; ``total_matvecs`` documents the cost);
+``linear_solve`` uses one on a fixed system.  Every v-solver class registers itself in ``LINEAR_SOLVERS``
+(a ``bilevel.registry.Registry``: ``LINEAR_SOLVERS["cg"]``, ``LINEAR_SOLVERS.create("cg", steps=5)``);
+adding one is a new module in this package.
 """
 
-from .base import LinearSolver, LinearSolveResult, SolveInfo, linear_solve
-from .cg import CG
-from .exact import Exact
-from .gd import GD
-from .lanczos import Lanczos, LanczosState
-from .neumann import Neumann
-from .subspace2d import Subspace2D
+from .base import LINEAR_SOLVERS, LinearSolver, LinearSolveResult, SolveInfo, linear_solve
+from .lanczos import BasisFill, Lanczos, LanczosState, lanczos
+from .subspace2d import Subspace2D, Subspace2DState, subspace2d
+from .cg import CG, CGState, cg
+from .gd import GD, GDState, gd
+from .neumann import HybridNeumann, Neumann, NeumannState, hybrid_neumann, neumann
+from .exact import Exact, ExactState, exact
 
-LINEAR_SOLVERS = {cls.name: cls for cls in (Lanczos, Subspace2D, CG, GD, Neumann, Exact)}
+LINEAR_SOLVERS.discover()
 
 __all__ = [
-    "CG", "Exact", "GD", "LINEAR_SOLVERS", "Lanczos", "LanczosState", "LinearSolveResult", "LinearSolver",
-    "Neumann", "SolveInfo", "Subspace2D", "linear_solve",
+    "BasisFill", "CG", "CGState", "Exact", "ExactState", "GD", "GDState", "HybridNeumann", "LINEAR_SOLVERS",
+    "Lanczos", "LanczosState", "LinearSolveResult", "LinearSolver", "Neumann", "NeumannState", "SolveInfo",
+    "Subspace2D", "Subspace2DState", "cg", "exact", "gd", "hybrid_neumann", "lanczos", "linear_solve",
+    "neumann", "subspace2d",
 ]

@@ -1,28 +1,41 @@
 """The v-solver interface: approximate ``v ≈ A⁻¹ b`` for SPD ``A`` given only through ``matvec``.
 
-A v-solver is an immutable configuration.  ``init(b, v0)`` makes its state; ``solve(matvec, b, state,
-k=...)`` advances it by the work of one outer iteration and returns ``(v, state, info)``.  The state
-carries whatever the method amortises across outer iterations (the warm start, a Krylov basis, a
-tridiagonal matrix, restart flags); ``state.v`` is always the current estimate.  Inside a bilevel loop
-``A`` and ``b`` change between calls (``A_k = ∇²_yy g(x_k, y_k)``, ``b_k = ∇_y f(x_k, y_k)``); on a fixed
-system, repeated calls converge to ``A⁻¹ b`` (``linear_solve``).
+A v-solver is an immutable configuration (a frozen dataclass with keyword-only options).  ``init(b, v0)``
+makes its state; ``solve(matvec, b, state, k=...)`` advances it by the work of one outer iteration and
+returns ``(v, new_state, info)``.  The state carries whatever the method amortises across outer
+iterations (the warm start, a Krylov basis, a tridiagonal matrix, restart flags); ``state.v`` is always
+the current estimate.  Inside a bilevel loop ``A`` and ``b`` change between calls
+(``A_k = ∇²_yy g(x_k, y_k)``, ``b_k = ∇_y f(x_k, y_k)``); on a fixed system, repeated calls converge to
+``A⁻¹ b`` (``linear_solve``).
 
-States may hold preallocated buffers that ``solve`` updates in place: a state belongs to one run.
+States are frozen dataclasses and ``solve`` never modifies its input state or any tensor the state holds
+(it returns a new state built with ``dataclasses.replace``): a state can be kept, compared, or stepped
+twice (a branch) and both branches give the same result.  Lanczos keeps a preallocated basis buffer
+shared copy-on-write between consecutive states (see ``LanczosState``).
+
+Presettable options.  Some options are normally filled by a bilevel algorithm from the problem's presets
+(e.g. ``GD.eta``); they may be ``None`` at construction ("not set yet").  ``resolved(values)`` fills each
+``None`` option from ``values``, else from the class's library ``defaults``, and validates the result;
+``init``/``solve`` refuse a solver whose ``presettable`` options are still ``None``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional, Self
 
 import torch
 from torch import Tensor
 
 from .._validation import CheckedOptions
+from ..registry import Registry
 
 MatVec = Callable[[Tensor], Tensor]
 
+#: every v-solver class registers here (``@LINEAR_SOLVERS.register``); ``bilevel.linear_solvers`` discovers them
+LINEAR_SOLVERS = Registry("v-solver", package="bilevel.linear_solvers", skip=("base",))
 
 @dataclass(frozen=True)
 class SolveInfo:
@@ -30,7 +43,7 @@ class SolveInfo:
 
     matvecs: products with A made by this call (the HVP count inside a bilevel loop).
     events: notable things, e.g. ``"restart"``, ``"breakdown"``, ``"indefinite"``, ``"nonfinite"``.
-    epoch_step: for epoch-based solvers (Lanczos), the basis size j after this call, else None.
+    epoch_step: for epoch-based solvers (``has_epochs``: Lanczos), the basis size j after this call, else None.
     """
 
     matvecs: int
@@ -39,10 +52,80 @@ class SolveInfo:
 
 
 class LinearSolver(ABC, metaclass=CheckedOptions):
-    """Base class of the v-solvers.  Subclasses are frozen dataclasses with keyword-only options."""
+    """Base class of the v-solvers.  Subclasses are frozen dataclasses with keyword-only options.
+
+    Class-level declarations (override in subclasses):
+
+    - ``name``: the registry name.
+    - ``presettable``: options that may be ``None`` at construction and must have a value before
+      ``init``/``solve`` (filled by ``resolved``).
+    - ``defaults``: library defaults used by ``resolved`` for options that neither the user nor the
+      ``values`` given to ``resolved`` set (may be empty: such options have to come from presets).
+    - ``examples``: example values quoted in "has no value" errors for options without a default.
+    - ``has_epochs``: the solver works in restart epochs and reports ``SolveInfo.epoch_step``.
+    """
 
     name: ClassVar[str] = "linear_solver"
+    presettable: ClassVar[tuple[str, ...]] = ()
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    examples: ClassVar[Mapping[str, Any]] = {}
+    has_epochs: ClassVar[bool] = False
 
+    # ---- options: one validation hook ------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate(self.options())
+
+    def validate(self, options: Mapping[str, Any]) -> None:
+        """Check (and possibly normalise, via ``object.__setattr__``) the options.  ``None`` in a
+        ``presettable`` option means "not set yet" and must be accepted.  Runs at construction, hence
+        also on every ``dataclasses.replace`` (so after ``resolved``)."""
+
+    def options(self) -> dict[str, Any]:
+        """The option values, by name (the dataclass fields)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The ``presettable`` options that are still ``None``."""
+        return tuple(n for n in self.presettable if getattr(self, n) is None)
+
+    @property
+    def is_resolved(self) -> bool:
+        return not self.missing
+
+    def resolved(self, values: Mapping[str, Any] = {}) -> Self:
+        """A copy with every ``None`` option taken from ``values`` (entries that are not options of this
+        solver, or are ``None``, are ignored), else from ``defaults``; options already set are kept.
+        Raises ``ValueError`` if a ``presettable`` option still has no value; the result is validated."""
+        filled = {}
+        for name in self.option_names():
+            if getattr(self, name) is None:
+                if values.get(name) is not None:
+                    filled[name] = values[name]
+                elif self.defaults.get(name) is not None:
+                    filled[name] = self.defaults[name]
+        for name in self.presettable:
+            if filled.get(name, getattr(self, name)) is None:
+                raise ValueError(self._no_value(name))
+        return dataclasses.replace(self, **filled) if filled else self
+
+    def _no_value(self, name: str) -> str:
+        owner = type(self).__name__
+        example = self.defaults.get(name, self.examples.get(name))
+        hint = f" (e.g. {owner}({name}={example!r}))" if example is not None else ""
+        return f"{owner}: {name} has no value; pass {name}=...{hint}"
+
+    def require_resolved(self) -> None:
+        """Raise a one-line ``ValueError`` naming the first option that is still ``None``."""
+        missing = self.missing
+        if missing:
+            raise ValueError(f"{self._no_value(missing[0])}, or call .resolved(presets) before init/solve.")
+
+    # ---- the solver ------------------------------------------------------------------------------------
     @abstractmethod
     def init(self, b: Tensor, v0: Optional[Tensor] = None) -> Any:
         """State for a run whose first right-hand side looks like ``b`` (v starts at ``v0`` or 0)."""
@@ -51,11 +134,28 @@ class LinearSolver(ABC, metaclass=CheckedOptions):
     def solve(
         self, matvec: MatVec, b: Tensor, state: Any, *, k: int = 0, generator: Optional[torch.Generator] = None
     ) -> tuple[Tensor, Any, SolveInfo]:
-        """One outer iteration's worth of work on ``A v = b``; ``k`` is the 0-based outer iteration."""
+        """One outer iteration's worth of work on ``A v = b``; ``k`` is the 0-based outer iteration.
+        Returns ``(v, new_state, info)``; ``state`` and its tensors are left unchanged."""
+
+    # ---- declared costs and properties -----------------------------------------------------------------
+    @property
+    def random_cost(self) -> bool:
+        """Whether the number of products per call is random (compare counts with their expectation)."""
+        return False
 
     def expected_matvecs(self, k: int) -> Optional[float]:
         """Documented (expected) products with A at iteration k, if fixed by the configuration."""
         return None
+
+    def total_matvecs(self, iterations: int, v0_zero: bool = True) -> float:
+        """Documented (expected, when ``random_cost``) total products with A over ``iterations`` calls
+        from ``init`` inside a bilevel loop; ``v0_zero``: the run starts from v = 0 (no ``v0``, or a zero one).
+        Raises ``ValueError`` when the count is not fixed by the configuration."""
+        raise ValueError(f"{type(self).__name__}: the number of products is not fixed by the configuration.")
+
+    def budget_warnings(self, max_iter: int) -> list[str]:
+        """Configuration problems that only show with a run length (the caller prefixes its label)."""
+        return []
 
 
 def known_zero(v0: Optional[Tensor]) -> bool:
@@ -98,8 +198,10 @@ def linear_solve(
     """Solve a *fixed* SPD system ``A v = b`` by calling ``solver.solve`` until ``‖A v − b‖ ≤ rtol‖b‖``.
 
     The front door for using a v-solver on its own (``solve(matvec, b, init)`` in jaxopt's style).
-    The stopping test costs one extra product per call, not included in ``matvecs``.
+    The stopping test costs one extra product per call, not included in ``matvecs``.  Options left
+    ``None`` take the solver's library ``defaults`` (``solver.resolved()``).
     """
+    solver = solver.resolved()
     state = solver.init(b, v0)
     bnorm = float(torch.linalg.vector_norm(b))
     matvecs, events, res = 0, [], float("inf")

@@ -1,4 +1,5 @@
-"""AmIGO-CG: warm-started linear conjugate gradients on ``A v = b`` (Arbel & Mairal 2022, AmIGO).
+"""AmIGO-CG: warm-started linear conjugate gradients on ``A v = b`` (Arbel & Mairal, "Amortized implicit
+differentiation for stochastic bilevel optimization", ICLR 2022: AmIGO with a CG inner solver).
 
 Update rule per call (Q = ``steps``), from the warm start v (state.v, or 0 when ``warm_start=False``)::
 
@@ -13,7 +14,7 @@ v0, and every call with ``warm_start=False``).  Early stops make fewer: ``rtol``
 exactly zero residual (event ``"converged"``), a non-positive or non-finite curvature pᵀz (event
 ``"indefinite"``) or a non-finite residual (event ``"nonfinite"``); the last two keep the last good v.
 
-Reference defaults (algorithms.md §3.2), Q = ``steps``:
+Reference defaults of the LancBiO experiments (Yang, Gao & Yuan, ICLR 2025), Q = ``steps``:
 
     ======  =====  =====================================  ======================
             T / Q  λ / θ                                  B
@@ -26,21 +27,21 @@ Reference defaults (algorithms.md §3.2), Q = ``steps``:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar, Optional
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_int, check_positive
-from .base import LinearSolver, MatVec, SolveInfo, initial_v, known_zero
+from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
 
 
 def _dot(a: Tensor, b: Tensor) -> float:
     return float(torch.dot(a.reshape(-1), b.reshape(-1)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class CGState:
     """v: current estimate.  v_is_zero: v is exactly 0, so A v is skipped.
     residual_norm: ‖r‖ of the CG recurrence at the end of the last call (None before the first)."""
@@ -50,35 +51,57 @@ class CGState:
     residual_norm: Optional[float] = None
 
 
+@LINEAR_SOLVERS.register
 @dataclass(frozen=True, kw_only=True)
 class CG(LinearSolver):
     """Linear conjugate gradients, ``steps`` (Q) iterations per call, warm-started from ``state.v``.
 
-    Options: ``steps`` (Q ≥ 1, default 5); ``rtol`` (optional early stop on ‖r‖ ≤ rtol‖b‖, default None:
-    always Q iterations, as in AmIGO); ``warm_start`` (default True; False restarts from 0 every call).
+    Options: ``steps`` (Q ≥ 1; presettable, library default 5); ``rtol`` (optional early stop on
+    ‖r‖ ≤ rtol‖b‖, default None: always Q iterations, as in AmIGO); ``warm_start`` (default True; False
+    restarts from 0 every call).
     """
 
     name: ClassVar[str] = "cg"
+    presettable: ClassVar[tuple[str, ...]] = ("steps",)
+    defaults: ClassVar[Mapping[str, Any]] = {"steps": 5}
 
-    steps: int = 5
+    steps: Optional[int] = None
     rtol: Optional[float] = None
     warm_start: bool = True
 
-    def __post_init__(self) -> None:
-        check_int("CG", "steps", self.steps, minimum=1)
-        if self.rtol is not None:
-            object.__setattr__(self, "rtol", check_positive("CG", "rtol", self.rtol))
-        check_bool("CG", "warm_start", self.warm_start)
+    def validate(self, options: Mapping[str, Any]) -> None:
+        if options["steps"] is not None:
+            check_int("CG", "steps", options["steps"], minimum=1)
+        if options["rtol"] is not None:
+            object.__setattr__(self, "rtol", check_positive("CG", "rtol", options["rtol"]))
+        check_bool("CG", "warm_start", options["warm_start"])
 
     def init(self, b: Tensor, v0: Optional[Tensor] = None) -> CGState:
+        self.require_resolved()
         v = initial_v(b, v0)
         return CGState(v=v, v_is_zero=known_zero(v0))
 
     def expected_matvecs(self, k: int) -> Optional[float]:
+        self.require_resolved()
         if self.rtol is not None:
             return None  # the early stop makes the count data-dependent
         # Warm-started runs pay the residual product (the very first call from v = 0 pays Q).
         return float(self.steps + 1 if self.warm_start else self.steps)
+
+    def total_matvecs(self, iterations: int, v0_zero: bool = True) -> float:
+        """(Q + 1)·K − 1 warm-started from v = 0 (the first call needs no residual product), (Q + 1)·K from
+        a non-zero v0, Q·K with ``warm_start=False``.  Refused (ValueError) with ``rtol``: data-dependent."""
+        self.require_resolved()
+        if self.rtol is not None:
+            raise ValueError(
+                f"CG: with rtol={self.rtol!r} the number of CG iterations depends on the data; the product count "
+                f"is only known without rtol (at most Q + 1 = {self.steps + 1} per call)."
+            )
+        if iterations <= 0:
+            return 0.0
+        if not self.warm_start:
+            return float(self.steps * iterations)
+        return float((self.steps + 1) * iterations - (1 if v0_zero else 0))
 
     def solve(
         self,
@@ -89,6 +112,7 @@ class CG(LinearSolver):
         k: int = 0,
         generator: Optional[torch.Generator] = None,
     ) -> tuple[Tensor, CGState, SolveInfo]:
+        self.require_resolved()
         b = b.detach()
         events: list[str] = []
         from_zero = state.v_is_zero or not self.warm_start
@@ -126,7 +150,12 @@ class CG(LinearSolver):
                     break
                 p = r + (rr_new / rr) * p
                 rr = rr_new
-        state.v = v
-        state.v_is_zero = from_zero and not moved
-        state.residual_norm = math.sqrt(rr) if math.isfinite(rr) else rr
-        return v, state, SolveInfo(matvecs=matvecs, events=tuple(events))
+        new_state = replace(
+            state, v=v, v_is_zero=from_zero and not moved, residual_norm=math.sqrt(rr) if math.isfinite(rr) else rr
+        )
+        return v, new_state, SolveInfo(matvecs=matvecs, events=tuple(events))
+
+
+def cg(**options: Any) -> CG:
+    """Configure linear conjugate gradients; see ``CG`` for the options."""
+    return CG(**options)

@@ -9,30 +9,31 @@ Per call::
 The dense matrix and its factorisation are formed in float64 whatever b's dtype (then cast back), so
 the answer is as accurate as the products allow.  Cost per call: dy matvecs, O(dy²) memory and O(dy³)
 time, nothing amortised: use it to check other v-solvers or on problems with a few thousand y-entries
-at most (``max_dim``).  No algorithm of algorithms.md uses it and it has no reference defaults per
-experiment (Syn / HC / Stoc); it is the dense answer that the other v-solvers are checked against on small
-test problems (the full-size synthetic ground truth uses tolerance-driven CG instead, §4.1).
+at most (``max_dim``).  No published bilevel algorithm uses it and it has no reference defaults per
+experiment; it is the dense answer that the other v-solvers are checked against on small test problems
+(the full-size synthetic ground truth uses tolerance-driven CG instead).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Optional
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .._validation import check_int
-from .base import LinearSolver, MatVec, SolveInfo, initial_v
+from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExactState:
     """v: the last solution (not used as a start)."""
 
     v: Tensor
 
 
+@LINEAR_SOLVERS.register
 @dataclass(frozen=True, kw_only=True)
 class Exact(LinearSolver):
     """Build A densely with dy matvecs and solve by Cholesky.
@@ -44,14 +45,21 @@ class Exact(LinearSolver):
 
     max_dim: int = 4096
 
-    def __post_init__(self) -> None:
-        check_int("Exact", "max_dim", self.max_dim, minimum=1)
+    def validate(self, options: Mapping[str, Any]) -> None:
+        check_int("Exact", "max_dim", options["max_dim"], minimum=1)
 
     def init(self, b: Tensor, v0: Optional[Tensor] = None) -> ExactState:
         return ExactState(v=initial_v(b, v0))
 
     def expected_matvecs(self, k: int) -> Optional[float]:
         return None  # dy products: fixed by the problem, not by the configuration
+
+    def total_matvecs(self, iterations: int, v0_zero: bool = True) -> float:
+        """Refused (ValueError): every call makes dy products, fixed by the problem, not the configuration."""
+        raise ValueError(
+            "Exact: every call makes dy products (one per entry of b), so the total depends on the problem, "
+            "not on the configuration: it is iterations × dy."
+        )
 
     def solve(
         self,
@@ -81,7 +89,7 @@ class Exact(LinearSolver):
         events: tuple[str, ...] = ()
         if not bool(torch.isfinite(a).all()):
             # Nothing sensible can be solved: keep the previous answer.
-            return state.v, state, SolveInfo(matvecs=n, events=("nonfinite",))
+            return state.v, replace(state), SolveInfo(matvecs=n, events=("nonfinite",))
         chol, info = torch.linalg.cholesky_ex(a)
         if int(info) == 0:
             x = torch.cholesky_solve(rhs, chol)
@@ -93,5 +101,9 @@ class Exact(LinearSolver):
                 x = torch.linalg.pinv(a) @ rhs
                 events = ("indefinite", "singular")
         v = x.reshape(b.shape).to(b.dtype)
-        state.v = v
-        return v, state, SolveInfo(matvecs=n, events=events)
+        return v, replace(state, v=v), SolveInfo(matvecs=n, events=events)
+
+
+def exact(**options: Any) -> Exact:
+    """Configure the dense exact solve (diagnostics, small problems); see ``Exact`` for the options."""
+    return Exact(**options)

@@ -1,17 +1,20 @@
-"""AmIGO-GD: warm-started gradient descent on m(v) = ½ vᵀA v − bᵀv (Arbel & Mairal 2022, AmIGO).
+"""AmIGO-GD: warm-started gradient descent on m(v) = ½ vᵀA v − bᵀv (Arbel & Mairal, "Amortized implicit
+differentiation for stochastic bilevel optimization", ICLR 2022: AmIGO with a GD inner solver).
 
 Update rule per call (η = ``eta``, Q = ``steps``), from v = state.v (or 0 when ``warm_start=False``)::
 
     repeat Q times:  v ← v − η (A v − b)          (1 matvec each)
 
-SOBA's v-update (Dagréou et al. 2022) is this solver with ``steps=1`` and a warm start.
+SOBA's v-update (Dagréou, Ablin, Vaiter & Moreau, "A framework for bilevel optimization that enables
+stochastic and global variance reduction algorithms", NeurIPS 2022) is this solver with ``steps=1`` and a
+warm start.
 
 Oracle cost per call: Q matvecs.  When v is known to be exactly zero (a run started without v0, or every
 call with ``warm_start=False``) the first product is skipped, since A·0 = 0: that call makes Q − 1.
 No product is made after the last step (the reference's discarded extra HVP is not reproduced).
 A non-finite result (η too large for A) is returned as is and reported as event ``"nonfinite"``.
 
-Reference defaults (algorithms.md §3.1 AmIGO-GD; §3.3 SOBA uses Q = 1):
+Reference defaults of the LancBiO experiments (Yang, Gao & Yuan, ICLR 2025) for AmIGO-GD (SOBA uses Q = 1):
 
     ======  =========================  =====  ===========  ====
             T / Q                      η      λ / θ        B
@@ -23,17 +26,17 @@ Reference defaults (algorithms.md §3.1 AmIGO-GD; §3.3 SOBA uses Q = 1):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Optional
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_int, check_positive
-from .base import LinearSolver, MatVec, SolveInfo, initial_v, known_zero
+from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
 
 
-@dataclass
+@dataclass(frozen=True)
 class GDState:
     """v: current estimate.  v_is_zero: v is exactly 0, so the first A v is skipped."""
 
@@ -41,32 +44,51 @@ class GDState:
     v_is_zero: bool = True
 
 
+@LINEAR_SOLVERS.register
 @dataclass(frozen=True, kw_only=True)
 class GD(LinearSolver):
     """Gradient descent on the quadratic model, ``steps`` (Q) steps of size ``eta`` (η) per call.
 
-    Options: ``eta`` (η > 0, required; converges on a fixed SPD A for η < 2/λ_max); ``steps`` (Q ≥ 1,
-    default 5); ``warm_start`` (default True; False restarts from 0 every call).
+    Options: ``eta`` (η > 0; presettable, no library default; converges on a fixed SPD A for
+    η < 2/λ_max); ``steps`` (Q ≥ 1; presettable, library default 5); ``warm_start`` (default True; False
+    restarts from 0 every call).
     """
 
     name: ClassVar[str] = "gd"
+    presettable: ClassVar[tuple[str, ...]] = ("eta", "steps")
+    defaults: ClassVar[Mapping[str, Any]] = {"steps": 5}
+    examples: ClassVar[Mapping[str, Any]] = {"eta": 0.1}
 
-    eta: float
-    steps: int = 5
+    eta: Optional[float] = None
+    steps: Optional[int] = None
     warm_start: bool = True
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "eta", check_positive("GD", "eta", self.eta))
-        check_int("GD", "steps", self.steps, minimum=1)
-        check_bool("GD", "warm_start", self.warm_start)
+    def validate(self, options: Mapping[str, Any]) -> None:
+        if options["eta"] is not None:
+            object.__setattr__(self, "eta", check_positive("GD", "eta", options["eta"]))
+        if options["steps"] is not None:
+            check_int("GD", "steps", options["steps"], minimum=1)
+        check_bool("GD", "warm_start", options["warm_start"])
 
     def init(self, b: Tensor, v0: Optional[Tensor] = None) -> GDState:
+        self.require_resolved()
         v = initial_v(b, v0)
         return GDState(v=v, v_is_zero=known_zero(v0))
 
     def expected_matvecs(self, k: int) -> Optional[float]:
+        self.require_resolved()
         # Cold starts always begin at 0, so their first product is always skipped.
         return float(self.steps if self.warm_start else self.steps - 1)
+
+    def total_matvecs(self, iterations: int, v0_zero: bool = True) -> float:
+        """Q·K − 1 warm-started from v = 0 (the first step from 0 needs no product; SOBA, Q = 1: K − 1),
+        Q·K from a non-zero v0, (Q − 1)·K with ``warm_start=False``."""
+        self.require_resolved()
+        if iterations <= 0:
+            return 0.0
+        if not self.warm_start:
+            return float((self.steps - 1) * iterations)
+        return float(self.steps * iterations - (1 if v0_zero else 0))
 
     def solve(
         self,
@@ -77,6 +99,7 @@ class GD(LinearSolver):
         k: int = 0,
         generator: Optional[torch.Generator] = None,
     ) -> tuple[Tensor, GDState, SolveInfo]:
+        self.require_resolved()
         b = b.detach()
         eta = self.eta
         matvecs = 0
@@ -90,7 +113,11 @@ class GD(LinearSolver):
             v = v - eta * (matvec(v).detach() - b)
             matvecs += 1
         events = () if bool(torch.isfinite(v).all()) else ("nonfinite",)
-        state.v = v
         # v = η b ≠ 0 unless b = 0; keep the flag honest in that corner case too.
-        state.v_is_zero = not bool(torch.any(v != 0))
-        return v, state, SolveInfo(matvecs=matvecs, events=events)
+        new_state = replace(state, v=v, v_is_zero=not bool(torch.any(v != 0)))
+        return v, new_state, SolveInfo(matvecs=matvecs, events=events)
+
+
+def gd(**options: Any) -> GD:
+    """Configure gradient descent on the quadratic model; see ``GD`` for the options."""
+    return GD(**options)

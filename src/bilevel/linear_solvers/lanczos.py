@@ -1,5 +1,6 @@
-"""Dynamic Lanczos v-solver of LancBiO (Yang, Gao, Yuan, "Tackling the bilevel optimization with Lanczos",
-ICLR 2025), algorithms.md §2.4–§2.9.
+"""Dynamic Lanczos v-solver of LancBiO (Yang, Gao & Yuan, "LancBiO: dynamic Lanczos-aided bilevel
+optimization via Krylov subspace", ICLR 2025; the Lanczos recurrence as in Golub & Van Loan, "Matrix
+Computations", 4th ed., 2013, §10.1).
 
 One Lanczos step per outer iteration, each with that iteration's Hessian A_k, building a Krylov basis
 Q_j that is carried across iterations (the "dynamic" subspace) and restarted every m iterations.
@@ -14,7 +15,7 @@ q_1 ← r/‖r‖.  At every iteration k (basis size j = k − k_h + 1):
        or  argmin_s ‖(Q_jᵀ r_k, q_{j+1}ᵀ r_k) − T̄_j s‖   (subproblem="minres", T̄_j = [T_j; β_{j+1} e_jᵀ])
     v_k    = v̄ + Q_j s
 
-Plain mode (compatibility, §2.9): restart basis b_k/‖b_k‖, no base point, v_k = Q_j T_j⁻¹ Q_jᵀ b_k, and a
+Plain mode (compatibility with the LancBiO reference code): restart basis b_k/‖b_k‖, no base point, v_k = Q_j T_j⁻¹ Q_jᵀ b_k, and a
 sliding window of the last m vectors instead of periodic restarts.
 
 Cost per outer iteration: 1 HVP, plus 1 at each restart (none when v̄ = 0): **1 + 1/m on average**
@@ -25,19 +26,26 @@ Options (paper symbol → name): m (subspace dimension = restart period) → ``m
 ``DimensionSchedule``); ε_b → ``eps_breakdown``; ε_p → ``eps_pivot``; ε_r → ``eps_restart``;
 μ_lb → ``mu_lb``.
 
-Guards, recorded as events (§2.7): ``breakdown`` (β_{j+1} ≤ ε_b·max(|α_j|, ‖u‖): no normalisation,
+Guards, recorded as events (a robust-implementation layer of this library, not part of the paper): ``breakdown`` (β_{j+1} ≤ ε_b·max(|α_j|, ‖u‖): no normalisation,
 restart next iteration); ``indefinite`` (an LDLᵀ pivot of T_j ≤ ε_p·max|α|: this iteration uses the
 minimal-residual solve, or clamped eigenvalues with ``fallback="eig"``, and the next one restarts);
 ``discarded`` (non-finite or, with μ_lb, exploding correction: v_k ← v̄, restart next);
 ``restart``; ``restart_skipped`` (residual already ≤ ε_r‖b‖: keep v̄).
 The small tridiagonal problems are solved in float64 whatever the tensor dtype.
+
+States are immutable.  The basis lives in a buffer preallocated for the largest m and shared
+copy-on-write by consecutive states: a state owns rows ``Q[:rows]`` (q_1 … q_j, plus q_{j+1} when
+``has_next``); a step writes the next row in place only if no other state has written beyond those rows
+(the shared ``fill`` marker), else it first copies the owned rows to a fresh buffer (a branch: stepping
+twice from one state).  A restart starts a fresh buffer unless the old one is provably unused.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Union
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+from typing import Any, ClassVar, Mapping, Optional, Union
 
 import torch
 from torch import Tensor
@@ -45,12 +53,39 @@ from torch import Tensor
 from .._validation import check_bool, check_choice, check_positive
 from ..schedules import DimensionSchedule, as_dimension_schedule
 from ._tridiagonal import ldl_solve, minres_solve
-from .base import LinearSolver, MatVec, SolveInfo, initial_v, known_zero
+from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
 
 
-@dataclass
+class BasisFill:
+    """The one mutable piece of a Lanczos run: shared by every state that uses one basis buffer, it records
+    how many leading rows of that buffer have been written (by whichever state got furthest).  A state may
+    write its next row in place only while ``rows`` equals the rows it owns."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: int = 0) -> None:
+        self.rows = rows
+
+    def __repr__(self) -> str:
+        return f"BasisFill(rows={self.rows})"
+
+
+def _tridiagonal(alpha: tuple, beta: tuple) -> Tensor:
+    t = torch.diag(torch.tensor(alpha, dtype=torch.float64))
+    if len(alpha) > 1:
+        off = torch.tensor(beta, dtype=torch.float64)
+        t += torch.diag(off, 1) + torch.diag(off, -1)
+    return t
+
+
+@dataclass(frozen=True)
 class LanczosState:
-    """Carried across outer iterations.  ``Q[:j]`` is the basis; ``Q[j]`` holds q_{j+1} when valid."""
+    """Carried across outer iterations; never modified (``solve`` returns a new state).
+
+    ``Q`` is the shared preallocated buffer (``cap + 2`` rows): this state owns ``Q[:rows]``, i.e. the basis
+    ``Q[:j]`` and, when ``has_next``, q_{j+1} in ``Q[j]``; rows beyond are not this state's and may be
+    written by a later state.  ``fill`` is the buffer's shared write marker (see ``BasisFill``).
+    """
 
     v: Tensor
     v_is_zero: bool
@@ -58,39 +93,45 @@ class LanczosState:
     w: Tensor
     w_is_zero: bool
     Q: Tensor
+    fill: BasisFill
     j: int = 0
-    alpha: list = field(default_factory=list)
-    beta: list = field(default_factory=list)  # beta[i] = T[i, i+1], i.e. β_{i+2} in 1-based symbols
+    alpha: tuple = ()
+    beta: tuple = ()  # beta[i] = T[i, i+1], i.e. β_{i+2} in 1-based symbols
     beta_next: float = 0.0
     has_next: bool = False
     restart_pending: bool = True
     restarts: int = 0
     m: int = 0
 
+    @property
+    def rows(self) -> int:
+        """Leading rows of ``Q`` that belong to this state."""
+        return self.j + (1 if self.has_next else 0)
+
     def T(self) -> Tensor:
         """T_j as a dense float64 matrix (diagnostics and tests)."""
-        t = torch.diag(torch.tensor(self.alpha, dtype=torch.float64))
-        if self.j > 1:
-            off = torch.tensor(self.beta, dtype=torch.float64)
-            t += torch.diag(off, 1) + torch.diag(off, -1)
-        return t
+        return _tridiagonal(self.alpha, self.beta)
 
     def basis(self) -> Tensor:
         return self.Q[: self.j]
 
 
+@LINEAR_SOLVERS.register
 @dataclass(frozen=True, kw_only=True)
 class Lanczos(LinearSolver):
     """Dynamic Lanczos with restarts and residual correction (LancBiO's v-solver); see module docstring.
 
     Reference defaults: synthetic m = DimensionSchedule(1, 1.1, 20, 80); deterministic hyper-cleaning
     DimensionSchedule(1, 1.3, 50, 10); stochastic hyper-cleaning DimensionSchedule(1, 1.3, 50, 30,
-    switch_at=500, switch_m_max=50).
+    switch_at=500, switch_m_max=50).  ``m`` is presettable (library default 10).
     """
 
     name: ClassVar[str] = "lanczos"
+    presettable: ClassVar[tuple[str, ...]] = ("m",)
+    defaults: ClassVar[Mapping[str, Any]] = {"m": 10}
+    has_epochs: ClassVar[bool] = True
 
-    m: Union[int, DimensionSchedule] = 10
+    m: Optional[Union[int, DimensionSchedule]] = None
     mode: str = "residual"
     subproblem: str = "galerkin"
     reorth: str = "none"
@@ -101,34 +142,67 @@ class Lanczos(LinearSolver):
     eps_restart: Optional[float] = None
     mu_lb: Optional[float] = None
 
-    def __post_init__(self) -> None:
+    def validate(self, options: Mapping[str, Any]) -> None:
         owner = "Lanczos"
-        try:
-            sched = as_dimension_schedule(self.m)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"{owner}: {err}") from None
-        object.__setattr__(self, "m", sched)
-        check_choice(owner, "mode", self.mode, ("residual", "plain"))
-        check_choice(owner, "subproblem", self.subproblem, ("galerkin", "minres"))
-        check_choice(owner, "reorth", self.reorth, ("none", "full"))
-        check_choice(owner, "fallback", self.fallback, ("minres", "eig"))
-        check_bool(owner, "exact_residual", self.exact_residual)
-        if self.exact_residual and self.mode == "plain":
+        if options["m"] is not None:
+            try:
+                sched = as_dimension_schedule(options["m"])
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"{owner}: {err}") from None
+            object.__setattr__(self, "m", sched)
+        check_choice(owner, "mode", options["mode"], ("residual", "plain"))
+        check_choice(owner, "subproblem", options["subproblem"], ("galerkin", "minres"))
+        check_choice(owner, "reorth", options["reorth"], ("none", "full"))
+        check_choice(owner, "fallback", options["fallback"], ("minres", "eig"))
+        check_bool(owner, "exact_residual", options["exact_residual"])
+        if options["exact_residual"] and options["mode"] == "plain":
             raise ValueError(f"{owner}: exact_residual applies to mode='residual' only; got mode='plain'.")
-        check_positive(owner, "eps_pivot", self.eps_pivot, allow_zero=True)
+        check_positive(owner, "eps_pivot", options["eps_pivot"], allow_zero=True)
         for name in ("eps_breakdown", "eps_restart", "mu_lb"):
-            if getattr(self, name) is not None:
-                check_positive(owner, name, getattr(self, name), allow_zero=(name != "mu_lb"))
+            if options[name] is not None:
+                check_positive(owner, name, options[name], allow_zero=(name != "mu_lb"))
 
     @property
     def schedule(self) -> DimensionSchedule:
-        return self.m  # normalised in __post_init__
+        self.require_resolved()
+        return self.m  # normalised in validate
 
     def expected_matvecs(self, k: int) -> float:
+        self.require_resolved()
         if self.mode == "plain":
             return 1.0
         m = self.schedule(k)
         return 1.0 + 1.0 / m + (0.0 if not self.exact_residual else 1.0 - 1.0 / m)
+
+    def total_matvecs(self, iterations: int, v0_zero: bool = True) -> float:
+        """One Lanczos product per call plus one at each restart (w = A v̄), except while v̄ = 0 (the first
+        epoch of a run from v = 0); a restart happens at k = 0, when the basis already holds m(k) vectors,
+        and at the schedule's ``switch_at``.  ``exact_residual`` adds one on non-restart calls (w refreshed)
+        where w ≠ 0.  Plain mode: one per call.  (Breakdowns, skipped restarts and guards, which need an
+        exactly solved or degenerate system, are not modelled.)"""
+        self.require_resolved()
+        if self.mode == "plain":
+            return float(max(iterations, 0))
+        sched, total, j, epoch = self.schedule, 0, 0, -1
+        for k in range(iterations):
+            if k == 0 or j >= sched(k) or k == sched.switch_at:
+                epoch, j = epoch + 1, 0
+                total += 1 if (epoch or not v0_zero) else 0  # A·v̄ (v̄ = 0 in the first epoch from v = 0)
+            elif self.exact_residual and (epoch or not v0_zero):
+                total += 1  # diagnostic mode refreshes w = A_k v̄
+            total += 1  # the Lanczos step
+            j += 1
+        return float(total)
+
+    def budget_warnings(self, max_iter: int) -> list[str]:
+        """Warns when a growing dimension schedule cannot reach its cap within ``max_iter`` iterations."""
+        sched = self.schedule
+        if sched.cap > sched.m0 and sched.first_reaching(sched.cap, max_iter) is None:
+            return [
+                f"the subspace dimension never reaches its cap {sched.cap} within max_iter={max_iter} "
+                f"(it gets to {sched(max(max_iter - 1, 0))}); {sched!r}."
+            ]
+        return []
 
     # ------------------------------------------------------------------------------------------------
     def init(self, b: Tensor, v0: Optional[Tensor] = None) -> LanczosState:
@@ -141,6 +215,7 @@ class Lanczos(LinearSolver):
             w=torch.zeros_like(b),
             w_is_zero=True,
             Q=torch.empty((rows, b.numel()), dtype=b.dtype, device=b.device),
+            fill=BasisFill(0),
         )
 
     def _eps(self, dtype: torch.dtype) -> tuple[float, float]:
@@ -152,7 +227,10 @@ class Lanczos(LinearSolver):
     def solve(
         self, matvec: MatVec, b: Tensor, state: LanczosState, *, k: int = 0, generator: Any = None
     ) -> tuple[Tensor, LanczosState, SolveInfo]:
-        st = state
+        self.require_resolved()
+        # A private mutable working copy: the input state and the tensors it owns are never written.
+        st = SimpleNamespace(**vars(state))
+        st.alpha, st.beta = list(state.alpha), list(state.beta)
         events: list[str] = []
         matvecs = 0
         eps_b, eps_r = self._eps(b.dtype)
@@ -180,8 +258,11 @@ class Lanczos(LinearSolver):
                 if plain:
                     st.v, st.v_is_zero = torch.zeros_like(b), True
                 events.append("restart_skipped")
-                return st.v, st, SolveInfo(matvecs, tuple(events), 0)
+                return st.v, self._freeze(st), SolveInfo(matvecs, tuple(events), 0)
+            if state.rows or state.fill.rows:  # the old buffer holds rows of a live state: start a fresh one
+                st.Q, st.fill = torch.empty_like(state.Q), BasisFill(0)
             torch.div(base, base_norm, out=st.Q[0])
+            st.fill.rows = 1
             st.has_next, st.restart_pending = True, False
             st.restarts += 1
             events.append("restart")
@@ -191,6 +272,7 @@ class Lanczos(LinearSolver):
 
         # ---- one Lanczos step with the current Hessian ------------------------------------------------
         j = st.j
+        self._own(st, j + 1)
         q = st.Q[j]
         u = matvec(q)
         matvecs += 1
@@ -213,6 +295,7 @@ class Lanczos(LinearSolver):
             events.append("breakdown")
         else:
             torch.div(omega, beta_new, out=st.Q[j])
+            st.fill.rows = j + 1
             st.has_next = True
         if plain and j > m:
             self._drop_oldest(st)
@@ -246,22 +329,36 @@ class Lanczos(LinearSolver):
             st.restart_pending = True
             v = torch.zeros_like(b) if plain else st.vbar
             st.v, st.v_is_zero = v, plain or st.v_is_zero
-            return v, st, SolveInfo(matvecs, tuple(events), j)
+            return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j)
         dv = st.Q[:j].T @ torch.tensor(s, dtype=b.dtype, device=b.device)
         if self.mu_lb is not None and float(torch.linalg.vector_norm(dv)) > float(torch.linalg.vector_norm(rk)) / self.mu_lb:
             events.append("discarded")
             st.restart_pending = True
             v = torch.zeros_like(b) if plain else st.vbar
             st.v = v
-            return v, st, SolveInfo(matvecs, tuple(events), j)
+            return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j)
         v = dv if base_v is None else base_v + dv
         st.v, st.v_is_zero = v, False
-        return v, st, SolveInfo(matvecs, tuple(events), j)
+        return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j)
 
     # ------------------------------------------------------------------------------------------------
-    def _eig_solve(self, st: LanczosState, c: list) -> Optional[list]:
+    @staticmethod
+    def _freeze(st: SimpleNamespace) -> LanczosState:
+        fields = vars(st)
+        return LanczosState(**{**fields, "alpha": tuple(st.alpha), "beta": tuple(st.beta)})
+
+    @staticmethod
+    def _own(st: SimpleNamespace, rows: int) -> None:
+        """Before writing row ``rows`` of the buffer: if another state has already written there (a branch),
+        continue in a fresh buffer holding a copy of the ``rows`` leading rows this lineage owns."""
+        if st.fill.rows != rows:
+            fresh = torch.empty_like(st.Q)
+            fresh[:rows].copy_(st.Q[:rows])
+            st.Q, st.fill = fresh, BasisFill(rows)
+
+    def _eig_solve(self, st: SimpleNamespace, c: list) -> Optional[list]:
         """Clamp T_j's eigenvalues at max(μ_lb, ε_p‖T_j‖) and solve (fallback="eig")."""
-        T = st.T()
+        T = _tridiagonal(tuple(st.alpha), tuple(st.beta))
         evals, evecs = torch.linalg.eigh(T)
         floor = max(self.mu_lb or 0.0, self.eps_pivot * float(evals.abs().max()))
         if not floor > 0:
@@ -271,10 +368,18 @@ class Lanczos(LinearSolver):
         return s.tolist()
 
     @staticmethod
-    def _drop_oldest(st: LanczosState) -> None:
-        """Plain mode's sliding window: forget q_1 and the first row/column of T."""
+    def _drop_oldest(st: SimpleNamespace) -> None:
+        """Plain mode's sliding window: forget q_1 and the first row/column of T.  The shifted window goes
+        to a fresh buffer (shifting in place would change rows that earlier states own)."""
         last = st.j + (1 if st.has_next else 0)
-        st.Q[: last - 1].copy_(st.Q[1:last].clone())
+        fresh = torch.empty_like(st.Q)
+        fresh[: last - 1].copy_(st.Q[1:last])
+        st.Q, st.fill = fresh, BasisFill(last - 1)
         st.alpha.pop(0)
         st.beta.pop(0)
         st.j -= 1
+
+
+def lanczos(**options: Any) -> Lanczos:
+    """Configure the dynamic Lanczos v-solver (LancBiO's); see ``Lanczos`` for the options."""
+    return Lanczos(**options)

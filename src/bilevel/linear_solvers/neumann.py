@@ -3,19 +3,26 @@
 For 0 < η < 2/λ_max, A⁻¹ = η Σ_{i≥0} (I − ηA)^i.  Neither variant is warm-started: every call rebuilds
 its sum from b (``state.v`` only records the last output).
 
-Fixed length (stocBiO, Ji et al. 2021; STABLE's matrix-free sums, Chen et al. 2022), ``randomized=False``::
+Fixed length, ``randomized=False``: stocBiO (Ji, Yang & Liang, "Bilevel optimization: convergence analysis
+and enhanced design", ICML 2021) and the matrix-free sums used for STABLE (Chen, Sun & Yin, "A
+single-timescale method for stochastic bilevel optimization", AISTATS 2022)::
 
     r_0 ← b;  r_i ← r_{i−1} − η A r_{i−1}  (i = 1..Q);  v ← η (r_0 + r_1 + … + r_Q)
     = η Σ_{i=0..Q} (I − ηA)^i b                                     Q matvecs per call
 
-Randomised truncation (BSA, Ghadimi & Wang 2018; TTSA, Hong et al. 2020), ``randomized=True``::
+Randomised truncation, ``randomized=True``: BSA (Ghadimi & Wang, "Approximation methods for bilevel
+programming", arXiv:1802.02246, 2018) and TTSA (Hong, Wai, Wang & Yang, "A two-timescale stochastic
+algorithm framework for bilevel optimization", arXiv:2007.05170, 2020; SIAM J. Optim. 2023)::
 
     p ~ U{0, …, Q−1}  (torch.randint with the caller's generator)
     v ← b;  repeat p times: v ← v − η A v;  v ← Q·η·v                p matvecs, (Q − 1)/2 expected
 
 so that E[v] = η Σ_{i<Q} (I − ηA)^i b.  The drawn p is kept in ``state.last_p``.
 
-Reference defaults (algorithms.md §3.4–3.7), Q = ``steps``, η = ``eta``:
+``HybridNeumann`` (compatibility only) is the LancBiO reference code's synthetic TTSA/BSA estimator: the
+randomised sum with c = η (no Q factor) followed by Q GD steps.
+
+Reference defaults of the LancBiO experiments (Yang, Gao & Yuan, ICLR 2025), Q = ``steps``, η = ``eta``:
 
     ==========================  ===========  ===========  ===========
     Q / η                       Syn          HC           Stoc
@@ -28,17 +35,18 @@ Reference defaults (algorithms.md §3.4–3.7), Q = ``steps``, η = ``eta``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Optional
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_int, check_positive
-from .base import LinearSolver, MatVec, SolveInfo, initial_v
+from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v
+from .gd import GD, GDState
 
 
-@dataclass
+@dataclass(frozen=True)
 class NeumannState:
     """v: the last output (not used as a start).  last_p: the last drawn truncation p (randomised only)."""
 
@@ -46,31 +54,50 @@ class NeumannState:
     last_p: Optional[int] = None
 
 
+@LINEAR_SOLVERS.register
 @dataclass(frozen=True, kw_only=True)
 class Neumann(LinearSolver):
     """Truncated Neumann series with constant ``eta`` (η) and ``steps`` (Q) terms.
 
-    Options: ``eta`` (η > 0, required; the series converges for η < 2/λ_max); ``steps`` (Q ≥ 1,
-    default 10); ``randomized`` (default False: the fixed-length sum of stocBiO/STABLE; True: the
-    randomised truncation of BSA/TTSA, p ~ U{0, …, Q−1} drawn from the ``generator`` given to ``solve``).
+    Options: ``eta`` (η > 0; presettable, no library default; the series converges for η < 2/λ_max);
+    ``steps`` (Q ≥ 1; presettable, library default 10); ``randomized`` (default False: the fixed-length
+    sum of stocBiO/STABLE; True: the randomised truncation of BSA/TTSA, p ~ U{0, …, Q−1} drawn from the
+    ``generator`` given to ``solve``).
     """
 
     name: ClassVar[str] = "neumann"
+    presettable: ClassVar[tuple[str, ...]] = ("eta", "steps")
+    defaults: ClassVar[Mapping[str, Any]] = {"steps": 10}
+    examples: ClassVar[Mapping[str, Any]] = {"eta": 0.1}
 
-    eta: float
-    steps: int = 10
+    eta: Optional[float] = None
+    steps: Optional[int] = None
     randomized: bool = False
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "eta", check_positive("Neumann", "eta", self.eta))
-        check_int("Neumann", "steps", self.steps, minimum=1)
-        check_bool("Neumann", "randomized", self.randomized)
+    def validate(self, options: Mapping[str, Any]) -> None:
+        if options["eta"] is not None:
+            object.__setattr__(self, "eta", check_positive("Neumann", "eta", options["eta"]))
+        if options["steps"] is not None:
+            check_int("Neumann", "steps", options["steps"], minimum=1)
+        check_bool("Neumann", "randomized", options["randomized"])
+
+    @property
+    def random_cost(self) -> bool:
+        return self.randomized
 
     def init(self, b: Tensor, v0: Optional[Tensor] = None) -> NeumannState:
+        self.require_resolved()
         return NeumannState(v=initial_v(b, v0))
 
     def expected_matvecs(self, k: int) -> Optional[float]:
+        self.require_resolved()
         return (self.steps - 1) / 2.0 if self.randomized else float(self.steps)
+
+    def total_matvecs(self, iterations: int, v0_zero: bool = True) -> float:
+        """Q·K (fixed: stocBiO); K(Q − 1)/2 expected (randomised: p ~ U{0, …, Q−1} has mean (Q − 1)/2).
+        The sum starts from b whatever v0 is, so no product is ever skipped."""
+        self.require_resolved()
+        return float(max(iterations, 0)) * self.expected_matvecs(0)
 
     def solve(
         self,
@@ -81,8 +108,10 @@ class Neumann(LinearSolver):
         k: int = 0,
         generator: Optional[torch.Generator] = None,
     ) -> tuple[Tensor, NeumannState, SolveInfo]:
+        self.require_resolved()
         b = b.detach()
         eta = self.eta
+        last_p = state.last_p
         if self.randomized:
             device = generator.device if generator is not None else None
             p = int(torch.randint(self.steps, (1,), generator=generator, device=device))
@@ -90,7 +119,7 @@ class Neumann(LinearSolver):
             for _ in range(p):
                 v = v - eta * matvec(v).detach()
             v = (self.steps * eta) * v  # a new tensor even when p = 0: never alias b
-            state.last_p, matvecs = p, p
+            last_p, matvecs = p, p
         else:
             r, total = b, b
             for _ in range(self.steps):
@@ -99,5 +128,76 @@ class Neumann(LinearSolver):
             v = eta * total
             matvecs = self.steps
         events = () if bool(torch.isfinite(v).all()) else ("nonfinite",)
-        state.v = v
-        return v, state, SolveInfo(matvecs=matvecs, events=events)
+        return v, replace(state, v=v, last_p=last_p), SolveInfo(matvecs=matvecs, events=events)
+
+
+@LINEAR_SOLVERS.register
+@dataclass(frozen=True, kw_only=True)
+class HybridNeumann(LinearSolver):
+    """Compatibility only: the LancBiO reference code's synthetic TTSA/BSA estimator, not a published one.
+
+    p ~ U{0, …, Q−1};  v ← η (I − ηA)^p b  (c = η, no Q factor);  then Q GD steps v ← v − η (A v − b).
+    Cost per call: p + Q matvecs, (Q − 1)/2 + Q expected.  E[v] is not the truncated Neumann series (the
+    estimate is biased by design), which is why the canonical estimator (``Neumann(randomized=True)``)
+    is the default of TTSA and BSA.
+
+    Options: ``eta`` (η > 0; presettable, no library default); ``steps`` (Q ≥ 1; presettable, library
+    default 10).  The state is a ``NeumannState`` (``last_p``: the drawn p).
+    """
+
+    name: ClassVar[str] = "hybrid_neumann"
+    presettable: ClassVar[tuple[str, ...]] = ("eta", "steps")
+    defaults: ClassVar[Mapping[str, Any]] = {"steps": 10}
+    examples: ClassVar[Mapping[str, Any]] = {"eta": 0.1}
+
+    eta: Optional[float] = None
+    steps: Optional[int] = None
+
+    def validate(self, options: Mapping[str, Any]) -> None:
+        if options["eta"] is not None:
+            object.__setattr__(self, "eta", check_positive("HybridNeumann", "eta", options["eta"]))
+        if options["steps"] is not None:
+            check_int("HybridNeumann", "steps", options["steps"], minimum=1)
+
+    @property
+    def random_cost(self) -> bool:
+        return True
+
+    def _neumann(self) -> Neumann:
+        return Neumann(eta=self.eta, steps=self.steps, randomized=True)
+
+    def init(self, b: Tensor, v0: Optional[Tensor] = None) -> NeumannState:
+        self.require_resolved()
+        return self._neumann().init(b, v0)
+
+    def expected_matvecs(self, k: int) -> Optional[float]:
+        self.require_resolved()
+        return (self.steps - 1) / 2.0 + self.steps
+
+    def total_matvecs(self, iterations: int, v0_zero: bool = True) -> float:
+        """K((Q − 1)/2 + Q) expected: the GD stage starts from η(I − ηA)^p b ≠ 0, so none is skipped."""
+        self.require_resolved()
+        return float(max(iterations, 0)) * ((self.steps - 1) / 2.0 + self.steps)
+
+    def solve(
+        self, matvec: MatVec, b: Tensor, state: NeumannState, *, k: int = 0,
+        generator: Optional[torch.Generator] = None,
+    ) -> tuple[Tensor, NeumannState, SolveInfo]:
+        self.require_resolved()
+        v, drawn, first = self._neumann().solve(matvec, b, state, k=k, generator=generator)
+        # the canonical estimator scales by Q·η; the reference's hybrid by η only
+        v = v / self.steps
+        gd_state = GDState(v=v, v_is_zero=not bool(torch.any(v != 0)))
+        v, _, second = GD(eta=self.eta, steps=self.steps).solve(matvec, b, gd_state, k=k)
+        info = SolveInfo(matvecs=first.matvecs + second.matvecs, events=first.events + second.events)
+        return v, replace(drawn, v=v), info
+
+
+def neumann(**options: Any) -> Neumann:
+    """Configure a truncated Neumann series (fixed or ``randomized=True``); see ``Neumann`` for the options."""
+    return Neumann(**options)
+
+
+def hybrid_neumann(**options: Any) -> HybridNeumann:
+    """Configure the reference code's hybrid Neumann + GD estimator (compatibility); see ``HybridNeumann``."""
+    return HybridNeumann(**options)

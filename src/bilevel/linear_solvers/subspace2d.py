@@ -1,5 +1,6 @@
 """SubBiO's v-solver: the Galerkin minimiser of m(v) = ½ vᵀA v − bᵀv over a two-dimensional subspace
-(Yang, Gao, Yuan, LancBiO/SubBiO, ICLR 2025; algorithms.md §2.3).
+(SubBiO: Yang, Gao & Yuan, "LancBiO: dynamic Lanczos-aided bilevel optimization via Krylov subspace",
+ICLR 2025).
 
 Per call, with η = ``eta`` and ε = ``eps``::
 
@@ -20,7 +21,7 @@ started without v0); 0 when b = 0, where v = 0 is the exact answer (event "zero_
 Guards: H not positive definite or non-finite → the one-dimensional solve if w1ᵀA w1 > 0, else
 v_prev is kept; event "indefinite" in both cases.  A non-finite b or p keeps v_prev (event "nonfinite").
 
-Reference defaults (algorithms.md §2.3):
+Reference defaults of the SubBiO experiments (Yang, Gao & Yuan, ICLR 2025):
 
     ======  =====  ===  ==================================  =====
             η      T    λ / θ                               B
@@ -33,14 +34,14 @@ Reference defaults (algorithms.md §2.3):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar, Optional
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .._validation import check_positive
-from .base import LinearSolver, MatVec, SolveInfo, initial_v, known_zero
+from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
 
 
 def _dot64(a: Tensor, b: Tensor) -> float:
@@ -48,7 +49,7 @@ def _dot64(a: Tensor, b: Tensor) -> float:
     return float(torch.dot(a.reshape(-1).to(torch.float64), b.reshape(-1).to(torch.float64)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Subspace2DState:
     """v: current estimate (v_prev of the next call).  v_is_zero: v is exactly 0, so p = 0 for free.
     dim: dimension of the subspace used by the last call (0 before the first call, or when no solve)."""
@@ -58,29 +59,42 @@ class Subspace2DState:
     dim: int = 0
 
 
+@LINEAR_SOLVERS.register
 @dataclass(frozen=True, kw_only=True)
 class Subspace2D(LinearSolver):
     """Best point of span{b, (I − ηA) v_prev} for the quadratic model (SubBiO).
 
-    Options: ``eta`` (η > 0, required); ``eps`` (ε ≥ 0, default 1e-10: the relative size of the
-    component of p orthogonal to b below which the subspace is taken as one-dimensional).
+    Options: ``eta`` (η > 0; presettable, no library default); ``eps`` (ε ≥ 0, default 1e-10: the
+    relative size of the component of p orthogonal to b below which the subspace is taken as
+    one-dimensional).
     """
 
     name: ClassVar[str] = "subspace2d"
+    presettable: ClassVar[tuple[str, ...]] = ("eta",)
+    examples: ClassVar[Mapping[str, Any]] = {"eta": 0.1}
 
-    eta: float
+    eta: Optional[float] = None
     eps: float = 1e-10
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "eta", check_positive("Subspace2D", "eta", self.eta))
-        object.__setattr__(self, "eps", check_positive("Subspace2D", "eps", self.eps, allow_zero=True))
+    def validate(self, options: Mapping[str, Any]) -> None:
+        if options["eta"] is not None:
+            object.__setattr__(self, "eta", check_positive("Subspace2D", "eta", options["eta"]))
+        object.__setattr__(self, "eps", check_positive("Subspace2D", "eps", options["eps"], allow_zero=True))
 
     def init(self, b: Tensor, v0: Optional[Tensor] = None) -> Subspace2DState:
+        self.require_resolved()
         v = initial_v(b, v0)
         return Subspace2DState(v=v, v_is_zero=known_zero(v0))
 
     def expected_matvecs(self, k: int) -> Optional[float]:
         return 3.0
+
+    def total_matvecs(self, iterations: int, v0_zero: bool = True) -> float:
+        """3K − 2 from v = 0 (the first call has p = 0 for free and a one-dimensional subspace: 1 product),
+        3K from a non-zero v0.  (Collinear or zero right-hand sides, which make fewer, are not modelled.)"""
+        if iterations <= 0:
+            return 0.0
+        return float(3 * iterations - (2 if v0_zero else 0))
 
     def solve(
         self,
@@ -91,6 +105,7 @@ class Subspace2D(LinearSolver):
         k: int = 0,
         generator: Optional[torch.Generator] = None,
     ) -> tuple[Tensor, Subspace2DState, SolveInfo]:
+        self.require_resolved()
         b = b.detach()
         bnorm = float(torch.linalg.vector_norm(b.to(torch.float64)))
         if bnorm == 0.0:
@@ -148,8 +163,13 @@ class Subspace2D(LinearSolver):
     def _finish(
         state: Subspace2DState, v: Tensor, matvecs: int, dim: int, events: tuple[str, ...], keep: bool = False
     ) -> tuple[Tensor, Subspace2DState, SolveInfo]:
-        if not keep:
-            state.v = v
-            state.v_is_zero = dim == 0  # only the zero_rhs answer is exactly 0
-        state.dim = dim
-        return state.v, state, SolveInfo(matvecs=matvecs, events=events)
+        if keep:
+            new_state = replace(state, dim=dim)
+        else:
+            new_state = replace(state, v=v, v_is_zero=dim == 0, dim=dim)  # only the zero_rhs answer is exactly 0
+        return new_state.v, new_state, SolveInfo(matvecs=matvecs, events=events)
+
+
+def subspace2d(**options: Any) -> Subspace2D:
+    """Configure SubBiO's two-dimensional subspace v-solver; see ``Subspace2D`` for the options."""
+    return Subspace2D(**options)

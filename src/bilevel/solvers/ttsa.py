@@ -5,55 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Optional
 
-import torch
-from torch import Tensor
-
 from .._validation import check_bool, check_int, check_positive
-from ..linear_solvers.base import LinearSolver, MatVec, SolveInfo
-from ..linear_solvers.gd import GD, GDState
-from ..linear_solvers.neumann import Neumann, NeumannState
+from ..linear_solvers.base import LinearSolver
+from ..linear_solvers.neumann import HybridNeumann, Neumann
 from ..schedules import PowerDecay
 from .aid import AIDSolver
 from .registry import register
-
-
-@dataclass(frozen=True, kw_only=True)
-class HybridNeumann(LinearSolver):
-    """Compatibility only: the reference's synthetic TTSA/BSA estimator, not a published one.
-
-    p ~ U{0, …, Q−1};  v ← η (I − ηA)^p b  (c = η, no Q factor);  then Q GD steps v ← v − η (A v − b).
-    Cost per call: p + Q matvecs, (Q − 1)/2 + Q expected.  E[v] is not the truncated Neumann series (the
-    estimate is biased by design), which is why the canonical estimator is the default.
-    """
-
-    name: ClassVar[str] = "hybrid_neumann"
-
-    eta: float
-    steps: int = 10
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "eta", check_positive("HybridNeumann", "eta", self.eta))
-        check_int("HybridNeumann", "steps", self.steps, minimum=1)
-
-    def init(self, b: Tensor, v0: Optional[Tensor] = None) -> NeumannState:
-        return Neumann(eta=self.eta, steps=self.steps, randomized=True).init(b, v0)
-
-    def expected_matvecs(self, k: int) -> Optional[float]:
-        return (self.steps - 1) / 2.0 + self.steps
-
-    def solve(
-        self, matvec: MatVec, b: Tensor, state: NeumannState, *, k: int = 0,
-        generator: Optional[torch.Generator] = None,
-    ) -> tuple[Tensor, NeumannState, SolveInfo]:
-        v, state, first = Neumann(eta=self.eta, steps=self.steps, randomized=True).solve(
-            matvec, b, state, k=k, generator=generator
-        )
-        # the canonical estimator scales by Q·η; the reference's hybrid by η only
-        v = v / self.steps
-        gd_state = GDState(v=v, v_is_zero=not bool(torch.any(v != 0)))
-        v, gd_state, second = GD(eta=self.eta, steps=self.steps).solve(matvec, b, gd_state, k=k)
-        state.v = v
-        return v, state, SolveInfo(matvecs=first.matvecs + second.matvecs, events=first.events + second.events)
 
 
 def make_randomized_neumann(opts: Mapping[str, Any], compat_hybrid: bool) -> LinearSolver:
