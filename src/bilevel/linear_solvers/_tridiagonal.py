@@ -1,7 +1,8 @@
 """O(j) solves with a symmetric tridiagonal T (diagonal ``alpha``, off-diagonal ``beta``), in float64.
 
 These run on Python floats: j is at most a few hundred, and a device round trip per entry would cost
-more than the arithmetic.  Both return ``None`` when the system is unsafe to solve (guards of §2.7).
+more than the arithmetic.  Both return ``None`` when the system is unsafe to solve (the guards of the
+Lanczos v-solver, see ``lanczos.py``).
 """
 
 from __future__ import annotations

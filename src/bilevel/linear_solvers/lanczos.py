@@ -1,6 +1,5 @@
 """Dynamic Lanczos v-solver of LancBiO (Yang, Gao & Yuan, "LancBiO: dynamic Lanczos-aided bilevel
-optimization via Krylov subspace", ICLR 2025; the Lanczos recurrence as in Golub & Van Loan, "Matrix
-Computations", 4th ed., 2013, §10.1).
+optimization via Krylov subspace", ICLR 2025).
 
 One Lanczos step per outer iteration, each with that iteration's Hessian A_k, building a Krylov basis
 Q_j that is carried across iterations (the "dynamic" subspace) and restarted every m iterations.
