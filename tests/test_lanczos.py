@@ -308,3 +308,72 @@ def test_tridiagonal_guards():
     assert minres_solve([0.0], [], 0.0, [1.0], 0.0) is None  # rank deficient
     s, res = minres_solve([2.0], [], 1.0, [1.0], 1.0)
     assert s[0] == pytest.approx(0.6) and res == pytest.approx(math.sqrt(0.2))
+
+
+def _visible(state):
+    """What a state shows: its own basis rows, the tridiagonal matrix and every other field."""
+    return {
+        "Q": state.Q[: state.rows].clone(), "v": state.v.clone(), "vbar": state.vbar.clone(), "w": state.w.clone(),
+        **{name: getattr(state, name) for name in ("v_is_zero", "w_is_zero", "j", "alpha", "beta", "beta_next",
+                                                  "has_next", "restart_pending", "restarts", "m")},
+    }
+
+
+def _assert_visible(state, seen):
+    now = _visible(state)
+    for name, value in seen.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(now[name], value), name
+        else:
+            assert now[name] == value, name
+
+
+@pytest.mark.parametrize("kwargs", [{"m": 6}, {"m": 3, "mode": "plain"}, {"m": 5, "subproblem": "minres"}])
+def test_branching_from_one_state_gives_identical_independent_runs(kwargs):
+    A, b = _system(30, 100.0)
+    solver = Lanczos(**kwargs)
+    state = solver.init(b)
+    for k in range(4):
+        _, state, _ = solver.solve(lambda u: A @ u, b, state, k=k)
+    root, root_seen = state, _visible(state)
+    # first branch: the next row goes into the shared buffer in place (nobody wrote beyond root's rows)
+    v1, s1, i1 = solver.solve(lambda u: A @ u, b, root, k=4)
+    if kwargs.get("mode") != "plain":  # plain mode's window is full here: it shifts into a fresh buffer
+        assert s1.Q.data_ptr() == root.Q.data_ptr()
+    s1_seen = _visible(s1)
+    # second branch from the same state: root's buffer row is taken, so it copies root's rows first
+    v2, s2, i2 = solver.solve(lambda u: A @ u, b, root, k=4)
+    assert s2.Q.data_ptr() != s1.Q.data_ptr()
+    assert torch.equal(v1, v2) and i1 == i2
+    _assert_visible(s2, s1_seen)
+    _assert_visible(s1, s1_seen)  # the first branch's output is unchanged by the second
+    _assert_visible(root, root_seen)
+    # both branches continue identically and independently, through restarts, interleaved
+    for k in range(5, 20):
+        v1, s1, i1 = solver.solve(lambda u: A @ u, b, s1, k=k)
+        seen = _visible(s1)
+        v2, s2, i2 = solver.solve(lambda u: A @ u, b, s2, k=k)
+        assert torch.equal(v1, v2) and i1 == i2, k
+        _assert_visible(s1, seen)
+        _assert_visible(s2, seen)
+    _assert_visible(root, root_seen)
+
+
+def test_states_hold_tuples_and_the_input_state_is_unchanged_by_a_step():
+    A, b = _system(20, 10.0)
+    solver = Lanczos(m=4)
+    state = solver.init(b)
+    for k in range(6):
+        seen = _visible(state)
+        _, new, _ = solver.solve(lambda u: A @ u, b, state, k=k)
+        _assert_visible(state, seen)
+        assert isinstance(new.alpha, tuple) and isinstance(new.beta, tuple)
+        state = new
+
+
+def test_unresolved_lanczos_refuses_to_run_and_names_m():
+    b = torch.ones(3, dtype=F64)
+    with pytest.raises(ValueError, match=r"^Lanczos: m has no value; pass m=\.\.\. \(e\.g\. Lanczos\(m=10\)\)"):
+        Lanczos().init(b)
+    assert Lanczos().resolved({"m": 4}).schedule == DimensionSchedule(m0=4)
+    assert Lanczos.has_epochs and not Lanczos(m=3).random_cost

@@ -6,6 +6,7 @@ Every system is float64 and seeded.  ``spd`` builds A = Q diag(λ) Qᵀ with log
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -576,3 +577,268 @@ def test_options_are_keyword_only_frozen_and_normalised():
     a, b, _, _ = spd(10.0)
     solver.solve(Counted(a), b, solver.init(b))
     assert dataclasses.asdict(solver) == before
+
+
+# ---- immutable states ---------------------------------------------------------------------------------
+
+from bilevel.linear_solvers import (  # noqa: E402
+    LINEAR_SOLVERS, HybridNeumann, Lanczos, LinearSolver, cg, exact, gd, hybrid_neumann, lanczos, neumann,
+    subspace2d,
+)
+from bilevel.registry import Registry  # noqa: E402
+from bilevel.schedules import DimensionSchedule  # noqa: E402
+
+
+def every_solver(eta: float):
+    """One configuration of every registered v-solver, plus the Lanczos variants that take other paths."""
+    return one_of_each(eta) + [
+        HybridNeumann(eta=eta, steps=4),
+        Lanczos(m=4),
+        Lanczos(m=3, mode="plain"),
+        Lanczos(m=DimensionSchedule(m0=1, growth=1.5, period=2, m_max=5), subproblem="minres", reorth="full"),
+        Lanczos(m=3, exact_residual=True),
+    ]
+
+
+def snapshot(state) -> dict:
+    """Deep copy of what a state shows: every field; tensors cloned (of Lanczos' shared basis buffer only the
+    rows the state owns); the shared write marker ``fill`` by identity (it is bookkeeping, meant to move)."""
+    out = {}
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        if isinstance(value, torch.Tensor):
+            out[f.name] = (value[: state.rows] if f.name == "Q" else value).clone()
+        else:
+            out[f.name] = value if f.name == "fill" else copy.deepcopy(value)
+    return out
+
+
+def assert_same(state, snap: dict, ignore: tuple[str, ...] = ()) -> None:
+    for name, want in snap.items():
+        if name in ignore:
+            continue
+        got = getattr(state, name)
+        if isinstance(want, torch.Tensor):
+            got = got[: state.rows] if name == "Q" else got
+            assert got.shape == want.shape and torch.equal(got, want), name
+        elif name == "fill":
+            assert got is want, name
+        else:
+            assert got == want, name
+
+
+@pytest.mark.parametrize("index", range(11))
+def test_solve_never_modifies_its_input_state(index):
+    a, b, _, _ = spd(1e2)
+    solver = every_solver(ETA)[index]
+    v0 = torch.randn(N, generator=torch.Generator().manual_seed(5), dtype=F64)
+    for start in (None, v0):
+        state = solver.init(b, start)
+        history = []  # every state of the run, with its snapshot: later calls must not change any of them
+        for k in range(9):
+            before = snapshot(state)
+            v, new_state, info = solver.solve(Counted(a), b, state, k=k, generator=torch.Generator().manual_seed(k))
+            assert new_state is not state
+            assert_same(state, before)
+            # stepping again from the same state (a branch) gives the same answer and leaves both states alone
+            after = snapshot(new_state)
+            v2, branch, info2 = solver.solve(Counted(a), b, state, k=k, generator=torch.Generator().manual_seed(k))
+            assert torch.equal(v, v2) and info == info2
+            assert_same(branch, after, ignore=("fill",))  # equal content (in a buffer of its own for Lanczos)
+            assert_same(state, before)
+            assert_same(new_state, after)
+            history.append((state, before))
+            state = new_state
+        for old, snap in history:
+            assert_same(old, snap)
+
+
+@pytest.mark.parametrize("index", range(11))
+def test_states_are_frozen(index):
+    _, b, _, _ = spd(10.0)
+    state = every_solver(ETA)[index].init(b)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.v = torch.zeros_like(b)
+
+
+# ---- presettable options and the validation hook ------------------------------------------------------
+
+
+def test_presettable_options_may_be_unset_until_resolved():
+    _, b, _, _ = spd(10.0)
+    for cls, names in [(GD, ("eta", "steps")), (CG, ("steps",)), (Neumann, ("eta", "steps")),
+                       (Subspace2D, ("eta",)), (HybridNeumann, ("eta", "steps")), (Lanczos, ("m",))]:
+        solver = cls()
+        assert not solver.is_resolved and solver.missing == names and cls.presettable == names
+        with pytest.raises(ValueError, match=rf"^{cls.__name__}: {names[0]} has no value; pass {names[0]}=\.\.\."):
+            solver.init(b)
+    assert Exact().is_resolved and Exact().missing == ()
+    # library defaults fill what the values do not; eta has none
+    assert CG().resolved({}) == CG(steps=5)
+    assert Lanczos().resolved({}).m == DimensionSchedule(m0=10)
+    with pytest.raises(ValueError) as err:
+        GD().resolved({"steps": 3})
+    assert str(err.value) == "GD: eta has no value; pass eta=... (e.g. GD(eta=0.1))"
+    with pytest.raises(ValueError) as err:
+        CG().init(b)
+    assert str(err.value).startswith("CG: steps has no value; pass steps=... (e.g. CG(steps=5))")
+    assert "\n" not in str(err.value)
+
+
+def test_resolved_takes_values_then_defaults_and_keeps_what_is_set():
+    values = {"eta": 0.5, "steps": 3, "lr_x": 1.0, "warm_start": None}  # lr_x is not a GD option: ignored
+    assert GD().resolved(values) == GD(eta=0.5, steps=3)
+    assert GD(steps=2).resolved(values) == GD(eta=0.5, steps=2)  # the user's value wins over presets
+    assert GD().resolved({"eta": 1}).steps == 5 and isinstance(GD().resolved({"eta": 1}).eta, float)
+    assert CG().resolved({"rtol": 1e-3}).rtol == 1e-3  # any None option may be filled
+    solver = GD(eta=0.1, steps=4)
+    assert solver.resolved(values) is solver  # nothing to fill
+    sched = DimensionSchedule(m0=1, growth=1.3, period=50, m_max=10)
+    assert Lanczos(mode="plain").resolved({"m": sched}) == Lanczos(m=sched, mode="plain")
+    with pytest.raises(ValueError, match="GD: eta must be finite and > 0; got -1"):
+        GD().resolved({"eta": -1})  # the result is validated by the same hook
+    with pytest.raises(ValueError, match="m0 must be an integer >= 1; got 0"):
+        Lanczos().resolved({"m": 0})
+
+
+def test_options_and_option_names():
+    assert CG.option_names() == ("steps", "rtol", "warm_start")
+    assert CG(steps=3).options() == {"steps": 3, "rtol": None, "warm_start": True}
+    assert HybridNeumann.option_names() == ("eta", "steps")
+    for cls in LINEAR_SOLVERS.values():
+        assert set(cls.option_names()) == {f.name for f in dataclasses.fields(cls)}
+        assert set(cls.presettable) <= set(cls.option_names()) and set(cls.defaults) <= set(cls.presettable)
+
+
+def test_validate_is_the_one_hook():
+    calls = []
+
+    class Spy(GD):
+        def validate(self, options):
+            calls.append(dict(options))
+            super().validate(options)
+
+    Spy = dataclasses.dataclass(frozen=True, kw_only=True)(Spy)
+    Spy().resolved({"eta": 0.2})
+    assert calls == [
+        {"eta": None, "steps": None, "warm_start": True},
+        {"eta": 0.2, "steps": 5, "warm_start": True},
+    ]
+
+
+# ---- declared properties, costs and warnings ----------------------------------------------------------
+
+
+def test_declared_properties():
+    assert [n for n, c in LINEAR_SOLVERS.items() if c.has_epochs] == ["lanczos"]
+    random = {type(s).__name__ + ("(randomized)" if getattr(s, "randomized", False) else "")
+              for s in every_solver(ETA) if s.random_cost}
+    assert random == {"Neumann(randomized)", "HybridNeumann"}
+    assert CG().warm_start and GD().warm_start
+
+
+def run_counted(solver, a, b, v0, iterations, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    mv, state, draws = Counted(a), solver.init(b, v0), []
+    for k in range(iterations):
+        before = mv.calls
+        _, state, info = solver.solve(mv, b, state, k=k, generator=gen)
+        assert info.matvecs == mv.calls - before
+        draws.append(getattr(state, "last_p", None))
+    return mv.calls, draws
+
+
+DETERMINISTIC = [
+    CG(steps=4), CG(steps=4, warm_start=False), CG(steps=1),
+    GD(eta=ETA, steps=4), GD(eta=ETA, steps=4, warm_start=False), GD(eta=ETA, steps=1),
+    Neumann(eta=ETA, steps=6), Subspace2D(eta=ETA),
+    Lanczos(m=4), Lanczos(m=1), Lanczos(m=3, exact_residual=True), Lanczos(m=3, mode="plain"),
+    Lanczos(m=DimensionSchedule(m0=1, growth=2.0, period=3, m_max=6, switch_at=9, switch_m_max=2)),
+    Lanczos(m=DimensionSchedule(m0=2, growth=1.5, period=2, m_max=5), exact_residual=True, subproblem="minres"),
+]
+
+
+@pytest.mark.parametrize("solver", DETERMINISTIC, ids=lambda s: repr(s)[:60])
+@pytest.mark.parametrize("v0_kind", ["none", "zeros", "random"])
+def test_total_matvecs_equals_the_counted_products(solver, v0_kind):
+    a, b, _, _ = spd(1e2)
+    v0 = {"none": None, "zeros": torch.zeros(N, dtype=F64),
+          "random": torch.randn(N, generator=torch.Generator().manual_seed(1), dtype=F64)}[v0_kind]
+    for iterations in (0, 1, 2, 5, 14):
+        counted, _ = run_counted(solver, a, b, v0, iterations)
+        assert solver.total_matvecs(iterations, v0_zero=v0_kind != "random") == counted, iterations
+        assert isinstance(solver.total_matvecs(iterations), float)
+
+
+def test_total_matvecs_of_the_documented_formulas():
+    K, Q = 7, 4
+    assert CG(steps=Q).total_matvecs(K) == (Q + 1) * K - 1  # AmIGO-CG
+    assert GD(eta=ETA, steps=Q).total_matvecs(K) == Q * K - 1  # AmIGO-GD
+    assert GD(eta=ETA, steps=1).total_matvecs(K) == K - 1  # SOBA
+    assert Subspace2D(eta=ETA).total_matvecs(K) == 3 * K - 2  # SubBiO
+    assert Neumann(eta=ETA, steps=Q).total_matvecs(K) == Q * K  # stocBiO
+    assert Neumann(eta=ETA, steps=Q, randomized=True).total_matvecs(K) == K * (Q - 1) / 2  # TTSA, BSA
+    assert HybridNeumann(eta=ETA, steps=Q).total_matvecs(K) == K * ((Q - 1) / 2 + Q)
+    assert Lanczos(m=5).total_matvecs(50) == 50 + 10 - 1  # 1 + 1/m per call, no product at the first restart
+    assert Lanczos(m=5, mode="plain").total_matvecs(50) == 50
+
+
+@pytest.mark.parametrize("solver", [Neumann(eta=ETA, steps=6, randomized=True), HybridNeumann(eta=ETA, steps=6)],
+                         ids=["neumann", "hybrid"])
+def test_total_matvecs_is_the_expectation_of_random_costs(solver):
+    a, b, _, _ = spd(1e2)
+    extra = 6 if isinstance(solver, HybridNeumann) else 0  # Q GD products after the draw
+    totals = []
+    for seed in range(300):
+        counted, draws = run_counted(solver, a, b, None, 5, seed=seed)
+        assert counted == sum(draws) + 5 * extra  # exactly the drawn truncations
+        totals.append(counted)
+    # p ~ U{0, …, 5}: mean 2.5, standard deviation 1.71 per call, so the mean of 300 runs of 5 calls is
+    # within 0.6 of its expectation with overwhelming probability (the seeds are fixed anyway)
+    assert abs(sum(totals) / len(totals) - solver.total_matvecs(5)) < 0.6
+    assert solver.total_matvecs(5) == 5 * (2.5 + extra)
+
+
+def test_total_matvecs_refusals():
+    with pytest.raises(ValueError, match=r"CG: with rtol=0.001 the number of CG iterations depends on the data"):
+        CG(steps=4, rtol=1e-3).total_matvecs(10)
+    with pytest.raises(ValueError, match="Exact: every call makes dy products"):
+        Exact().total_matvecs(10)
+    with pytest.raises(ValueError, match="GD: eta has no value"):
+        GD().total_matvecs(10)
+
+
+def test_budget_warnings():
+    sched = DimensionSchedule(m0=1, growth=1.3, period=50, m_max=10)
+    assert Lanczos(m=sched).budget_warnings(100) == [
+        f"the subspace dimension never reaches its cap 10 within max_iter=100 (it gets to {sched(99)}); {sched!r}."
+    ]
+    assert Lanczos(m=sched).budget_warnings(100_000) == []
+    assert Lanczos(m=10).budget_warnings(3) == []
+    for solver in one_of_each(ETA) + [HybridNeumann(eta=ETA)]:
+        assert solver.budget_warnings(3) == []
+
+
+# ---- registry and factories ---------------------------------------------------------------------------
+
+
+def test_registry_lists_every_v_solver():
+    assert isinstance(LINEAR_SOLVERS, Registry)
+    assert set(LINEAR_SOLVERS) == {"lanczos", "subspace2d", "cg", "gd", "neumann", "hybrid_neumann", "exact"}
+    assert LINEAR_SOLVERS["cg"] is CG and LINEAR_SOLVERS["hybrid_neumann"] is HybridNeumann
+    assert all(issubclass(cls, LinearSolver) and cls.name == name for name, cls in LINEAR_SOLVERS.items())
+    assert LINEAR_SOLVERS.create("gd", eta=0.1) == GD(eta=0.1)
+    with pytest.raises(ValueError, match="Did you mean 'neumann'"):
+        LINEAR_SOLVERS["neuman"]
+
+
+def test_lowercase_factories():
+    pairs = [
+        (lanczos(m=4), Lanczos(m=4)), (subspace2d(eta=0.1), Subspace2D(eta=0.1)), (cg(steps=3), CG(steps=3)),
+        (gd(eta=0.1), GD(eta=0.1)), (neumann(eta=0.1, randomized=True), Neumann(eta=0.1, randomized=True)),
+        (hybrid_neumann(eta=0.1), HybridNeumann(eta=0.1)), (exact(max_dim=8), Exact(max_dim=8)),
+    ]
+    for made, direct in pairs:
+        assert type(made) is type(direct) and made == direct
+    with pytest.raises(TypeError, match="Did you mean 'steps'"):
+        cg(step=3)
