@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/bilevel: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ demo: $(BIN)/bilevel
 	$(BIN)/bilevel run hyperclean --dataset digits --corruption 0.8 --solver lancbio --max-iter 1000 --out results/demo.csv
 
 test: $(BIN)/bilevel
+	$(BIN)/python -m ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/bilevel
+	$(BIN)/python -m ruff check src tests benchmarks
 
 bench: $(BIN)/bilevel
 	$(BIN)/python benchmarks/overhead.py

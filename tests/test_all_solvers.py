@@ -74,7 +74,7 @@ def test_oracle_counts_match_documentation(problems, name):
     K = 400 if cls.random_cost else 30
     res = bilevel.solve(problem, solver, max_iter=K, eval_every=10 ** 6, true_hypergradient=False, seed=5)
     assert res.status == "max_iter", res.message
-    expected = solver.expected_counts(solver.resolve(problem), K)
+    expected = solver.bind(problem).expected_counts(K)
     counts = res.counts.as_dict()
     for key, value in expected.items():
         if cls.random_cost and key == "hvp":

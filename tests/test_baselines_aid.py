@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import bilevel
-from bilevel.oracles import Counts, Oracles
+from bilevel.oracles import CountingOracles, Counts, Oracles
+from bilevel.sampling import full_batches
 from bilevel.problem import BilevelProblem
 from bilevel.schedules import PowerDecay
 from bilevel.solvers import SOLVERS
@@ -37,12 +38,13 @@ def make(name, **options):
 
 def steps(solver, problem, k, seed=0, counts=None):
     """The states after each of k steps (the run's own init/step, as solve() drives them)."""
-    oracles = Oracles(problem, counts)
+    oracles = Oracles(problem) if counts is None else CountingOracles(Oracles(problem), counts)
     gen = torch.Generator().manual_seed(seed)
+    solver = solver.bind(problem)
     state = solver.init(problem, oracles, gen)
     out = []
     for i in range(k):
-        state = solver.step(state, oracles, i)
+        state = solver.step(state, oracles, full_batches(i))
         out.append(state)
     return out
 
@@ -113,7 +115,7 @@ def test_amigo_cg_updates_v_every_cg_iteration(quad):
     errors, previous = [], None
     for q in range(1, 7):
         solver = make("amigo_cg", v_steps=q)
-        vs = solver.make_v_solver(solver.resolve(quad))
+        vs = solver.bind(quad).v_solver
         v, _, info = vs.solve(lambda u: A @ u, b, vs.init(b))
         assert info.matvecs == q  # from v = 0: no residual product
         assert rel(v, _krylov_galerkin(A, b, q)) < 1e-8
@@ -126,7 +128,7 @@ def test_amigo_cg_updates_v_every_cg_iteration(quad):
     # Restarted CG (a warm start per call) decreases the energy norm of the residual,
     # ‖r‖_{A⁻¹} = ‖v − v*‖_A, at every call; the 2-norm ‖r‖ may wobble between calls but falls overall.
     solver = make("amigo_cg", v_steps=5)
-    vs = solver.make_v_solver(solver.resolve(quad))
+    vs = solver.bind(quad).v_solver
     state = vs.init(b)
     energy, residuals = [a_err(torch.zeros_like(b))], [float(torch.linalg.vector_norm(b))]
     for k in range(8):
@@ -147,7 +149,7 @@ def test_amigo_cg_in_the_loop_is_q_cg_steps_at_the_current_point(quad):
 def test_amigo_cg_rtol_makes_counts_data_dependent(quad):
     solver = make("amigo_cg", rtol=1e-6)
     with pytest.raises(ValueError, match="rtol"):
-        solver.expected_counts(solver.resolve(quad), 10)
+        solver.bind(quad).expected_counts(10)
 
 
 # ---- SOBA ----------------------------------------------------------------------------------------
@@ -178,15 +180,22 @@ def test_soba_is_simultaneous(quad):
     assert rel(s1.x, x_seq) > 1e-6
 
 
-def test_structural_options_come_from_the_solver_unless_preset_for_it():
+def test_structural_options_come_from_the_solver_not_the_problem():
+    """Problems carry only solver-neutral scales ("*"); T and Q come from the user, else the solver's
+    published settings for the problem's experiment, else the solver's defaults."""
     x0, y0 = torch.zeros(2, dtype=F64), torch.zeros(3, dtype=F64)
-    presets = {"*": {"lr_x": 0.1, "lr_y": 0.1, "eta": 0.1}, "ttsa": {"inner_steps": 2}}
-    problem = BilevelProblem(lambda x, y: (y ** 2).sum() + (x ** 2).sum(),
-                             lambda x, y: ((y - x.sum()) ** 2).sum(), x0, y0, presets=presets)
+    presets = {"*": {"lr_x": 0.1, "lr_y": 0.1, "eta": 0.1}}
+    f, g = lambda x, y: (y ** 2).sum() + (x ** 2).sum(), lambda x, y: ((y - x.sum()) ** 2).sum()
+    problem = BilevelProblem(f, g, x0, y0, presets=presets)
     assert make("soba").resolve(problem)["inner_steps"] == 1  # single loop by default
     assert make("soba", inner_steps=3).resolve(problem)["inner_steps"] == 3
-    assert make("ttsa").resolve(problem)["inner_steps"] == 2  # the problem's preset for TTSA
     assert make("stocbio").resolve(problem)["inner_steps"] == 10  # the library default (reference HC)
+    assert make("amigo_gd").resolve(problem)["inner_steps"] == 10
+    synthetic_like = BilevelProblem(f, g, x0, y0, presets=presets, experiment="synthetic")
+    assert make("amigo_gd").resolve(synthetic_like)["inner_steps"] == 5  # AmIGO-GD's synthetic setting
+    assert make("amigo_gd", inner_steps=7).resolve(synthetic_like)["inner_steps"] == 7
+    with pytest.raises(bilevel.ProblemError, match="solver-neutral"):
+        BilevelProblem(f, g, x0, y0, presets={"*": {"lr_x": 0.1}, "ttsa": {"inner_steps": 2}})
 
 
 @pytest.mark.parametrize("name", ["ttsa", "bsa"])
@@ -221,12 +230,13 @@ def test_randomized_neumann_draws_are_reproducible_and_counted(quad, name):
     def draws(seed):
         # the v-solver's state is updated in place, so read each p right after its step
         counts = Counts()
-        oracles = Oracles(quad, counts)
+        oracles = CountingOracles(Oracles(quad), counts)
         solver = make(name)
-        state = solver.init(quad, oracles, torch.Generator().manual_seed(seed))
+        bound = solver.bind(quad)
+        state = bound.init(quad, oracles, torch.Generator().manual_seed(seed))
         ps = []
         for k in range(25):
-            state = solver.step(state, oracles, k)
+            state = bound.step(state, oracles, full_batches(k))
             ps.append(state.v_state.last_p)
         return ps, counts.hvp
 
@@ -251,7 +261,10 @@ def test_ttsa_is_sequential_with_one_y_step(quad):
 
 
 def test_ttsa_compat_hybrid_is_off_by_default_and_matches_its_definition(quad):
-    assert make("ttsa").compat_hybrid is False and make("bsa").compat_hybrid is False
+    from bilevel.linear_solvers import HybridNeumann, Neumann
+
+    assert type(make("ttsa").v_solver) is Neumann and type(make("bsa").v_solver) is Neumann
+    assert type(make("ttsa", compat_hybrid=True).v_solver) is HybridNeumann
     A, _, c, _, _ = parts(quad)
     solver = make("ttsa", compat_hybrid=True)
     opts = solver.resolve(quad)
@@ -265,7 +278,7 @@ def test_ttsa_compat_hybrid_is_off_by_default_and_matches_its_definition(quad):
         ref = ref - eta * (A @ ref - b)
     assert rel(v, ref) < 1e-12
     assert counts.hvp == p + Q
-    assert solver.expected_counts(opts, 4)["hvp"] == 4 * ((Q - 1) / 2 + Q)
+    assert solver.bind(quad).expected_counts(4)["hvp"] == 4 * ((Q - 1) / 2 + Q)
 
 
 # ---- stocBiO -------------------------------------------------------------------------------------
@@ -334,22 +347,22 @@ def test_hjfbio_finite_differences_match_exact_products(syn, scaled_shift):
     solver = make("hjfbio", scaled_shift=scaled_shift)
     opts = solver.resolve(syn)
     assert opts["delta"] == 1e-5
-    av, jv = solver.products(oracles, x, y, v, opts)
+    av, jv = solver.bind(syn).products(oracles, x, y, v)
     assert rel(av, exact_av) < 1e-8 and rel(jv, exact_jv) < 1e-8
     coarse = make("hjfbio", scaled_shift=scaled_shift, delta=0.3)
-    av2, jv2 = coarse.products(oracles, x, y, v, coarse.resolve(syn))
+    av2, jv2 = coarse.bind(syn).products(oracles, x, y, v)
     assert rel(av2, av) > 1e-6 and rel(jv2, jv) > 1e-6  # δ is used: O(δ²) truncation error
 
 
 def test_hjfbio_zero_v_costs_nothing_and_counts_two_joint_gradients_otherwise(syn):
     x, y, v = _random_point(syn)
     counts = Counts()
-    oracles = Oracles(syn, counts)
+    oracles = CountingOracles(Oracles(syn), counts)
     solver = make("hjfbio")
     opts = solver.resolve(syn)
-    av, jv = solver.products(oracles, x, y, torch.zeros_like(y), opts)
+    av, jv = solver.bind(syn).products(oracles, x, y, torch.zeros_like(y))
     assert not av.any() and not jv.any() and counts.grad_y_g == 0 and counts.grad_x_g == 0
-    solver.products(oracles, x, y, v, opts)
+    solver.bind(syn).products(oracles, x, y, v)
     assert counts.grad_y_g == 2 and counts.grad_x_g == 2 and counts.hvp == 0 and counts.cross == 0
 
 
@@ -360,7 +373,7 @@ def test_hjfbio_float32_defaults_to_a_larger_scaled_shift():
     assert opts["delta"] == 1e-3 and opts["scaled_shift"] is True
     x, y, v = (t.float() for t in _random_point(problem))
     oracles = Oracles(problem)
-    av, jv = solver.products(oracles, x, y, 1e3 * v, opts)  # a large v would wreck an unscaled shift
+    av, jv = solver.bind(problem).products(oracles, x, y, 1e3 * v)  # a large v would wreck an unscaled shift
     point = oracles.at(x, y)
     assert rel(av, point.hvp(1e3 * v)) < 1e-2 and rel(jv, point.cross(1e3 * v)) < 1e-2
 

@@ -54,7 +54,7 @@ def test_list_and_show(capsys):
     assert main(["show", "lancbio"]) == 0
     shown = capsys.readouterr().out
     assert "subproblem" in shown and "'galerkin'" in shown and "1 + 1/m HVPs on average" in shown
-    assert "lr_x" in shown and "problem preset" in shown
+    assert "lr_x" in shown and "problem scales" in shown and "v_solver.m [m]" in shown
     assert main(["show", "synthetic"]) == 0
     assert "condition" in capsys.readouterr().out
 

@@ -16,6 +16,7 @@ import torch
 import bilevel
 from bilevel import BilevelProblem
 from bilevel.oracles import Oracles
+from bilevel.sampling import full_batches
 from bilevel.solvers import BOME, F2SA, ITD, PBGD, get_solver
 from bilevel.truth import true_hypergradient
 
@@ -83,11 +84,11 @@ def test_f2sa_constant_mu_reaches_the_penalty_point(quad):
 
 
 def test_f2sa_mu_schedule_and_coupled_penalised_step(quad):
-    solver = get_solver("f2sa")  # μ_0 = 1, δ_k = 0.1/(k + 1)
+    solver = get_solver("f2sa").bind(quad)  # μ_0 = 1, δ_k = 0.1/(k + 1)
     oracles = Oracles(quad)
     state = solver.init(quad, oracles, torch.Generator())
     for k in range(7):
-        state = solver.step(state, oracles, k)
+        state = solver.step(state, oracles, full_batches(k))
     assert state.mu == pytest.approx(1.0 + 0.1 * sum(1.0 / (j + 1) for j in range(7)), rel=1e-14)
     assert state.iterate[1] is state.z  # metrics are taken on the lower copy z
     # with μ = 1e3 the coupled step θ/μ is stable; the reference's "θ for both copies" is not
@@ -108,12 +109,12 @@ def test_bome_settles_at_the_barrier_weight_limit(quad):
     # 2.5e-3, max 7.1e-3.  Tolerances: median ≤ 2 × floor, max ≤ 1.5e-2, ω median within [0.85, 1] of
     # the limit.
     xi_y, L = 1.5e-4, quad.info["L"]
-    solver = get_solver("bome", lr_x=0.02, lr_y_outer=xi_y, eta_b=1.0, inner_steps=5)
+    solver = get_solver("bome", lr_x=0.02, lr_y_outer=xi_y, eta_b=1.0, inner_steps=5).bind(quad)
     oracles = Oracles(quad)
     state = solver.init(quad, oracles, torch.Generator())
     norms, omegas = [], []
     for k in range(3000):
-        state = solver.step(state, oracles, k)
+        state = solver.step(state, oracles, full_batches(k))
         if k >= 2500 and k % 10 == 0:
             norms.append(float(true_hypergradient(quad, state.iterate[0]).grad.norm()))
             omegas.append(float(state.omega))
@@ -129,11 +130,11 @@ def test_bome_omega_is_zero_when_the_constraint_gradient_vanishes(quad):
     # the step is plain gradient descent on f.
     x0 = quad.x0
     y_star = quad.closed_forms.y_star(x0)
-    solver = get_solver("bome", inner_steps=1)
+    solver = get_solver("bome", inner_steps=1).bind(quad)
     oracles = Oracles(quad)
     state = solver.init(quad, oracles, torch.Generator())
     state = dataclasses.replace(state, y=y_star, y_hat=y_star.clone())
-    state = solver.step(state, oracles, 0)
+    state = solver.step(state, oracles, full_batches(0))
     assert float(state.omega) == 0.0
     gx_f, _ = oracles.grad_f(x0, y_star)
     assert torch.allclose(state.direction, gx_f, rtol=0, atol=1e-12)
@@ -168,12 +169,12 @@ def _unrolled_autograd(problem, x, y0, theta, T, Tb):
 def test_itd_direction_equals_autograd_through_the_unrolled_loop(autodiff, Tb):
     problem = _nonlinear(autodiff)
     T, theta = 6, 0.05
-    solver = get_solver("itd", lr_x=0.1, lr_y=theta, inner_steps=T, backprop_steps=Tb)
+    solver = get_solver("itd", lr_x=0.1, lr_y=theta, inner_steps=T, backprop_steps=Tb).bind(problem)
     oracles = Oracles(problem)
     state = solver.init(problem, oracles, torch.Generator())
-    state = solver.step(state, oracles, 0)
+    state = solver.step(state, oracles, full_batches(0))
     x1, warm = state.x, state.y  # the second step starts from a warm y^0 ≠ y0
-    state = solver.step(state, oracles, 1)
+    state = solver.step(state, oracles, full_batches(1))
     expected = _unrolled_autograd(problem, x1, warm, theta, T, T if Tb is None else Tb)
     assert _rel(state.direction, expected) <= 1e-10
     assert state.iterate[0] is x1
@@ -190,10 +191,10 @@ def test_itd_approaches_the_exact_hypergradient_as_T_grows(quad):
     exact = true_hypergradient(quad, x0).grad
     errors = []
     for T in (1, 10, 100, 1000, 2000):
-        solver = get_solver("itd", inner_steps=T)
+        solver = get_solver("itd", inner_steps=T).bind(quad)
         oracles = Oracles(quad)
         state = dataclasses.replace(solver.init(quad, oracles, torch.Generator()), y=y_star)
-        state = solver.step(state, oracles, 0)
+        state = solver.step(state, oracles, full_batches(0))
         errors.append(float((state.direction - exact).norm()))
     assert all(b < a for a, b in zip(errors, errors[1:])), errors
     assert errors[-1] < 1e-6, errors
@@ -227,7 +228,7 @@ def test_exact_counts_per_iteration(name, options, per_iteration, graphs, closed
     expected = {**ZERO, **per_iteration, "linearize": 0 if closed_forms else graphs}
     counts = res.counts.as_dict()
     assert {key: counts[key] for key in expected} == {key: K * value for key, value in expected.items()}
-    documented = solver.expected_counts(solver.resolve(problem), K)
+    documented = solver.bind(problem).expected_counts(K)
     assert documented == {key: K * value for key, value in expected.items() if key != "linearize"}
 
 
@@ -254,9 +255,10 @@ def test_bad_options_raise_clearly(make, error, match):
 
 
 def test_backprop_steps_checked_against_the_problems_inner_steps(quad):
-    problem = bilevel.BilevelProblem(quad.f, quad.g, quad.x0, quad.y0,
-                                     presets={"*": dict(quad.presets["*"]), "itd": {"inner_steps": 5}})
-    solver = get_solver("itd", backprop_steps=8)  # fine on its own; the problem's preset gives T = 5
+    problem = bilevel.BilevelProblem(quad.f, quad.g, quad.x0, quad.y0, presets={"*": dict(quad.presets["*"])},
+                                     experiment="synthetic")
+    # fine on its own; ITD's published settings for the problem's experiment give T = 10
+    solver = get_solver("itd", backprop_steps=12)
     with pytest.raises(ValueError, match="backprop_steps .* cannot exceed inner_steps"):
         bilevel.solve(problem, solver, max_iter=2)
 

@@ -59,7 +59,7 @@ def test_closed_forms_equal_autodiff(small):
     torch.testing.assert_close(pc.cross(u), pa.cross(u), rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(pc.cross_t(w), pa.cross_t(w), rtol=1e-10, atol=1e-13)
     counts = bilevel.Counts()
-    cf_counted = Oracles(small, counts)
+    cf_counted = bilevel.CountingOracles(Oracles(small), counts)
     point = cf_counted.at(x, y)
     point.hvp(u), point.cross(u)
     assert counts.linearize == 0  # the closed forms build no autodiff graph

@@ -675,7 +675,7 @@ def test_presettable_options_may_be_unset_until_resolved():
     assert Exact().is_resolved and Exact().missing == ()
     # library defaults fill what the values do not; eta has none
     assert CG().resolved({}) == CG(steps=5)
-    assert Lanczos().resolved({}).m == DimensionSchedule(m0=10)
+    assert Lanczos().resolved({}).m == 10 and Lanczos().resolved({}).schedule == DimensionSchedule(m0=10)
     with pytest.raises(ValueError) as err:
         GD().resolved({"steps": 3})
     assert str(err.value) == "GD: eta has no value; pass eta=... (e.g. GD(eta=0.1))"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from bilevel.oracles import Counts, Oracles
+from bilevel.oracles import CountingOracles, Counts, Oracles
 from bilevel.problem import BilevelProblem
 from bilevel.problems import quadratic, synthetic
 from bilevel.testing import check_hypergradient, check_oracles
@@ -118,7 +118,7 @@ def test_linearization_reuses_one_graph(autodiff):
     base = synthetic(30, 100.0, seed=2)
     problem = _autodiff_copy(base) if autodiff else base
     counts = Counts()
-    oracles = Oracles(problem, counts)
+    oracles = CountingOracles(Oracles(problem), counts)
     lin = oracles.at(problem.x0, problem.y0)
     assert counts.linearize == 0  # built lazily
     u = torch.ones(problem.dy, dtype=torch.float64)
@@ -138,9 +138,9 @@ def test_linearization_reuses_one_graph(autodiff):
 @pytest.mark.parametrize("closed", [True, False])
 def test_counts_increment_exactly_once_per_call(closed):
     base = quadratic(3, 4, 5.0, seed=0, closed_forms=closed)
-    problem = BilevelProblem(base.f, base.g, base.x0, base.y0, closed_forms=base.closed_forms, n_samples=10)
+    problem = BilevelProblem(base.f, base.g, base.x0, base.y0, closed_forms=base.closed_forms, n_samples=10, n_samples_f=7)
     counts = Counts()
-    o = Oracles(problem, counts)
+    o = CountingOracles(Oracles(problem), counts)
     x, y = problem.x0, problem.y0
     expected = Counts()
 
@@ -149,27 +149,27 @@ def test_counts_increment_exactly_once_per_call(closed):
 
     o.grad_x_f(x, y)
     expected.grad_x_f += 1
-    expected.samples += 10
+    expected.samples_f += 7
     check()
     o.grad_y_f(x, y, batch=[0, 1, 2])
     expected.grad_y_f += 1
-    expected.samples += 3
+    expected.samples_f += 3
     check()
     o.grad_f(x, y)
     expected.grad_x_f += 1
     expected.grad_y_f += 1
-    expected.samples += 20
+    expected.samples_f += 14
     check()
     o.grad_y_g(x, y)
     o.grad_x_g(x, y)
     expected.grad_y_g += 1
     expected.grad_x_g += 1
-    expected.samples += 20
+    expected.samples_g += 20
     check()
     o.grad_g(x, y)
     expected.grad_y_g += 1
     expected.grad_x_g += 1
-    expected.samples += 20
+    expected.samples_g += 20
     check()
     lin = o.at(x, y)
     check()  # building the point costs nothing yet
@@ -180,10 +180,10 @@ def test_counts_increment_exactly_once_per_call(closed):
     expected.hvp += 2
     expected.cross += 1
     expected.cross_t += 1
-    expected.samples += 40
+    expected.samples_g += 40
     if not closed:  # two graphs (∇_y g and ∇_x g), each counted once with its samples
         expected.linearize += 2
-        expected.samples += 20
+        expected.samples_g += 20
     check()
     # uncounted oracles leave nothing behind
     Oracles(problem).grad_y_g(x, y)

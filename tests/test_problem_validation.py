@@ -145,7 +145,7 @@ def test_valid_inputs_are_accepted_and_not_mutated():
     # the control for the table: the same constructors with good inputs work
     x0, y0 = X0.clone(), Y0.clone()
     problem = BilevelProblem(f_ok, g_ok, x0, y0, presets={"*": {"lr_x": 0.5}})
-    assert problem.preset("any", "lr_x") == 0.5
+    assert problem.preset("lr_x") == 0.5
     problem.x0.add_(1.0)  # a copy: neither the problem nor the caller's tensor changes
     assert torch.equal(problem.x0, X0) and torch.equal(x0, X0)
     assert quadratic(dx=1, dy=1, condition=1).dy == 1

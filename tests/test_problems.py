@@ -9,6 +9,7 @@ import torch
 
 from bilevel.oracles import Oracles
 from bilevel.problem import BilevelProblem
+from bilevel.solvers import SOLVERS
 from bilevel.problems import PROBLEMS, get_problem, hyperclean, quadratic, synthetic, synthetic_data
 from bilevel.problems.synthetic import clear_synthetic_cache
 from bilevel.schedules import DimensionSchedule
@@ -76,11 +77,11 @@ def test_quadratic_presets_and_constants():
     torch.testing.assert_close(eig, torch.linspace(1, 40, 6, dtype=torch.float64), rtol=1e-10, atol=1e-10)
     Ainv_B = torch.linalg.solve(A, B)
     L_phi = float(torch.linalg.eigvalsh(0.2 * torch.eye(3, dtype=torch.float64) + Ainv_B.T @ Ainv_B).max())
-    assert problem.preset("anything", "lr_x") == pytest.approx(1 / L_phi, rel=1e-10)
-    assert problem.preset("lancbio", "lr_y") == pytest.approx(1 / 40)
-    assert problem.preset("subbio", "eta") == pytest.approx(1 / 40)
+    assert problem.preset("lr_x") == pytest.approx(1 / L_phi, rel=1e-10)
+    assert problem.preset("lr_y") == pytest.approx(1 / 40)
+    assert problem.preset("eta") == pytest.approx(1 / 40)
     # T and Q are structural: the solvers' own defaults, not problem presets
-    assert problem.preset("x", "inner_steps") is None and problem.preset("x", "v_steps") is None
+    assert problem.preset("inner_steps") is None and problem.preset("v_steps") is None
     assert problem.name == "quadratic" and problem.dx == 3 and problem.dy == 6
 
 
@@ -149,15 +150,17 @@ def test_synthetic_spectrum_and_values():
 
 def test_synthetic_presets_and_info():
     problem = synthetic(20, 1e5, seed=3)
-    assert problem.preset("amigo_gd", "lr_y") == pytest.approx(1e-5)
-    assert problem.preset("soba", "eta") == pytest.approx(1e-5)
-    assert problem.preset("soba", "lr_x") == 1.0
-    assert problem.preset("x", "inner_steps") is None  # only the paper's per-solver settings below
-    assert problem.preset("amigo_gd", "inner_steps") == 5 and problem.preset("amigo_gd", "v_steps") == 5
-    assert problem.preset("stocbio", "inner_steps") == 10 and problem.preset("stocbio", "v_steps") == 10
-    assert problem.preset("soba", "inner_steps") == 1 and problem.preset("ttsa", "v_steps") == 10
-    assert problem.preset("ttsa", "lr_x")(0) == 1.0 and problem.preset("ttsa", "lr_x")(10 ** 9) == 0.01
-    m = problem.preset("lancbio", "m")
+    assert problem.preset("lr_y") == pytest.approx(1e-5)
+    assert problem.preset("eta") == pytest.approx(1e-5)
+    assert problem.preset("lr_x") == 1.0
+    assert problem.preset("inner_steps") is None  # the paper's per-solver settings live with the solvers
+    assert problem.experiment == "synthetic"
+    opts = {name: SOLVERS[name].create().resolve(problem) for name in ("amigo_gd", "stocbio", "soba", "ttsa", "lancbio")}
+    assert opts["amigo_gd"]["inner_steps"] == 5 and opts["amigo_gd"]["v_steps"] == 5
+    assert opts["stocbio"]["inner_steps"] == 10 and opts["stocbio"]["v_steps"] == 10
+    assert opts["soba"]["inner_steps"] == 1 and opts["ttsa"]["v_steps"] == 10
+    assert opts["ttsa"]["lr_x"](0) == 1.0 and opts["ttsa"]["lr_x"](10 ** 9) == 0.01
+    m = opts["lancbio"]["m"]
     assert isinstance(m, DimensionSchedule) and m(0) == 1 and m(19) == 2 and m(10_000) == 80
     assert problem.info == {"n": 20, "condition": 1e5, "seed": 3, "c0": 0.5, "c1": 0.1, "ground_truth": True}
 

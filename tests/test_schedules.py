@@ -1,4 +1,4 @@
-"""Schedules are pure integer/float functions of k and follow the reference tables (algorithms.md §2.6)."""
+"""Schedules are pure integer/float functions of k and follow the reference tables (Yang, Gao & Yuan, LancBiO, ICLR 2025: the subspace-dimension schedule)."""
 
 import pytest
 

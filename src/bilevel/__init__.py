@@ -7,18 +7,20 @@ algorithms: ``bilevel.solvers`` (LancBiO, SubBiO, ...); v-solvers: ``bilevel.lin
 checks for your own problems: ``bilevel.testing``.
 """
 
-from . import linear_solvers, problems, schedules, solvers, testing, truth
+from . import inner, linear_solvers, problems, sampling, schedules, solvers, testing, truth
 from .history import History
-from .oracles import Counts, Linearization, Oracles
+from .oracles import CountingOracles, Counts, Linearization, OracleWrapper, Oracles, PointWrapper
 from .problem import BilevelProblem, ClosedForms, ProblemError
 from .result import Result
 from .run import solve
+from .sampling import Batches, FullBatch
 from .schedules import Constant, DimensionSchedule, Piecewise, PowerDecay
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BilevelProblem", "ClosedForms", "Constant", "Counts", "DimensionSchedule", "History", "Linearization",
-    "Oracles", "Piecewise", "PowerDecay", "ProblemError", "Result", "linear_solvers", "problems",
-    "schedules", "solve", "solvers", "testing", "truth",
+    "Batches", "BilevelProblem", "ClosedForms", "Constant", "CountingOracles", "Counts", "DimensionSchedule",
+    "FullBatch", "History", "Linearization", "OracleWrapper", "Oracles", "Piecewise", "PointWrapper",
+    "PowerDecay", "ProblemError", "Result", "inner", "linear_solvers", "problems", "sampling", "schedules",
+    "solve", "solvers", "testing", "truth",
 ]

@@ -35,11 +35,13 @@ def _parse_assignments(items: Sequence[str], flag: str) -> dict[str, Any]:
 
 
 def _catalogue() -> dict[str, dict[str, Any]]:
+    from .inner import INNER_SOLVERS
     from .linear_solvers import LINEAR_SOLVERS
     from .problems import PROBLEMS
     from .solvers import SOLVERS
 
-    return {"solvers": dict(SOLVERS), "problems": dict(PROBLEMS), "linear-solvers": dict(LINEAR_SOLVERS)}
+    return {"solvers": dict(SOLVERS), "problems": dict(PROBLEMS), "linear-solvers": dict(LINEAR_SOLVERS),
+            "inner-solvers": dict(INNER_SOLVERS)}
 
 
 def _first_line(obj: Any) -> str:
@@ -57,8 +59,36 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(value: Any, defaults: Any, keys: Sequence[str]) -> str:
+    if value is not None:
+        return repr(value)
+    fallback = next((defaults[k] for k in keys if k in defaults), None)
+    return "from settings/problem scales" + (f", else {fallback!r}" if fallback is not None else "")
+
+
+def _algorithm_rows(entry: Any) -> list[tuple[str, str]]:
+    """Options of a factory-built algorithm, its parts' options by dotted name (short form in brackets)."""
+    from .solvers.aid import _SHORT
+
+    solver = entry.create()
+    rows = []
+    for name, value in solver.options().items():
+        if hasattr(value, "options"):
+            rows.append((name, type(value).__name__))
+            for option, v in value.options().items():
+                dotted = f"{name}.{option}"
+                short = _SHORT.get(dotted) or (option if name == "v_solver" else None)
+                label = dotted + (f" [{short}]" if short and short != dotted else "")
+                rows.append((label, _shown(v, solver.defaults, [dotted] + ([short] if short else []))))
+        else:
+            rows.append((name, _shown(value, solver.defaults, [name])))
+    return rows
+
+
 def _option_rows(obj: Any) -> list[tuple[str, str]]:
     rows = []
+    if hasattr(obj, "factory") and hasattr(obj, "create"):
+        return _algorithm_rows(obj)
     if dataclasses.is_dataclass(obj):
         defaults = getattr(obj, "defaults", {})
         for f in dataclasses.fields(obj):
@@ -69,12 +99,7 @@ def _option_rows(obj: Any) -> list[tuple[str, str]]:
             else:
                 rows.append((f.name, "(required)"))
                 continue
-            if value is None:
-                fallback = defaults.get(f.name)
-                shown = "problem preset" + (f", else {fallback!r}" if fallback is not None else "")
-            else:
-                shown = repr(value)
-            rows.append((f.name, shown))
+            rows.append((f.name, _shown(value, defaults, [f.name])))
     else:
         for p in inspect.signature(obj).parameters.values():
             if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
@@ -91,7 +116,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"{args.name} ({kind[:-1]}: {getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')})")
             print("\noptions (name: default):")
             for name, shown in _option_rows(obj):
-                print(f"  {name:<18} {shown}")
+                print(f"  {name:<28} {shown}")
             print()
             print(inspect.getdoc(obj) or "(no docstring)")
             return 0
@@ -257,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     lst = sub.add_parser("list", help="list solvers, problems and linear solvers")
-    lst.add_argument("what", nargs="?", choices=("solvers", "problems", "linear-solvers"))
+    lst.add_argument("what", nargs="?", choices=("solvers", "problems", "linear-solvers", "inner-solvers"))
     lst.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", help="options, defaults and documentation of a solver, problem or linear solver")

@@ -8,9 +8,10 @@ that builds the graph of ``∇_y g(x, y)`` once and answers every HVP ``A·u = �
 product ``J·u = ∇²_xy g·u`` at that point by one backward pass through it.  Drop the object when
 (x, y) changes; the graph goes with it.
 
-Counting: an ``Oracles`` built with a ``Counts`` records every call by type (solvers never count by
-hand).  ``linearize`` counts autodiff graph builds (each costs about one gradient); it is 0 on a problem
-whose closed forms supply the products.  Evaluation code uses an ``Oracles`` without counts.
+Counting is a wrapper: ``CountingOracles(Oracles(problem), counts)`` records every call by type and the
+samples it touched (solvers never count by hand); ``linearize`` counts autodiff graph builds (each costs
+about one gradient; 0 on a problem whose closed forms supply the products).  ``OracleWrapper`` is the base
+of user wrappers (``solve(..., oracles=...)``).  Evaluation code uses a bare, uncounted ``Oracles``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from .problem import BilevelProblem
 
 @dataclass
 class Counts:
-    """Oracle calls by type, and the number of data samples they touched."""
+    """Oracle calls by type, and the data samples they touched per level (``samples_f`` by ∇f calls,
+    ``samples_g`` by every call on g; a full-data call touches the problem's whole data set of that level).
+    ``samples`` is their sum."""
 
     grad_x_f: int = 0
     grad_y_f: int = 0
@@ -36,10 +39,17 @@ class Counts:
     cross: int = 0
     cross_t: int = 0
     linearize: int = 0
-    samples: int = 0
+    samples_f: int = 0
+    samples_g: int = 0
+
+    @property
+    def samples(self) -> int:
+        return self.samples_f + self.samples_g
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        out = asdict(self)
+        out["samples"] = self.samples
+        return out
 
     def copy(self) -> "Counts":
         return Counts(**asdict(self))
@@ -62,36 +72,24 @@ def _grad(out: Tensor, wrt: Tensor, **kw) -> Tensor:
 
 
 class Oracles:
-    """Gradients and products of ``problem``; counts calls into ``counts`` when given."""
+    """Gradients and products of ``problem``: computes, never counts (``CountingOracles`` counts)."""
 
     def __init__(self, problem: BilevelProblem, counts: Optional[Counts] = None) -> None:
+        if counts is not None:
+            raise TypeError(
+                "Oracles only computes; count with CountingOracles(Oracles(problem), counts) instead of "
+                "Oracles(problem, counts)."
+            )
         self.problem = problem
-        self.counts = counts
         self._cf = problem.closed_forms
 
-    # ---- bookkeeping -----------------------------------------------------------------------------
-    def _tick(self, kind: str, batch: Any, n: int = 1) -> None:
-        c = self.counts
-        if c is None:
-            return
-        setattr(c, kind, getattr(c, kind) + n)
-        c.samples += n * self._batch_size(batch)
-
-    def _batch_size(self, batch: Any) -> int:
-        if batch is None:
-            return self.problem.n_samples or 0
-        try:
-            return len(batch)
-        except TypeError:
-            return 0
-
-    def _leaf(self, t: Tensor) -> Tensor:
+    @staticmethod
+    def _leaf(t: Tensor) -> Tensor:
         return t.detach().requires_grad_(True)
 
     # ---- first-order oracles ---------------------------------------------------------------------
     def grad_x_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
         """∇_x f(x, y)."""
-        self._tick("grad_x_f", batch)
         if self._cf.grad_x_f is not None:
             return self._cf.grad_x_f(x, y, batch)
         with torch.enable_grad():
@@ -100,7 +98,6 @@ class Oracles:
 
     def grad_y_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
         """∇_y f(x, y)  (the right-hand side b of the v-system)."""
-        self._tick("grad_y_f", batch)
         if self._cf.grad_y_f is not None:
             return self._cf.grad_y_f(x, y, batch)
         with torch.enable_grad():
@@ -108,18 +105,15 @@ class Oracles:
             return _grad(self.problem.f_value(x.detach(), yr, batch), yr)
 
     def grad_f(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
-        """(∇_x f, ∇_y f) at one point: one backward pass with autodiff; counts one call of each."""
+        """(∇_x f, ∇_y f) at one point: one backward pass with autodiff (one call of each)."""
         if self._cf.grad_x_f is not None or self._cf.grad_y_f is not None:
             return self.grad_x_f(x, y, batch), self.grad_y_f(x, y, batch)
-        self._tick("grad_x_f", batch)
-        self._tick("grad_y_f", batch)
         with torch.enable_grad():
             xr, yr = self._leaf(x), self._leaf(y)
             return _grads(self.problem.f_value(xr, yr, batch), (xr, yr))
 
     def grad_y_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
         """∇_y g(x, y)  (one inner step's direction)."""
-        self._tick("grad_y_g", batch)
         if self._cf.grad_y_g is not None:
             return self._cf.grad_y_g(x, y, batch)
         with torch.enable_grad():
@@ -128,7 +122,6 @@ class Oracles:
 
     def grad_x_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
         """∇_x g(x, y)."""
-        self._tick("grad_x_g", batch)
         if self._cf.grad_x_g is not None:
             return self._cf.grad_x_g(x, y, batch)
         with torch.enable_grad():
@@ -136,11 +129,9 @@ class Oracles:
             return _grad(self.problem.g_value(xr, y.detach(), batch), xr)
 
     def grad_g(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
-        """(∇_x g, ∇_y g) at one point; counts one call of each."""
+        """(∇_x g, ∇_y g) at one point (one call of each)."""
         if self._cf.grad_x_g is not None or self._cf.grad_y_g is not None:
             return self.grad_x_g(x, y, batch), self.grad_y_g(x, y, batch)
-        self._tick("grad_x_g", batch)
-        self._tick("grad_y_g", batch)
         with torch.enable_grad():
             xr, yr = self._leaf(x), self._leaf(y)
             return _grads(self.problem.g_value(xr, yr, batch), (xr, yr))
@@ -156,31 +147,33 @@ class Linearization:
 
     ``hvp(u) = ∇²_yy g·u`` (R^dy → R^dy), ``cross(u) = ∇²_xy g·u`` (R^dy → R^dx),
     ``cross_t(w) = ∇²_yx g·w`` (R^dx → R^dy), ``grad_y_g()`` the gradient at the point.
-    The autodiff graph is built lazily on the first product (counted as ``linearize``).
+    The autodiff graph is built lazily on the first product; ``graph_builds`` says how many were built
+    (each costs about one gradient; 0 when the problem's closed forms answer).
     """
 
     def __init__(self, oracles: Oracles, x: Tensor, y: Tensor, batch: Any) -> None:
-        self._o = oracles
+        self.problem = oracles.problem
         self.x, self.y, self.batch = x.detach(), y.detach(), batch
-        cf = oracles.problem.closed_forms
-        self._closed = cf.linearize(self.x, self.y, batch) if cf.linearize is not None else None
+        self.graph_builds = 0
+        self._cf = self.problem.closed_forms
+        self._closed = self._cf.linearize(self.x, self.y, batch) if self._cf.linearize is not None else None
         self._xr = self._yr = self._gy = self._gx = None
 
     def _graph_y(self) -> Tensor:
         if self._gy is None:
-            self._o._tick("linearize", self.batch)
+            self.graph_builds += 1
             with torch.enable_grad():
-                self._xr, self._yr = self._o._leaf(self.x), self._o._leaf(self.y)
-                out = self._o.problem.g_value(self._xr, self._yr, self.batch)
+                self._xr, self._yr = Oracles._leaf(self.x), Oracles._leaf(self.y)
+                out = self.problem.g_value(self._xr, self._yr, self.batch)
                 (self._gy,) = torch.autograd.grad(out, self._yr, create_graph=True)
         return self._gy
 
     def _graph_x(self) -> Tensor:
         if self._gx is None:
-            self._o._tick("linearize", self.batch)
+            self.graph_builds += 1
             with torch.enable_grad():
-                xr, yr = self._o._leaf(self.x), self._o._leaf(self.y)
-                out = self._o.problem.g_value(xr, yr, self.batch)
+                xr, yr = Oracles._leaf(self.x), Oracles._leaf(self.y)
+                out = self.problem.g_value(xr, yr, self.batch)
                 (self._gx,) = torch.autograd.grad(out, xr, create_graph=True, allow_unused=True)
                 if self._gx is None or not self._gx.requires_grad:  # g linear or constant in x
                     self._gx = torch.zeros_like(self.x)
@@ -192,9 +185,8 @@ class Linearization:
 
     def grad_y_g(self) -> Tensor:
         """∇_y g at the point (free when the graph is already built)."""
-        self._o._tick("grad_y_g", self.batch)
-        if self._o._cf.grad_y_g is not None:
-            return self._o._cf.grad_y_g(self.x, self.y, self.batch)
+        if self._cf.grad_y_g is not None:
+            return self._cf.grad_y_g(self.x, self.y, self.batch)
         closed = self._closed_method("grad_y_g")
         if closed is not None:
             return closed()
@@ -202,7 +194,6 @@ class Linearization:
 
     def hvp(self, u: Tensor) -> Tensor:
         """A·u = ∇²_yy g(x, y)·u."""
-        self._o._tick("hvp", self.batch)
         closed = self._closed_method("hvp")
         if closed is not None:
             return closed(u)
@@ -211,7 +202,6 @@ class Linearization:
 
     def cross(self, u: Tensor) -> Tensor:
         """J·u = ∇²_xy g(x, y)·u, in R^dx."""
-        self._o._tick("cross", self.batch)
         closed = self._closed_method("cross")
         if closed is not None:
             return closed(u)
@@ -220,7 +210,6 @@ class Linearization:
 
     def cross_t(self, w: Tensor) -> Tensor:
         """Jᵀ·w = ∇²_yx g(x, y)·w, in R^dy."""
-        self._o._tick("cross_t", self.batch)
         closed = self._closed_method("cross_t")
         if closed is not None:
             return closed(w)
@@ -229,3 +218,152 @@ class Linearization:
             return torch.zeros_like(self.y)
         with torch.enable_grad():
             return _grad(gx, self._gx_yr, grad_outputs=w, retain_graph=True)
+
+
+# ---- wrappers ------------------------------------------------------------------------------------------
+class OracleWrapper:
+    """Base class of oracle wrappers: forwards every call to ``inner`` (an ``Oracles`` or another wrapper).
+
+    Override the methods to intercept (log, cache, all-reduce across processes, ...) and pass an instance
+    to ``solve(..., oracles=MyWrapper(Oracles(problem)))``; ``solve`` counts on top of it.
+    ``at`` returns the inner point unless overridden (wrap it with ``PointWrapper`` to intercept products).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    @property
+    def problem(self) -> BilevelProblem:
+        return self.inner.problem
+
+    def grad_x_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.inner.grad_x_f(x, y, batch)
+
+    def grad_y_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.inner.grad_y_f(x, y, batch)
+
+    def grad_f(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
+        return self.inner.grad_f(x, y, batch)
+
+    def grad_y_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.inner.grad_y_g(x, y, batch)
+
+    def grad_x_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.inner.grad_x_g(x, y, batch)
+
+    def grad_g(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
+        return self.inner.grad_g(x, y, batch)
+
+    def at(self, x: Tensor, y: Tensor, batch: Any = None) -> Any:
+        return self.inner.at(x, y, batch)
+
+
+class PointWrapper:
+    """Base class of wrappers of a point's second-order oracles (what ``Oracles.at`` returns)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.x, self.y, self.batch = inner.x, inner.y, inner.batch
+
+    @property
+    def graph_builds(self) -> int:
+        return getattr(self.inner, "graph_builds", 0)
+
+    def grad_y_g(self) -> Tensor:
+        return self.inner.grad_y_g()
+
+    def hvp(self, u: Tensor) -> Tensor:
+        return self.inner.hvp(u)
+
+    def cross(self, u: Tensor) -> Tensor:
+        return self.inner.cross(u)
+
+    def cross_t(self, w: Tensor) -> Tensor:
+        return self.inner.cross_t(w)
+
+
+def _batch_size(problem: BilevelProblem, batch: Any, level: str) -> int:
+    if batch is None:
+        return (problem.n_samples_f if level == "f" else problem.n_samples) or 0
+    try:
+        return len(batch)
+    except TypeError:
+        return 0
+
+
+class CountingOracles(OracleWrapper):
+    """Counts every call into ``counts`` (by type, and the samples each touched per level); solvers never
+    count by hand.  ``linearize`` counts the autodiff graphs the points built."""
+
+    def __init__(self, inner: Any, counts: Counts) -> None:
+        super().__init__(inner)
+        self.counts = counts
+
+    def tick(self, kind: str, batch: Any, n: int = 1) -> None:
+        c = self.counts
+        setattr(c, kind, getattr(c, kind) + n)
+        level = "f" if kind in ("grad_x_f", "grad_y_f") else "g"
+        size = n * _batch_size(self.problem, batch, level)
+        if level == "f":
+            c.samples_f += size
+        else:
+            c.samples_g += size
+
+    def grad_x_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        self.tick("grad_x_f", batch)
+        return self.inner.grad_x_f(x, y, batch)
+
+    def grad_y_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        self.tick("grad_y_f", batch)
+        return self.inner.grad_y_f(x, y, batch)
+
+    def grad_f(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
+        self.tick("grad_x_f", batch)
+        self.tick("grad_y_f", batch)
+        return self.inner.grad_f(x, y, batch)
+
+    def grad_y_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        self.tick("grad_y_g", batch)
+        return self.inner.grad_y_g(x, y, batch)
+
+    def grad_x_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        self.tick("grad_x_g", batch)
+        return self.inner.grad_x_g(x, y, batch)
+
+    def grad_g(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
+        self.tick("grad_x_g", batch)
+        self.tick("grad_y_g", batch)
+        return self.inner.grad_g(x, y, batch)
+
+    def at(self, x: Tensor, y: Tensor, batch: Any = None) -> "CountingPoint":
+        return CountingPoint(self.inner.at(x, y, batch), self)
+
+
+class CountingPoint(PointWrapper):
+    """Counts the products made at one point and the graphs built for them."""
+
+    def __init__(self, inner: Any, owner: CountingOracles) -> None:
+        super().__init__(inner)
+        self._owner = owner
+        self._builds = self.graph_builds
+
+    def _call(self, kind: str, fn, *args):
+        self._owner.tick(kind, self.batch)
+        out = fn(*args)
+        builds = self.graph_builds
+        if builds != self._builds:
+            self._owner.tick("linearize", self.batch, builds - self._builds)
+            self._builds = builds
+        return out
+
+    def grad_y_g(self) -> Tensor:
+        return self._call("grad_y_g", self.inner.grad_y_g)
+
+    def hvp(self, u: Tensor) -> Tensor:
+        return self._call("hvp", self.inner.hvp, u)
+
+    def cross(self, u: Tensor) -> Tensor:
+        return self._call("cross", self.inner.cross, u)
+
+    def cross_t(self, w: Tensor) -> Tensor:
+        return self._call("cross_t", self.inner.cross_t, w)

@@ -1,8 +1,9 @@
 """``BilevelProblem``: the description of ``min_x f(x, y*(x))``, ``y*(x) = argmin_y g(x, y)``.
 
 A problem describes; it never solves.  It holds the two objectives, the initial point, optional
-closed forms (hand-written oracles, ``y*``, the true hypergradient) and suggested hyperparameters
-(``presets``) that solver factories use for options the user left unset.
+closed forms (hand-written oracles, ``y*``, the true hypergradient), solver-neutral scales (``presets``:
+step sizes that fit the problem's curvature) and the name of the ``experiment`` it reproduces, under which
+solvers keep their published per-experiment settings.  A problem never names a solver.
 
 Conventions: ``f(x, y, batch)`` and ``g(x, y, batch)`` return real scalars.  ``x`` and ``y`` are
 tensors or flat dicts of tensors.  ``batch`` is whatever the problem's sampler hands out (``None`` means
@@ -78,11 +79,14 @@ class BilevelProblem:
         x0, y0: initial points (tensor or dict of tensors); copied, never mutated.
         name: a label used in results and the CLI.
         closed_forms: optional ``ClosedForms`` (flat-vector oracles and ground truth).
-        presets: suggested hyperparameters, ``{"*": {...}, "<solver name>": {...}}``; a solver factory
-            fills each option the user left as ``None`` from ``presets[solver]``, then ``presets["*"]``.
+        presets: solver-neutral scales, ``{"*": {"lr_x": ..., "lr_y": ..., "eta": ...}}``: a solver fills an
+            option the user left as ``None`` from its own settings for ``experiment``, then from these.
+        experiment: the key of the published settings this problem reproduces (e.g. ``"synthetic"``,
+            ``"hyperclean/fashion_mnist"``; a ``/`` suffix falls back to the part before it), or None.
         metrics: optional ``(x_tree, y_tree) -> dict[str, float]`` of extra evaluation metrics
             (test accuracy, ...); called outside the timed region.
-        n_samples: size of the full data set (for sample counts), if the problem has data.
+        n_samples: size of the lower-level data set (for sample counts), if the problem has data.
+        n_samples_f: size of the upper-level data set (default: ``n_samples``).
         info: free-form metadata recorded in results.
         validate: evaluate f and g once at (x0, y0) and check their outputs (default True).
     """
@@ -99,6 +103,8 @@ class BilevelProblem:
         presets: Mapping[str, Mapping[str, Any]] | None = None,
         metrics: Callable[[Tree, Tree], Mapping[str, float]] | None = None,
         n_samples: int | None = None,
+        n_samples_f: int | None = None,
+        experiment: str | None = None,
         info: Mapping[str, Any] | None = None,
         validate: bool = True,
     ) -> None:
@@ -125,6 +131,12 @@ class BilevelProblem:
         if n_samples is not None and (not isinstance(n_samples, int) or n_samples < 1):
             raise ProblemError(f"n_samples must be a positive int or None; got {n_samples!r}.")
         self.n_samples = n_samples
+        if n_samples_f is not None and (not isinstance(n_samples_f, int) or n_samples_f < 1):
+            raise ProblemError(f"n_samples_f must be a positive int or None; got {n_samples_f!r}.")
+        self.n_samples_f = n_samples_f if n_samples_f is not None else n_samples
+        if experiment is not None and (not isinstance(experiment, str) or not experiment):
+            raise ProblemError(f"experiment must be a non-empty string or None; got {experiment!r}.")
+        self.experiment = experiment
         self.name = str(name)
         self.info = dict(info or {})
         if validate:
@@ -170,13 +182,16 @@ class BilevelProblem:
     def g_value(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
         return self.g(self.x_spec.unflatten(x), self.y_spec.unflatten(y), batch)
 
-    def preset(self, solver: str, option: str) -> Any:
-        """The problem's suggested value of ``option`` for ``solver`` (None if it has none)."""
-        for key in (solver, "*"):
-            table = self.presets.get(key, {})
-            if option in table:
-                return table[option]
-        return None
+    def preset(self, option: str) -> Any:
+        """The problem's solver-neutral scale for ``option`` (None if it has none)."""
+        return self.presets.get("*", {}).get(option)
+
+    def experiment_keys(self) -> tuple[str, ...]:
+        """Keys under which solvers look up their published settings, most specific first."""
+        if self.experiment is None:
+            return ()
+        parts = self.experiment.split("/")
+        return tuple("/".join(parts[:i]) for i in range(len(parts), 0, -1))
 
     def __repr__(self) -> str:
         return (
@@ -217,7 +232,14 @@ def _check_presets(presets: Mapping | None) -> dict:
         return {}
     if not isinstance(presets, Mapping) or not all(isinstance(v, Mapping) for v in presets.values()):
         raise ProblemError(
-            'presets must map solver names (or "*") to dicts of options, e.g. {"*": {"lr_x": 1.0}}; '
+            'presets must map "*" to a dict of solver-neutral scales, e.g. {"*": {"lr_x": 1.0}}; '
             f"got {presets!r}."
+        )
+    named = sorted(str(k) for k in presets if k != "*")
+    if named:
+        raise ProblemError(
+            f'presets hold only solver-neutral scales under "*"; got entries for {named}. Per-solver '
+            "settings belong to the solver: pass them as solver options, or add them to the solver's "
+            "settings table under this problem's experiment key."
         )
     return {str(k): dict(v) for k, v in presets.items()}

@@ -18,10 +18,11 @@ import torch
 from ._validation import check_int, check_positive
 from .history import History
 from .metrics import Evaluator
-from .oracles import Counts, Oracles
+from .oracles import CountingOracles, Counts, Oracles
 from .problem import BilevelProblem
 from .result import Result
-from .solvers.base import Solver
+from .sampling import BatchSource, FullBatch
+from .solvers.base import Solver, SolverState
 
 
 def _sync(device: torch.device) -> None:
@@ -53,6 +54,8 @@ def solve(
     true_hypergradient: Optional[bool] = None,
     callback: Optional[Callable[[dict], Any]] = None,
     progress: bool = False,
+    oracles: Any = None,
+    batches: Optional[BatchSource] = None,
 ) -> Result:
     """Run ``solver`` on ``problem``.
 
@@ -67,6 +70,13 @@ def solve(
             closed-form hypergradient or y*.
         callback: called with each evaluation row; return True to stop (status ``stopped``).
         progress: show a tqdm progress bar.
+        oracles: the oracles the solver calls, e.g. a user's ``OracleWrapper`` around
+            ``Oracles(problem)`` (default: ``Oracles(problem)``); ``solve`` counts on top of it.
+        batches: the batch source (default ``FullBatch()``: every oracle call sees the full data set).
+
+    The path of one run: ``bound = solver.bind(problem)`` (options resolved and checked once), the batch
+    stream is started with the solver's ``batch_roles``, then each iteration
+    ``state = bound.step(state, counting_oracles, stream(k))``.
     """
     if not isinstance(problem, BilevelProblem):
         raise TypeError(f"problem must be a bilevel.BilevelProblem; got {type(problem).__name__}.")
@@ -82,6 +92,25 @@ def solve(
         check_positive("solve", "tol", tol)
     if callback is not None and not callable(callback):
         raise TypeError(f"solve: callback must be callable(row) -> bool; got {type(callback).__name__}.")
+    if oracles is None:
+        oracles = Oracles(problem)
+    else:
+        missing = [m for m in ("grad_x_f", "grad_y_f", "grad_f", "grad_y_g", "grad_x_g", "grad_g", "at")
+                   if not callable(getattr(oracles, m, None))]
+        if missing:
+            raise TypeError(
+                f"solve: oracles must provide {', '.join(missing)}; got {type(oracles).__name__}. Wrap "
+                "bilevel.Oracles(problem) in a bilevel.OracleWrapper subclass."
+            )
+        if getattr(oracles, "problem", problem) is not problem:
+            raise ValueError("solve: the oracles were built for another problem; build them with this problem.")
+    if batches is None:
+        batches = FullBatch()
+    elif not isinstance(batches, BatchSource):
+        raise TypeError(
+            f"solve: batches must be a batch source with start(roles, generator), e.g. bilevel.FullBatch(); "
+            f"got {type(batches).__name__}."
+        )
     if true_hypergradient is None:
         cf = problem.closed_forms
         true_hypergradient = bool(
@@ -92,11 +121,16 @@ def solve(
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     counts = Counts()
-    oracles = Oracles(problem, counts)
+    oracles = CountingOracles(oracles, counts)
+    bound = solver.bind(problem)
+    # the batch stream draws from a generator of its own, so sampling never shifts the solver's draws
+    batch_generator = torch.Generator(device=device)
+    batch_generator.manual_seed(seed)
+    stream = batches.start(getattr(bound, "batch_roles", {}), batch_generator)
     evaluate = Evaluator(problem, true_hypergradient)
     history = History()
-    state = solver.init(problem, oracles, generator)
-    for text in solver.budget_warnings(state, max_iter):
+    state: SolverState = bound.init(problem, oracles, generator)
+    for text in bound.budget_warnings(max_iter):
         warnings.warn(text, stacklevel=2)
 
     bar = None
@@ -111,13 +145,13 @@ def solve(
     for k in range(max_iter):
         _sync(device)
         start = time.perf_counter()
-        new_state = solver.step(state, oracles, k)
+        new_state = bound.step(state, oracles, stream(k))
         _sync(device)
         elapsed += time.perf_counter() - start
         x_k, y_k, v_k = new_state.iterate
         if not _finite(new_state.x, y_k, v_k):
             status = "diverged"
-            message = _diverged_message(k, new_state, state)
+            message = _diverged_message(k, bound)
             break
         state, last_good, done = new_state, new_state, k + 1
         if bar is not None:
@@ -130,7 +164,7 @@ def solve(
                 bar.set_postfix(_postfix(row), refresh=False)
             if not all(math.isfinite(val) for val in row.values() if isinstance(val, float)):
                 status = "diverged"
-                message = f"the evaluation at iteration {k} is not finite; {_step_hint(state)}"
+                message = f"the evaluation at iteration {k} is not finite; {_step_hint(bound)}"
                 break
             metric = row.get("hypergrad_norm", row.get("hypergrad_est_norm"))
             if tol is not None and metric is not None and metric <= tol:
@@ -158,13 +192,13 @@ def solve(
             shown = ""
         message = f"ran max_iter={max_iter} iterations{shown}. Raise max_iter (or set tol) to go further."
 
-    v_final = getattr(last_good, "v", None)
+    record = bound.resolved_options() if hasattr(bound, "resolved_options") else bound.options()
     return Result(
         x=last_good.x, y=last_good.y,
-        v=v_final, status=status, message=message, iterations=done, counts=counts, time=elapsed,
-        history=history, solver=solver.name, problem=problem.name,
-        options=_plain(getattr(last_good, "resolved", solver.options())),
-        events=dict(getattr(last_good, "events", {})), seed=seed,
+        v=last_good.v, status=status, message=message, iterations=done, counts=counts, time=elapsed,
+        history=history, solver=bound.name, problem=problem.name,
+        options=_plain(record),
+        events=dict(last_good.events), seed=seed,
         x_tree=problem.unflatten_x(last_good.x), y_tree=problem.unflatten_y(last_good.y),
     )
 
@@ -174,16 +208,17 @@ def _postfix(row: dict) -> dict:
     return {k: f"{row[k]:.2e}" for k in keys if k in row}
 
 
-def _step_hint(state: Any) -> str:
-    opts = getattr(state, "resolved", {})
-    steps = ", ".join(f"{k}={_describe(opts[k])}" for k in ("lr_x", "lr_y", "eta") if opts.get(k) is not None)
+def _step_hint(bound: Any) -> str:
+    opts = bound.resolved_options() if hasattr(bound, "resolved_options") else bound.options()
+    names = ("lr_x", "lr_y", "eta", "inner.lr", "v_solver.eta")
+    steps = ", ".join(f"{k}={_describe(opts[k])}" for k in names if opts.get(k) is not None)
     return f"the step sizes are likely too large ({steps}); try smaller ones." if steps else "try smaller step sizes."
 
 
-def _diverged_message(k: int, new_state: Any, state: Any) -> str:
+def _diverged_message(k: int, bound: Any) -> str:
     return (
         f"non-finite values appeared at iteration {k}; the last finite iterate (after {k} iterations) is "
-        f"returned. {_step_hint(state)}"
+        f"returned. {_step_hint(bound)}"
     )
 
 

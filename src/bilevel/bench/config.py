@@ -50,12 +50,23 @@ SCHEDULES = {
 }
 
 
-#: legend names as the papers write them (a config's ``label`` overrides)
-DISPLAY = {
-    "lancbio": "LancBiO", "subbio": "SubBiO", "amigo_gd": "AmIGO-GD", "amigo_cg": "AmIGO-CG", "soba": "SOBA",
-    "ttsa": "TTSA", "stocbio": "stocBiO", "bsa": "BSA", "stable": "STABLE", "f2sa": "F2SA", "hjfbio": "HJFBiO",
-    "bome": "BOME", "pbgd": "PBGD", "itd": "ITD",
-}
+def _flatten(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{v_solver: {m: 20}}`` → ``{"v_solver.m": 20}``; schedule mappings (with a ``schedule`` key) stay."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and "schedule" not in value:
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def display_label(solver: str) -> str:
+    """The legend name as the papers write it (the solver's ``label``; a config's ``label`` overrides)."""
+    from ..solvers import SOLVERS
+
+    return getattr(SOLVERS.get(solver), "label", "") or solver
 
 
 class ConfigError(ValueError):
@@ -191,13 +202,12 @@ def parse(raw: Any, source: str = "<config>") -> list[RunSpec]:
         if sname not in SOLVERS:
             raise ConfigError(f"{where}: unknown solver {sname!r}.{suggest(str(sname), SOLVERS)} "
                               f"Registered: {', '.join(sorted(SOLVERS))}.")
-        soptions = dict(_require_mapping(entry.get("options") or {}, f"{where}.options"))
+        soptions = _flatten(_require_mapping(entry.get("options") or {}, f"{where}.options"))
         own_limits = dict(_require_mapping(entry.get("run") or {}, f"{where}.run"))
         _reject(own_limits, RUN_KEYS, f"{where}.run")
         run_limits = {**limits, **own_limits}
         _check_limits(run_limits, where)
-        _reject(soptions, SOLVERS[sname].option_names(), f"{where}.options")
-        base_label = str(entry.get("label") or DISPLAY.get(sname, sname))
+        base_label = str(entry.get("label") or display_label(sname))
         swept = _swept_keys(soptions)
         for popts in _sweep(poptions):
             for sopts in _sweep(soptions):

@@ -163,7 +163,7 @@ def _load_kmnist(root: Path, download: bool | None) -> Dataset:
         body = (f"KMNIST: only the first {n} training images are available locally ({_K_PARTIAL}, not an "
                 f"official file); train_labels are the first {n} of the official {_N_TRAIN} to match. The "
                 f"test split is complete. A disjoint 5000+5000 train/validation split from the training "
-                f"images is impossible; the reference protocol (algorithms.md 4.2) uses training images "
+                f"images is impossible; the reference protocol (Yang, Gao & Yuan, ICLR 2025) uses training images "
                 f"5000-{n - 1} plus 2989 test images as validation and the other 7011 test images as test. "
                 f"Report this deviation with results. The full {_K_FULL} (from "
                 f"{catalog.MIRRORS['kmnist'][0] if catalog.MIRRORS.get('kmnist') else 'the KMNIST site'}) "

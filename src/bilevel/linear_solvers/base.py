@@ -70,6 +70,8 @@ class LinearSolver(ABC, metaclass=CheckedOptions):
     defaults: ClassVar[Mapping[str, Any]] = {}
     examples: ClassVar[Mapping[str, Any]] = {}
     has_epochs: ClassVar[bool] = False
+    #: False when the estimate is rebuilt from b every call (an initial v would have no effect)
+    uses_initial_v: ClassVar[bool] = True
 
     # ---- options: one validation hook ------------------------------------------------------------------
     def __post_init__(self) -> None:

@@ -148,7 +148,7 @@ class Lanczos(LinearSolver):
                 sched = as_dimension_schedule(options["m"])
             except (TypeError, ValueError) as err:
                 raise type(err)(f"{owner}: {err}") from None
-            object.__setattr__(self, "m", sched)
+            object.__setattr__(self, "_schedule", sched)  # m stays as given (records show what was set)
         check_choice(owner, "mode", options["mode"], ("residual", "plain"))
         check_choice(owner, "subproblem", options["subproblem"], ("galerkin", "minres"))
         check_choice(owner, "reorth", options["reorth"], ("none", "full"))
@@ -164,7 +164,7 @@ class Lanczos(LinearSolver):
     @property
     def schedule(self) -> DimensionSchedule:
         self.require_resolved()
-        return self.m  # normalised in validate
+        return self._schedule  # built from m in validate
 
     def expected_matvecs(self, k: int) -> float:
         self.require_resolved()

@@ -66,6 +66,7 @@ class Neumann(LinearSolver):
     """
 
     name: ClassVar[str] = "neumann"
+    uses_initial_v: ClassVar[bool] = False
     presettable: ClassVar[tuple[str, ...]] = ("eta", "steps")
     defaults: ClassVar[Mapping[str, Any]] = {"steps": 10}
     examples: ClassVar[Mapping[str, Any]] = {"eta": 0.1}
@@ -146,6 +147,7 @@ class HybridNeumann(LinearSolver):
     """
 
     name: ClassVar[str] = "hybrid_neumann"
+    uses_initial_v: ClassVar[bool] = False
     presettable: ClassVar[tuple[str, ...]] = ("eta", "steps")
     defaults: ClassVar[Mapping[str, Any]] = {"steps": 10}
     examples: ClassVar[Mapping[str, Any]] = {"eta": 0.1}

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_int, check_positive
+from ._registry import PROBLEMS
 from ..problem import BilevelProblem, ClosedForms
 
 __all__ = ["quadratic"]
@@ -61,6 +62,7 @@ class _QuadraticPoint:
         return -(self._B @ w)  # Jᵀ w = −B w ∈ R^dy
 
 
+@PROBLEMS.register
 def quadratic(
     dx: int = 5,
     dy: int = 10,

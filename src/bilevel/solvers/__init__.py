@@ -1,27 +1,29 @@
 """Bilevel algorithms, one file each, registered by name (``bilevel list solvers``).
 
-Every module in this package (except the infrastructure: base, aid, registry) is imported here, so adding
-an algorithm means adding one file: a ``@register``-ed solver class plus a factory function named like
-the registered name (``lancbio()`` for ``"lancbio"``), which becomes ``bilevel.solvers.<name>``.
+Every public module of this package (except the infrastructure: base, aid) is imported by
+``SOLVERS.discover()``, so adding an algorithm means adding one file: either a factory over ``aid``
+decorated with ``@algorithm(name, label, checks)`` (``lancbio``, ``soba``, ...) or a ``@register``-ed
+``Solver`` class plus a factory function named like it (``f2sa()`` for ``"f2sa"``).  Each becomes
+``bilevel.solvers.<name>``.
 """
 
-import importlib as _importlib
-import pkgutil as _pkgutil
 import sys as _sys
 
-from .aid import AIDSolver, AIDState
-from .base import Solver
-from .registry import SOLVERS, get_solver, register
+from .aid import AID, AIDState, Algorithm, aid, algorithm
+from .base import SOLVERS, Solver, SolverState, add_events, get_solver, register
 
-_INFRASTRUCTURE = {"base", "aid", "registry"}
-for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if not _info.name.startswith("_") and _info.name not in _INFRASTRUCTURE:
-        _importlib.import_module(f"{__name__}.{_info.name}")
+SOLVERS.discover()
 
-__all__ = ["AIDSolver", "AIDState", "SOLVERS", "Solver", "get_solver", "register"]
-for _name, _cls in sorted(SOLVERS.items()):
-    _module = _sys.modules[_cls.__module__]
-    globals()[_cls.__name__] = _cls
-    if hasattr(_module, _name):  # the factory, e.g. lancbio(); it shadows the module attribute
+__all__ = ["AID", "AIDState", "Algorithm", "SOLVERS", "Solver", "SolverState", "add_events", "aid", "algorithm",
+           "get_solver", "register"]
+for _name, _entry in sorted(SOLVERS.items()):
+    if isinstance(_entry, Algorithm):
+        globals()[_name] = _entry
+        __all__.append(_name)
+        continue
+    _module = _sys.modules[_entry.__module__]
+    globals()[_entry.__name__] = _entry
+    __all__.append(_entry.__name__)
+    if hasattr(_module, _name):  # the factory, e.g. f2sa(); it shadows the module attribute
         globals()[_name] = getattr(_module, _name)
-    __all__ += [_cls.__name__, _name]
+        __all__.append(_name)

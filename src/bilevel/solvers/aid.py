@@ -1,177 +1,399 @@
-"""The approximate-implicit-differentiation (AID) outer loop that most algorithms share.
+"""The approximate-implicit-differentiation (AID) loop, assembled from parts: ``aid(inner=…, v_solver=…)``.
 
-Sequential order (default; LancBiO, SubBiO, AmIGO, stocBiO, BSA), iteration k:
+Sequential order (default; LancBiO, SubBiO, AmIGO, stocBiO, BSA, TTSA), iteration k:
 
-    y_k ← T steps of y ← y − θ_k ∇_y g(x_k, y), warm-started at y_{k−1}        (T ∇_y g)
-    b_k ← ∇_y f(x_k, y_k)                                                         (∇_x f, ∇_y f)
-    v_k ← v-solver(A_k, b_k, carried state),  A_k = ∇²_yy g(x_k, y_k)             (solver's HVPs)
-    x_{k+1} ← x_k − λ_k (∇_x f(x_k, y_k) − ∇²_xy g(x_k, y_k) v_k)                 (1 cross product)
+    y_k ← inner solver from y_{k−1}:  T steps y ← y − θ_k ∇_y g(x_k, y)          (T ∇_y g; role "inner")
+    b_k ← ∇_y f(x_k, y_k)                                                         (∇_x f, ∇_y f; "upper")
+    v_k ← v-solver(A_k, b_k, carried state),  A_k = ∇²_yy g(x_k, y_k)             (its HVPs; "hvp")
+    x_{k+1} ← x_k − λ_k (∇_x f(x_k, y_k) − ∇²_xy g(x_k, y_k) v_k)                 (1 cross; "cross")
 
 Simultaneous order (SOBA, single loop): every direction at (x_k, y_k, v_k), then all updates at once:
 
     D_y = ∇_y g(x_k, y_k),  D_x = ∇_x f − J_k v_k,  v_{k+1} = v-solver(A_k, b_k) from v_k,
     y_{k+1} = y_k − θ D_y (then T − 1 further inner steps, if T > 1),  x_{k+1} = x_k − λ D_x.
 
-The algorithm files subclass ``AIDSolver`` and only choose the v-solver.  ``freeze_x_first`` implements the
-LancBiO theorem's variant: no x-step in the first ``freeze_x_first`` iterations of each Lanczos epoch.
+Any inner solver pairs with any registered v-solver.  The named algorithms (``lancbio``, ``subbio``,
+``amigo_gd``, ``amigo_cg``, ``soba``, ``ttsa``, ``stocbio``, ``bsa``) are short factories over ``aid``
+(one file each) that pick the v-solver, the defaults and the published settings.
+
+Options reach the parts by dotted names (``v_solver.m=20``, ``inner.steps=3``) and by the short forms of
+the papers: ``inner_steps`` (T) → ``inner.steps``, ``lr_y`` (θ) → ``inner.lr``, ``v_steps`` (Q) →
+``v_solver.steps``, and any other option of the v-solver by its own name (``m``, ``eta``, ``rtol``, …).
+
+``freeze_x_first`` implements the LancBiO theorem's variant (no x-step in the first iterations of each
+v-solver epoch); only a v-solver with restart epochs (``has_epochs``) accepts it.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_int
-from ..inner import gradient_steps
+from .._validation import check_choice, check_int, suggest
+from ..inner import GD as InnerGD
+from ..inner import InnerSolver, schedule_value
 from ..linear_solvers.base import LinearSolver, SolveInfo
-from ..oracles import Oracles
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
-from .base import Solver
+from .base import SOLVERS, Solver, add_events
+
+#: short option names of the papers → dotted part options
+ALIASES = {"inner_steps": "inner.steps", "lr_y": "inner.lr", "v_steps": "v_solver.steps"}
+_SHORT = {dotted: short for short, dotted in ALIASES.items()}
+_IDENTITY = {"identity": True}
 
 
-@dataclass
+@dataclass(frozen=True)
 class AIDState:
+    """k: iterations done.  x: x_k (next to update).  y, v: the current lower iterate and v.  v_state: the
+    v-solver's carried state.  iterate: (x_k, y_k, v_k) of the last step.  last_info: its ``SolveInfo``."""
+
+    k: int
     x: Tensor
     y: Tensor
     v: Tensor
     v_state: Any
-    v_solver: LinearSolver
-    lr_x: Any
-    lr_y: Any
-    inner_steps: int
-    generator: torch.Generator
     iterate: tuple
-    resolved: dict
+    generator: torch.Generator
     last_info: Optional[SolveInfo] = None
-    events: Counter = field(default_factory=Counter)
+    events: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
-class AIDSolver(Solver):
-    """Common options of the AID family.  ``None`` means: the problem's preset, else ``defaults``.
+class AID(Solver):
+    """AID: any inner solver with any v-solver.  ``None`` options are filled at ``bind``.
 
-    lr_x (λ): outer step size, a number or a schedule of k.   lr_y (θ): inner step size.
-    inner_steps (T): y-steps per outer iteration.   order: "sequential" or "simultaneous".
-    freeze_x_first: skip the x-step in the first iterations of each v-solver epoch (theory variant).
-    v_init: "zeros" (default) or "randn" (the reference's synthetic v_0 ~ N(0, I)).
+    lr_x (λ): outer step, a number or a schedule of k.   inner: the inner solver (``GD(steps=T, lr=θ)``).
+    v_solver: the linear-system solver for v ≈ A⁻¹b (``bilevel.linear_solvers``).
+    order: "sequential" or "simultaneous".   freeze_x_first: skip the x-step in the first iterations of
+    each v-solver epoch (epoch-based v-solvers only).   v_init: "zeros" (default) or "randn" (v_0 ~ N(0, I)).
+
+    Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, the v-solver's HVPs, 1 cross product.
     """
 
-    name: ClassVar[str] = "aid"
-    defaults: ClassVar[Mapping[str, Any]] = {"lr_x": None, "lr_y": None, "inner_steps": 5}
-    default_order: ClassVar[str] = "sequential"
+    # identity: which algorithm this configures (set by the named factories, not options)
+    name: str = field(default="aid", metadata=_IDENTITY)
+    label: str = field(default="AID", metadata=_IDENTITY, repr=False)
+    defaults: Mapping[str, Any] = field(default_factory=lambda: {"inner_steps": 5}, metadata=_IDENTITY,
+                                        repr=False, compare=False)
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, metadata=_IDENTITY, repr=False,
+                                                      compare=False)
+    required: tuple[str, ...] = field(default=("lr_x",), metadata=_IDENTITY, repr=False)
+    default_order: str = field(default="sequential", metadata=_IDENTITY, repr=False)
+    min_inner_steps: int = field(default=0, metadata=_IDENTITY, repr=False)
 
+    # options
     lr_x: Optional[ScheduleLike] = None
-    lr_y: Optional[ScheduleLike] = None
-    inner_steps: Optional[int] = None
+    inner: InnerSolver = field(default_factory=InnerGD)
+    v_solver: Optional[LinearSolver] = None
     order: Optional[str] = None
     freeze_x_first: int = 0
     v_init: str = "zeros"
 
-    def __post_init__(self) -> None:
-        owner = type(self).__name__
-        for name in ("lr_x", "lr_y"):
-            if getattr(self, name) is not None:
-                as_schedule(getattr(self, name), f"{owner}: {name}")
-        if self.inner_steps is not None:
-            check_int(owner, "inner_steps", self.inner_steps, 0)
-        if self.order is not None:
-            check_choice(owner, "order", self.order, ("sequential", "simultaneous"))
-        check_int(owner, "freeze_x_first", self.freeze_x_first, 0)
-        check_choice(owner, "v_init", self.v_init, ("zeros", "randn"))
-        self._check_options()
+    batch_roles: ClassVar[Mapping[str, str]] = {}
 
-    def _check_options(self) -> None:
-        """Subclasses validate their own non-None options here (build a throw-away v-solver, say)."""
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.init and not f.metadata.get("identity")]
 
-    def make_v_solver(self, opts: Mapping[str, Any]) -> LinearSolver:  # pragma: no cover - interface
-        raise NotImplementedError
+    @property
+    def random_cost(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.v_solver, "random_cost", False))
 
-    def expected_hvps(self, opts: Mapping[str, Any], iterations: int) -> float:
-        """HVPs of the v-solver over ``iterations`` calls from the start (subclasses document it)."""
-        raise NotImplementedError(f"{type(self).__name__} does not document its HVP cost")
+    # ---- checks -----------------------------------------------------------------------------------------
+    def validate(self, opts: Mapping[str, Any]) -> None:
+        owner = self.label
+        if opts.get("lr_x") is not None:
+            as_schedule(opts["lr_x"], f"{owner}: lr_x")
+        if not isinstance(opts.get("inner"), InnerSolver):
+            raise TypeError(
+                f"{owner}: inner must be an inner solver such as bilevel.inner.GD(steps=5, lr=0.1); "
+                f"got {type(opts.get('inner')).__name__}."
+            )
+        v_solver = opts.get("v_solver")
+        if not isinstance(v_solver, LinearSolver):
+            raise TypeError(
+                f"{owner}: v_solver must be a v-solver such as bilevel.linear_solvers.lanczos(m=10); "
+                f"got {type(v_solver).__name__} ({v_solver!r})."
+            )
+        if opts.get("order") is not None:
+            check_choice(owner, "order", opts["order"], ("sequential", "simultaneous"))
+        check_int(owner, "freeze_x_first", opts["freeze_x_first"], 0)
+        check_choice(owner, "v_init", opts["v_init"], ("zeros", "randn"))
+        if opts["freeze_x_first"] and not getattr(v_solver, "has_epochs", False):
+            raise ValueError(
+                f"{owner}: freeze_x_first needs an epoch-based v-solver (Lanczos); {type(v_solver).__name__} "
+                "has no epochs."
+            )
+        if opts["v_init"] != "zeros" and not getattr(v_solver, "uses_initial_v", True):
+            raise ValueError(
+                f"{owner}: v_init={opts['v_init']!r} would have no effect: the {type(v_solver).__name__} estimate "
+                "is rebuilt from b every iteration (no warm start). Leave v_init='zeros'."
+            )
+        steps = getattr(opts["inner"], "steps", None)
+        if steps is not None and self.min_inner_steps:
+            check_int(owner, "inner_steps", steps, self.min_inner_steps)
+        if steps == 0 and (opts.get("order") or self.default_order) == "simultaneous":
+            raise ValueError(f"{owner}: order='simultaneous' needs inner_steps >= 1; got 0.")
 
-    def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
-        """Per iteration: T ∇_y g, 1 ∇_x f, 1 ∇_y f, 1 cross product, the v-solver's HVPs.
-        (Simultaneous order: the first of the T y-steps uses ∇_y g at the linearisation point.)"""
-        K = iterations
-        return {
-            "grad_y_g": opts["inner_steps"] * K, "grad_x_f": K, "grad_y_f": K, "grad_x_g": 0,
-            "cross": K, "cross_t": 0, "hvp": self.expected_hvps(opts, K),
-        }
+    # ---- binding -----------------------------------------------------------------------------------------
+    def _part_keys(self, part: str, option: str) -> tuple[str, ...]:
+        dotted = f"{part}.{option}"
+        short = _SHORT.get(dotted)
+        if short is not None:
+            return (dotted, short)
+        return (dotted, option) if part == "v_solver" else (dotted,)
 
-    # ---------------------------------------------------------------------------------------------
+    def bind(self, problem: BilevelProblem) -> "AID":
+        """A frozen copy with every option and every part option resolved for ``problem``, checked once."""
+        if self._bound:
+            return self
+        opts = self._resolve_parts(problem)
+        self.validate(opts)
+        bound = dataclasses.replace(self, **opts)
+        object.__setattr__(bound, "_bound", True)
+        return bound
+
     def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
-        opts = super().resolve(problem)
+        """The resolved options for ``problem`` by their short names (see ``resolved_options``)."""
+        return self.bind(problem).resolved_options()
+
+    def _resolve_parts(self, problem: BilevelProblem) -> dict[str, Any]:
+        opts = {}
+        for name, value in self.options().items():
+            if value is None:
+                value = self.lookup(problem, (name,))
+            opts[name] = value
         if opts["order"] is None:
             opts["order"] = self.default_order
-        owner = type(self).__name__
-        if opts["inner_steps"] == 0 and opts["order"] == "simultaneous":
-            raise ValueError(f"{owner}: order='simultaneous' needs inner_steps >= 1; got 0.")
+        for part in ("inner", "v_solver"):
+            obj = opts[part]
+            if obj is None or not hasattr(obj, "resolved"):
+                continue
+            values = {}
+            for option, value in obj.options().items():
+                if value is None:
+                    found = self.lookup(problem, self._part_keys(part, option))
+                    if found is not None:
+                        values[option] = found
+            try:
+                opts[part] = obj.resolved(values)
+            except ValueError as err:
+                short = {"inner": "inner_steps/lr_y", "v_solver": "its option"}[part]
+                raise ValueError(f"{self.label}: {err} (set it as {part}.<option> or {short}).") from None
+        for name in self.required:
+            if opts.get(name) is None:
+                raise ValueError(
+                    f"{self.label}: {name} has no value: pass {name}=... (problem {problem.name!r} has no scale "
+                    "for it)."
+                )
         return opts
 
-    def init(self, problem: BilevelProblem, oracles: Oracles, generator: torch.Generator) -> AIDState:
-        opts = self.resolve(problem)
-        v_solver = self.make_v_solver(opts)
+    def resolved_options(self) -> dict[str, Any]:
+        """Flat record of every option (results, metadata): the parts' options by the papers' short names
+        (``inner_steps``, ``lr_y``, ``v_steps``, ``m``, ``eta``, …), else by dotted name; ``inner`` and
+        ``v_solver`` name the parts."""
+        out: dict[str, Any] = {}
+        for name, value in self.options().items():
+            if name in ("inner", "v_solver"):
+                out[name] = getattr(value, "name", type(value).__name__)
+                for option, v in value.options().items():
+                    dotted = f"{name}.{option}"
+                    short = _SHORT.get(dotted) or (option if name == "v_solver" else dotted)
+                    out[short if short not in out else dotted] = v
+            else:
+                out[name] = value
+        return out
+
+    # ---- cost -------------------------------------------------------------------------------------------
+    def expected_counts(self, iterations: int) -> dict[str, float]:
+        """Per iteration: T ∇_y g, 1 ∇_x f, 1 ∇_y f, 1 cross product, the v-solver's HVPs.
+        (Simultaneous order: the first of the T y-steps uses ∇_y g at the linearisation point.)"""
+        self._require_bound()
+        K = iterations
+        return {
+            "grad_y_g": self.inner.steps * K, "grad_x_f": K, "grad_y_f": K, "grad_x_g": 0,
+            "cross": K, "cross_t": 0,
+            "hvp": self.v_solver.total_matvecs(K, v0_zero=self.v_init == "zeros"),
+        }
+
+    def budget_warnings(self, max_iter: int) -> list[str]:
+        return [f"{self.label}: {text}" for text in self.v_solver.budget_warnings(max_iter)]
+
+    # ---- the run ----------------------------------------------------------------------------------------
+    def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> AIDState:
+        self._require_bound()
         x, y = problem.x0, problem.y0
         v0 = None
         if self.v_init == "randn":
             v0 = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
-        template = torch.zeros_like(y)
-        v_state = v_solver.init(template, v0)
-        return AIDState(
-            x=x,
-            y=y,
-            v=v_state.v,
-            v_state=v_state,
-            v_solver=v_solver,
-            lr_x=as_schedule(opts["lr_x"], "lr_x"),
-            lr_y=as_schedule(opts["lr_y"], "lr_y"),
-            inner_steps=opts["inner_steps"],
-            generator=generator,
-            iterate=(x, y, v_state.v),
-            resolved=opts,
-        )
+        v_state = self.v_solver.init(torch.zeros_like(y), v0)
+        return AIDState(k=0, x=x, y=y, v=v_state.v, v_state=v_state, iterate=(x, y, v_state.v),
+                        generator=generator)
 
-    def step(self, state: AIDState, oracles: Oracles, k: int) -> AIDState:
-        if state.resolved["order"] == "simultaneous":
-            return self._step_simultaneous(state, oracles, k)
-        x, theta = state.x, state.lr_y(k)
-        y = gradient_steps(oracles, x, state.y, state.inner_steps, theta)
-        point = oracles.at(x, y)
-        gx_f, b = oracles.grad_f(x, y)
-        v, v_state, info = state.v_solver.solve(point.hvp, b, state.v_state, k=k, generator=state.generator)
-        x_new = self._x_step(x, gx_f, point.cross(v), state, info, k)
+    def step(self, state: AIDState, oracles: Any, batches: Any) -> AIDState:
+        if self.order == "simultaneous":
+            return self._step_simultaneous(state, oracles, batches)
+        x, k = state.x, state.k
+        y = self.inner.run(oracles, x, state.y, batches, k)
+        point = oracles.at(x, y, batches("hvp"))
+        gx_f, b = oracles.grad_f(x, y, batches("upper"))
+        v, v_state, info = self.v_solver.solve(point.hvp, b, state.v_state, k=k, generator=state.generator)
+        x_new = self._x_step(x, gx_f, self._cross(oracles, point, x, y, v, batches), info, k)
         return self._advance(state, x_new, y, v, v_state, info, (x, y, v))
 
-    def _step_simultaneous(self, state: AIDState, oracles: Oracles, k: int) -> AIDState:
-        x, y, v_old = state.x, state.y, state.v
-        theta = state.lr_y(k)
-        point = oracles.at(x, y)
+    def _step_simultaneous(self, state: AIDState, oracles: Any, batches: Any) -> AIDState:
+        x, y, v_old, k = state.x, state.y, state.v, state.k
+        theta = schedule_value(self.inner.lr, k)
+        point = oracles.at(x, y, batches("hvp"))
         d_y = point.grad_y_g()
-        gx_f, b = oracles.grad_f(x, y)
-        jv = point.cross(v_old)
-        v, v_state, info = state.v_solver.solve(point.hvp, b, state.v_state, k=k, generator=state.generator)
-        y_new = gradient_steps(oracles, x, y - theta * d_y, state.inner_steps - 1, theta)
-        x_new = self._x_step(x, gx_f, jv, state, info, k)
+        gx_f, b = oracles.grad_f(x, y, batches("upper"))
+        jv = self._cross(oracles, point, x, y, v_old, batches)
+        v, v_state, info = self.v_solver.solve(point.hvp, b, state.v_state, k=k, generator=state.generator)
+        y_new = self.inner.run(oracles, x, y - theta * d_y, batches, k, steps=self.inner.steps - 1, first=1)
+        x_new = self._x_step(x, gx_f, jv, info, k)
         return self._advance(state, x_new, y_new, v, v_state, info, (x, y, v_old))
 
-    def _x_step(self, x: Tensor, gx_f: Tensor, jv: Tensor, state: AIDState, info: SolveInfo, k: int) -> Tensor:
+    @staticmethod
+    def _cross(oracles: Any, point: Any, x: Tensor, y: Tensor, v: Tensor, batches: Any) -> Tensor:
+        """J·v at the HVP point, or at a point of its own when the cross role draws separately."""
+        batch = batches("cross")
+        if batch is getattr(point, "batch", None):
+            return point.cross(v)
+        return oracles.at(x, y, batch).cross(v)
+
+    def _x_step(self, x: Tensor, gx_f: Tensor, jv: Tensor, info: SolveInfo, k: int) -> Tensor:
         if self.freeze_x_first and info.epoch_step is not None and info.epoch_step <= self.freeze_x_first:
             return x
-        return x - state.lr_x(k) * (gx_f - jv)
+        return x - schedule_value(self.lr_x, k) * (gx_f - jv)
 
     @staticmethod
-    def _advance(state, x, y, v, v_state, info, iterate) -> AIDState:
-        events = state.events
-        for e in info.events:
-            events[e] += 1
-        return AIDState(
-            x=x, y=y, v=v, v_state=v_state, v_solver=state.v_solver, lr_x=state.lr_x, lr_y=state.lr_y,
-            inner_steps=state.inner_steps, generator=state.generator, iterate=iterate,
-            resolved=state.resolved, last_info=info, events=events,
+    def _advance(state: AIDState, x, y, v, v_state, info: SolveInfo, iterate) -> AIDState:
+        return dataclasses.replace(
+            state, k=state.k + 1, x=x, y=y, v=v, v_state=v_state, iterate=iterate, last_info=info,
+            events=add_events(state.events, info.events),
         )
+
+
+# ---- assembling ------------------------------------------------------------------------------------------
+def _route(options: Mapping[str, Any], v_solver: Optional[LinearSolver], inner: InnerSolver, owner: str):
+    """Split flat/dotted/short options into the loop's own options and each part's."""
+    own_names = set(AID.option_names()) - {"inner", "v_solver"}
+    own: dict[str, Any] = {}
+    parts: dict[str, dict[str, Any]] = {"inner": {}, "v_solver": {}}
+    v_names = set(v_solver.option_names()) if v_solver is not None else set()
+    if v_solver is None and any(ALIASES.get(k, k).startswith("v_solver.") for k in options):
+        raise TypeError(f"{owner}: v-solver options given but no v_solver; pass v_solver=... .")
+    inner_names = set(inner.option_names())
+    for key, value in options.items():
+        target = ALIASES.get(key, key)
+        if "." in target:
+            part, option = target.split(".", 1)
+            if part not in parts:
+                raise TypeError(f"{owner}: unknown part {part!r} in {key!r}.{suggest(part, parts)} Parts: inner, v_solver.")
+            names = v_names if part == "v_solver" else inner_names
+            if option not in names:
+                valid = sorted(f"{part}.{n}" for n in names)
+                raise TypeError(f"{owner}: unknown option {key!r}.{suggest(target, valid)} Valid: {', '.join(valid)}.")
+            parts[part][option] = value
+        elif target in own_names:
+            own[target] = value
+        elif target in v_names:
+            parts["v_solver"][target] = value
+        elif target in inner_names:
+            parts["inner"][target] = value
+        else:
+            valid = sorted(own_names | set(ALIASES) | v_names | {f"v_solver.{n}" for n in v_names}
+                           | {f"inner.{n}" for n in inner_names})
+            raise TypeError(f"{owner}: unknown option {key!r}.{suggest(key, valid)} Valid options: {', '.join(valid)}.")
+    return own, parts
+
+
+def aid(*, inner: Optional[InnerSolver] = None, v_solver: Optional[LinearSolver] = None, **options: Any) -> AID:
+    """Assemble an AID algorithm: ``aid(inner=GD(steps=5, lr=0.1), v_solver=lanczos(m=20), lr_x=1.0)``.
+
+    ``options`` are the loop's own (lr_x, order, freeze_x_first, v_init), the identity fields the named
+    factories set (name, label, defaults, settings, required, default_order, min_inner_steps), and part
+    options by dotted or short names (see the module docstring).
+    """
+    identity = {k: options.pop(k) for k in list(options) if k in _identity_names()}
+    inner = InnerGD() if inner is None else inner
+    if not isinstance(inner, InnerSolver):
+        raise TypeError(f"aid: inner must be an inner solver such as bilevel.inner.GD(steps=5); got {inner!r}.")
+    owner = identity.get("label") or identity.get("name") or "aid"
+    if v_solver is not None and not isinstance(v_solver, LinearSolver):
+        raise TypeError(
+            f"{owner}: v_solver must be a v-solver such as bilevel.linear_solvers.cg(steps=5); got {v_solver!r}."
+        )
+    own, parts = _route(options, v_solver, inner, owner)
+    if parts["inner"]:
+        inner = _replace_part(inner, parts["inner"], "inner", owner)
+    if parts["v_solver"]:
+        if v_solver is None:
+            raise TypeError(f"{owner}: v-solver options {sorted(parts['v_solver'])} given but no v_solver.")
+        v_solver = _replace_part(v_solver, parts["v_solver"], "v_solver", owner)
+    return AID(inner=inner, v_solver=v_solver, **identity, **own)
+
+
+def _replace_part(part: Any, values: Mapping[str, Any], where: str, owner: str) -> Any:
+    """The part with ``values`` set; a rejected value is reported under the name the user gave."""
+    try:
+        return dataclasses.replace(part, **values)
+    except (TypeError, ValueError) as err:
+        text = str(err)
+        prefix = f"{type(part).__name__}: "
+        for option in values:
+            if text.startswith(f"{prefix}{option} "):
+                dotted = f"{where}.{option}"
+                name = _SHORT.get(dotted, dotted)
+                note = "" if name == dotted else f" ({name} sets {dotted})"
+                raise type(err)(f"{owner}: {name} {text[len(prefix) + len(option) + 1:]}{note}") from None
+        raise type(err)(f"{owner}: {text}") from None
+
+
+def _identity_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(AID) if f.metadata.get("identity")}
+
+
+class Algorithm:
+    """A registered named algorithm built by a factory (``lancbio(**options) -> AID``).
+
+    Carries what the registry, the CLI and the shared tests need without building one: the name, the
+    display label, the test budgets (``checks``) and the docstring (the factory's).
+    """
+
+    def __init__(self, factory: Callable[..., Solver], name: str, label: str,
+                 checks: Mapping[str, Mapping[str, Any]]) -> None:
+        self.factory, self.name, self.label, self.checks = factory, name, label, checks
+        self.__doc__ = factory.__doc__
+        self.__module__ = factory.__module__
+        self.__qualname__ = factory.__qualname__
+        self.__wrapped__ = factory
+
+    def create(self, **options: Any) -> Solver:
+        return self.factory(**options)
+
+    __call__ = create
+
+    @property
+    def random_cost(self) -> bool:
+        return bool(self.factory().random_cost)
+
+    def __repr__(self) -> str:
+        return f"<algorithm {self.name!r} ({self.factory.__module__}.{self.factory.__qualname__})>"
+
+
+def algorithm(name: str, label: str, checks: Mapping[str, Mapping[str, Any]]):
+    """Decorator: register a factory function as the named algorithm ``name``."""
+
+    def wrap(factory: Callable[..., Solver]) -> Algorithm:
+        entry = Algorithm(factory, name, label, checks)
+        SOLVERS.register(entry, name=name)
+        return entry
+
+    return wrap
+

@@ -1,59 +1,104 @@
-"""The solver interface and the option machinery shared by every algorithm.
+"""The solver contract and the option machinery shared by every algorithm.
 
-A solver is an immutable configuration (a frozen dataclass with keyword-only options).  Options the
-user leaves as ``None`` are *presettable*: at ``init`` they are taken from the problem's presets for this
-solver (``BilevelProblem.presets``), else from the solver's documented ``defaults``.  The resolved values
-live in the run's state, never in the configuration, so one solver object can serve many problems.
+A solver is an immutable configuration (a frozen dataclass with keyword-only options).  Options left
+``None`` are *presettable*.  ``solver.bind(problem)`` returns a frozen copy with every option resolved and
+checked once, in this order: the user's value, the solver's published ``settings`` for the problem's
+experiment, the problem's solver-neutral scales (``presets["*"]``), the solver's ``defaults``.  A run is
+
+    bound = solver.bind(problem)
+    state = bound.init(problem, oracles, generator)
+    state = bound.step(state, oracles, batches)        # repeatedly; batches: sampling.Batches
+
+States are frozen dataclasses holding only what changes (``SolverState``); a step returns a new state
+(``dataclasses.replace``) and never mutates the old one, so a state kept from before a divergence is
+exactly as it was.  The one mutable object a state may hold is the run's random generator.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterable, Mapping, Optional, Protocol, runtime_checkable
 
 import torch
+from torch import Tensor
 
 from .._validation import CheckedOptions
-from ..oracles import Oracles
 from ..problem import BilevelProblem
+from ..registry import Registry
+
+#: the solver registry: every public module of ``bilevel.solvers`` is imported and registers itself
+SOLVERS = Registry("solver", package="bilevel.solvers", skip=("base", "aid", "registry"))
+
+
+@runtime_checkable
+class SolverState(Protocol):
+    """What the run loop reads from every state.
+
+    k: outer iterations done.  x: the next upper iterate x_{k}.  y, v: the current lower iterate and
+    linear-system variable (v is None for methods without one).  iterate: the triple (x_k, y_k, v_k) on
+    which the last step's update was computed (what evaluation looks at).  events: counts of notable events.
+    """
+
+    k: int
+    x: Tensor
+    y: Tensor
+    v: Optional[Tensor]
+    iterate: tuple
+    events: Mapping[str, int]
+
+
+def add_events(events: Mapping[str, int], new: Iterable[str]) -> Mapping[str, int]:
+    """A new events mapping with ``new`` counted (the old one is left unchanged)."""
+    new = tuple(new)
+    if not new:
+        return events
+    out = dict(events)
+    for e in new:
+        out[e] = out.get(e, 0) + 1
+    return out
 
 
 class Solver(ABC, metaclass=CheckedOptions):
-    """Base class: ``init(problem, oracles, generator) -> state``, ``step(state, oracles, k) -> state``.
-
-    Every state exposes ``x`` (the next upper iterate), ``iterate`` (the triple (x_k, y_k, v_k) on which
-    step k's update was computed: what evaluation looks at; v_k is None for methods without v) and
-    ``events`` (a dict of event counts).
-    """
+    """Base class: ``bind(problem)``, then ``init(problem, oracles, generator)`` and ``step(state, oracles,
+    batches)`` on the bound copy."""
 
     name: ClassVar[str] = "solver"
-    #: library defaults of presettable options (used when neither the user nor the problem sets one)
+    #: display name (plots, reports)
+    label: ClassVar[str] = ""
+    #: library defaults of presettable options (used when nothing else sets one)
     defaults: ClassVar[Mapping[str, Any]] = {}
+    #: published settings per experiment key (``BilevelProblem.experiment``): {"synthetic": {...}, ...}
+    settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: budgets of the shared registry-driven tests, kept next to the algorithm so they stay honest:
     #: {"quadratic": {"max_iter": K, "reduction": r, "options": {...}}, "synthetic": {...},
     #:  "counts": {"options": {...}}}; a method slow by nature gets a longer budget, not a looser bound.
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-    #: options that must have a value after resolution (user, problem preset or default)
+    #: options that must have a value once bound
     required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y")
-    #: True when the per-iteration cost is random (e.g. TTSA's truncation): counts are then compared
-    #: with their expectation statistically.
+    #: True when the per-iteration cost is random: counts are compared with their expectation
     random_cost: ClassVar[bool] = False
+    #: batch role → draw group (roles of one group share a draw; see ``bilevel.sampling``)
+    batch_roles: ClassVar[Mapping[str, str]] = {}
 
+    # True on the copy that ``bind`` returns (an instance attribute set there)
+    _bound: ClassVar[bool] = False
+
+    # ---- the run --------------------------------------------------------------------------------------
     @abstractmethod
-    def init(self, problem: BilevelProblem, oracles: Oracles, generator: torch.Generator) -> Any:
+    def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> SolverState:
         ...
 
     @abstractmethod
-    def step(self, state: Any, oracles: Oracles, k: int) -> Any:
+    def step(self, state: Any, oracles: Any, batches: Any) -> SolverState:
         ...
 
-    def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
+    def expected_counts(self, iterations: int) -> dict[str, float]:
         """Oracle calls of ``iterations`` outer iterations from the start, as documented (the expectation
-        when ``random_cost``), given resolved options ``opts``; keys are ``Counts`` fields."""
+        when ``random_cost``), for this bound solver; keys are ``Counts`` fields."""
         raise NotImplementedError(f"{type(self).__name__} does not document its oracle cost")
 
-    def budget_warnings(self, state: Any, max_iter: int) -> list[str]:
+    def budget_warnings(self, max_iter: int) -> list[str]:
         """Configuration problems that only show given the run length (e.g. an unreachable cap)."""
         return []
 
@@ -62,35 +107,80 @@ class Solver(ABC, metaclass=CheckedOptions):
         self.validate(self.options())
 
     def validate(self, opts: Mapping[str, Any]) -> None:
-        """Check option values.  Called with the options as given (``None`` = not set yet) when the solver
-        is built, and again by ``resolve`` once presets and defaults have filled them."""
+        """The one check of option values: called with the options as given (``None`` = not set yet) when
+        the solver is built, and with every option filled by ``bind``."""
 
     @classmethod
     def option_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+        if not dataclasses.is_dataclass(cls):
+            return []
+        return [f.name for f in dataclasses.fields(cls) if f.init]
 
     def options(self) -> dict[str, Any]:
-        """The options as given (None = 'from the problem's presets or the defaults')."""
+        """The options (as given before ``bind``; resolved after)."""
         return {name: getattr(self, name) for name in self.option_names()}
 
+    @property
+    def bound(self) -> bool:
+        return self._bound
+
+    def lookup(self, problem: BilevelProblem, keys: Iterable[str]) -> Any:
+        """The first value found for any of ``keys`` in: the settings for the problem's experiment, the
+        problem's scales, ``defaults``; None if none has one."""
+        keys = tuple(keys)
+        tables = [self.settings.get(e, {}) for e in problem.experiment_keys()]
+        tables += [problem.presets.get("*", {}), self.defaults]
+        for table in tables:
+            for key in keys:
+                if key in table and table[key] is not None:
+                    return table[key]
+        return None
+
     def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
-        """Options with every ``None`` filled from ``problem`` presets, then ``defaults``."""
+        """The options with every ``None`` filled (see the module docstring), checked complete."""
         out = {}
         for name, value in self.options().items():
-            if value is None:
-                value = problem.preset(self.name, name)
-            if value is None:
-                value = self.defaults.get(name)
-            out[name] = value
+            out[name] = self.lookup(problem, (name,)) if value is None else value
         for name in self.required:
             if out.get(name) is None:
                 raise ValueError(
                     f"{type(self).__name__}: {name} has no value: pass {name}=... "
-                    f"(problem {problem.name!r} has no preset for it)."
+                    f"(problem {problem.name!r} has no scale for it)."
                 )
-        self.validate(out)
         return out
+
+    def bind(self, problem: BilevelProblem):
+        """A frozen copy resolved for ``problem`` and validated once; binding a bound solver is a no-op."""
+        if self._bound:
+            return self
+        opts = self.resolve(problem)
+        self.validate(opts)
+        bound = dataclasses.replace(self, **opts)  # type: ignore[type-var]
+        object.__setattr__(bound, "_bound", True)
+        return bound
+
+    def _require_bound(self) -> None:
+        if not self._bound:
+            raise RuntimeError(
+                f"{type(self).__name__}: call solver.bind(problem) first (solve() does this for you)."
+            )
 
     def __repr__(self) -> str:
         given = ", ".join(f"{k}={v!r}" for k, v in self.options().items() if v is not None)
         return f"{type(self).__name__}({given})"
+
+
+def register(cls):
+    """Class decorator: register a solver class under ``cls.name``; adds ``cls.create(**options)``."""
+
+    def create(klass, **options: Any):
+        return klass(**options)  # unknown names are rejected, with a suggestion, by CheckedOptions
+
+    if "create" not in cls.__dict__:
+        cls.create = classmethod(create)
+    return SOLVERS.register(cls)
+
+
+def get_solver(name: str, **options: Any):
+    """Instantiate the registered solver ``name`` with ``options`` (dotted part options allowed)."""
+    return SOLVERS.create(name, **options)

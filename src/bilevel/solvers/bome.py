@@ -1,41 +1,37 @@
-"""BOME: first-order value-function method, dynamic barrier (Liu et al., NeurIPS 2022; algorithms.md §3.10)."""
+"""BOME: first-order value-function method, dynamic barrier (Liu, Ye, Wright, Stone & Liu, "BOME! Bilevel
+Optimization Made Easy: A Simple First-Order Approach", NeurIPS 2022)."""
 
 from __future__ import annotations
 
-from collections import Counter
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .._validation import check_int, check_positive
-from ..oracles import Oracles
+from ..inner import GD, schedule_value
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
-from .base import Solver
-from .registry import register
+from .base import Solver, register
 
 
-@dataclass
+@dataclass(frozen=True)
 class BOMEState:
-    """x, y: x_{k+1}, y_{k+1}.  y_hat: ŷ_k (T GD steps on g(x_k, ·), the warm start of the next
-    iteration).  omega: step k's barrier weight ω_k (a 0-d tensor).  direction: step k's x-block of d.
-    iterate: (x_k, y_k, None)."""
+    """k: iterations done.  x, y: x_k, y_k.  y_hat: ŷ_{k−1} (T GD steps on g(x_{k−1}, ·), the warm start of
+    the next iteration).  omega: the last step's barrier weight ω (a 0-d tensor).  direction: the last
+    step's x-block of d.  iterate: (x_{k−1}, y_{k−1}, None).  BOME has no v."""
 
+    k: int
     x: Tensor
     y: Tensor
     y_hat: Tensor
-    lr_x: Callable[[int], float]
-    lr_y: Callable[[int], float]
-    lr_y_outer: Callable[[int], float]
-    eta_b: float
-    inner_steps: int
     iterate: tuple
-    resolved: dict
+    v: Optional[Tensor] = None
     omega: Optional[Tensor] = None
     direction: Optional[Tensor] = None
-    events: Counter = field(default_factory=Counter)
+    events: Mapping[str, int] = field(default_factory=dict)
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -57,13 +53,17 @@ class BOME(Solver):
         ω = max((ψ − ⟨∇f, P∇q̂⟩) / ⟨∇q̂, P∇q̂⟩, 0),  ω = 0 when ‖∇q̂‖_P ≤ eps ‖∇f‖_P (q̂ ≈ 0)
         (x_{k+1}, y_{k+1}) = (x_k, y_k) − P (∇f(x_k, y_k) + ω ∇q̂)            [lr_x = ξ_x, lr_y_outer = ξ_y]
 
-    The weight ω is the smallest that makes −P d decrease q̂ at rate ψ to first order; near the constraint
-    set it behaves like a penalty that grows as q̂ shrinks.  With fixed steps ω grows until the y-block
-    step reaches its stability edge, ω ≈ 2/(ξ_y L_g); BOME then oscillates in the O(1/ω) neighbourhood of
-    the penalty method with γ = ω.  A small ξ_y (lr_y_outer ≪ θ) therefore buys accuracy with time, and
-    ξ_x must stay stable at that ω (the x-curvature also grows like ω).  Design choice: ŷ is warm-started
-    from the previous ŷ (not from y_k), so it keeps converging to y*(x) across iterations instead of being
-    re-solved from the moving upper copy; its cost is then T gradients whatever the distance.
+    The ŷ loop is the shared inner solver ``bilevel.inner.GD(steps=T, lr=θ)``.  The weight ω is the
+    smallest that makes −P d decrease q̂ at rate ψ to first order; near the constraint set it behaves like a
+    penalty that grows as q̂ shrinks.  With fixed steps ω grows until the y-block step reaches its stability
+    edge, ω ≈ 2/(ξ_y L_g); BOME then oscillates in the O(1/ω) neighbourhood of the penalty method with
+    γ = ω.  A small ξ_y (lr_y_outer ≪ θ) therefore buys accuracy with time, and ξ_x must stay stable at that
+    ω (the x-curvature also grows like ω).  Design choice: ŷ is warm-started from the previous ŷ (not from
+    y_k), so it keeps converging to y*(x) across iterations instead of being re-solved from the moving upper
+    copy; its cost is then T gradients whatever the distance.
+
+    Batches: the ŷ steps take the ``inner`` draws; the joint ∇g at (x_k, y_k) and ∇_x g at (x_k, ŷ_k) share
+    the ``lower`` draw; the joint ∇f the ``upper`` draw.
 
     Options: lr_x (ξ_x), lr_y_outer (ξ_y; default None = lr_y), lr_y (θ, inner steps), eta_b (η, default
     0.5), inner_steps (T, default 10), eps (relative threshold for "‖∇q̂‖ ≈ 0", default 1e-12).
@@ -72,12 +72,13 @@ class BOME(Solver):
     one ∇_y g), 1 ∇_x g at (x_k, ŷ_k), 1 joint ∇f (one ∇_x f and one ∇_y f); in total T + 1 ∇_y g,
     2 ∇_x g, 1 ∇_x f, 1 ∇_y f, no HVPs.
 
-    Suggested starting values (§3.10, BOME is not in the reference experiments): T = 10, η = 0.5,
-    hyper-cleaning block steps (ξ_x, ξ_y) = (500, 0.1) with θ = 0.1; synthetic: the general reference
-    defaults λ = 1, θ = 1e-5 (§3).  The problems' presets supply lr_x, lr_y and inner_steps.
+    Suggested starting values (BOME is not in the reference experiments; T and η as in Liu et al. 2022):
+    T = 10, η = 0.5, hyper-cleaning block steps (ξ_x, ξ_y) = (500, 0.1) with θ = 0.1; synthetic: the
+    problem's scales λ = 1, θ = 1e-5.  The problems' scales supply lr_x and lr_y.
     """
 
     name: ClassVar[str] = "bome"
+    label: ClassVar[str] = "BOME"
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 10, "eta_b": 0.5}
 
     lr_x: Optional[ScheduleLike] = None
@@ -111,47 +112,44 @@ class BOME(Solver):
             check_int(owner, "inner_steps", opts["inner_steps"], 1)
         check_positive(owner, "eps", opts["eps"], allow_zero=True)
 
-    def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
+    def expected_counts(self, iterations: int) -> dict[str, float]:
         """Per iteration: T + 1 ∇_y g, 2 ∇_x g, 1 ∇_x f, 1 ∇_y f; no second-order products."""
-        T, K = opts["inner_steps"], iterations
+        self._require_bound()
+        T, K = self.inner_steps, iterations
         return {"grad_y_g": (T + 1) * K, "grad_x_g": 2 * K, "grad_x_f": K, "grad_y_f": K,
                 "hvp": 0, "cross": 0, "cross_t": 0}
 
-    def init(self, problem: BilevelProblem, oracles: Oracles, generator: torch.Generator) -> BOMEState:
-        opts = self.resolve(problem)
-        x, y = problem.x0, problem.y0
-        lr_y = as_schedule(opts["lr_y"], "lr_y")
-        outer = opts["lr_y_outer"]
-        return BOMEState(
-            x=x, y=y, y_hat=y.clone(), lr_x=as_schedule(opts["lr_x"], "lr_x"), lr_y=lr_y,
-            lr_y_outer=lr_y if outer is None else as_schedule(outer, "lr_y_outer"),
-            eta_b=float(opts["eta_b"]), inner_steps=opts["inner_steps"], iterate=(x, y, None), resolved=opts,
-        )
+    def _inner(self) -> GD:
+        """The ŷ loop: T gradient steps on g(x, ·) with step θ."""
+        return GD(steps=self.inner_steps, lr=self.lr_y)
 
-    def step(self, state: BOMEState, oracles: Oracles, k: int) -> BOMEState:
-        x, y, y_hat = state.x, state.y, state.y_hat
-        theta = state.lr_y(k)
-        for _ in range(state.inner_steps):
-            y_hat = y_hat - theta * oracles.grad_y_g(x, y_hat)
-        gx_g, gy_g = oracles.grad_g(x, y)
-        q_x = gx_g - oracles.grad_x_g(x, y_hat)  # same batch as gx_g
+    def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> BOMEState:
+        self._require_bound()
+        x, y = problem.x0, problem.y0
+        return BOMEState(k=0, x=x, y=y, y_hat=y.clone(), iterate=(x, y, None))
+
+    def step(self, state: BOMEState, oracles: Any, batches: Any) -> BOMEState:
+        x, y, k = state.x, state.y, state.k
+        y_hat = self._inner().run(oracles, x, state.y_hat, batches, k)
+        lower = batches("lower")
+        gx_g, gy_g = oracles.grad_g(x, y, lower)
+        q_x = gx_g - oracles.grad_x_g(x, y_hat, lower)  # same batch as gx_g
         q_y = gy_g
-        gx_f, gy_f = oracles.grad_f(x, y)
-        px, py = state.lr_x(k), state.lr_y_outer(k)
+        gx_f, gy_f = oracles.grad_f(x, y, batches("upper"))
+        outer = self.lr_y if self.lr_y_outer is None else self.lr_y_outer
+        px, py = schedule_value(self.lr_x, k), schedule_value(outer, k)
         qPq = px * _dot(q_x, q_x) + py * _dot(q_y, q_y)
         fPq = px * _dot(gx_f, q_x) + py * _dot(gy_f, q_y)
         fPf = px * _dot(gx_f, gx_f) + py * _dot(gy_f, gy_f)
         # ω = 0 when ∇q̂ vanishes (relative to ∇f): no constraint direction to push along
         active = qPq > (self.eps ** 2) * fPf + torch.finfo(qPq.dtype).tiny
         ratio = fPq / torch.where(active, qPq, torch.ones_like(qPq))
-        omega = torch.where(active, torch.clamp(state.eta_b - ratio, min=0.0), torch.zeros_like(qPq))
+        omega = torch.where(active, torch.clamp(float(self.eta_b) - ratio, min=0.0), torch.zeros_like(qPq))
         d_x = gx_f + omega * q_x
         d_y = gy_f + omega * q_y
-        return BOMEState(
-            x=(x - px * d_x).detach(), y=(y - py * d_y).detach(), y_hat=y_hat.detach(), lr_x=state.lr_x,
-            lr_y=state.lr_y, lr_y_outer=state.lr_y_outer, eta_b=state.eta_b, inner_steps=state.inner_steps,
-            iterate=(x, y, None), resolved=state.resolved, omega=omega.detach(), direction=d_x.detach(),
-            events=state.events,
+        return dataclasses.replace(
+            state, k=k + 1, x=(x - px * d_x).detach(), y=(y - py * d_y).detach(), y_hat=y_hat.detach(),
+            iterate=(x, y, None), omega=omega.detach(), direction=d_x.detach(),
         )
 
 

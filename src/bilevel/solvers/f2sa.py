@@ -1,41 +1,37 @@
-"""F2SA: fully first-order penalty method, growing multiplier (Kwon et al., ICML 2023; algorithms.md §3.8)."""
+"""F2SA: fully first-order penalty method, growing multiplier (Kwon, Kwon, Wright & Nowak, "A Fully
+First-Order Method for Stochastic Bilevel Optimization", ICML 2023)."""
 
 from __future__ import annotations
 
-from collections import Counter
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_int, check_positive
-from ..oracles import Oracles
+from ..inner import GD, schedule_value
 from ..problem import BilevelProblem
 from ..schedules import PowerDecay, ScheduleLike, as_schedule
-from .base import Solver
-from .registry import register
+from .base import Solver, register
 
 
-@dataclass
+@dataclass(frozen=True)
 class F2SAState:
-    """x: x_{k+1}.  y: the penalised copy, z: the lower-level copy (both after step k's inner loop).
-    mu: μ_{k+1}.  direction: step k's x-direction.  iterate: (x_k, z_k, None), on which metrics are taken."""
+    """k: iterations done.  x: x_k.  y: the penalised copy, z: the lower-level copy (both after the last
+    step's inner loop).  mu: μ_k.  direction: the last step's x-direction.  iterate: (x_{k−1}, z, None), on
+    which metrics are taken.  F2SA has no v."""
 
+    k: int
     x: Tensor
     y: Tensor
     z: Tensor
     mu: float
-    lr_x: Callable[[int], float]
-    lr_y: Callable[[int], float]
-    lr_y_penalized: Optional[Callable[[int], float]]
-    mu_step: Callable[[int], float]
-    mu_growth: bool
-    inner_steps: int
     iterate: tuple
-    resolved: dict
+    v: Optional[Tensor] = None
     direction: Optional[Tensor] = None
-    events: Counter = field(default_factory=Counter)
+    events: Mapping[str, int] = field(default_factory=dict)
 
 
 @register
@@ -53,10 +49,15 @@ class F2SA(Solver):
         x_{k+1} = x_k − ξ_k (∇_x f(x_k, y) + μ_k (∇_x g(x_k, y) − ∇_x g(x_k, z)))   [lr_x = ξ]
         μ_{k+1} = μ_k + δ_k                                                   [mu0 = μ_0, mu_step = δ]
 
-    The x-direction approximates ∇φ(x_k) up to a bias O(1/μ): with a bounded μ the method converges to an
-    O(1/μ)-neighbourhood of a stationary point.  Both ∇_x g terms are explicit oracle calls on the same
-    batch (§6.18: never tensor aliasing).  Metrics are evaluated on the lower copy: the iterate is
-    (x_k, z_k, None), z_k after step k's inner loop; ``Result.y`` is the penalised copy y.
+    The z loop is the shared inner solver ``bilevel.inner.GD(steps=T, lr=θ)`` (the two loops are
+    independent, so z's T steps run first, then y's).  The x-direction approximates ∇φ(x_k) up to a bias
+    O(1/μ): with a bounded μ the method converges to an O(1/μ)-neighbourhood of a stationary point.  Both
+    ∇_x g terms are explicit oracle calls on the same batch (never tensor aliasing).  Metrics are evaluated
+    on the lower copy: the iterate is (x_k, z_k, None), z_k after step k's inner loop; ``Result.y`` is the
+    penalised copy y.
+
+    Batches: inner step t of either copy takes the ``inner`` draw t for ∇_y g and the ``upper`` draw t for
+    ∇_y f; ∇_x f the ``upper`` draw 0; both ∇_x g the ``lower`` draw.
 
     Options:
         lr_x (ξ): number or schedule; the reference's is ξ_k = ξ0 (k + 1)^(−1/7), i.e.
@@ -73,14 +74,19 @@ class F2SA(Solver):
     Oracle cost per iteration (exact, counted): 2T ∇_y g (T at z, T at y), T ∇_y f, 1 ∇_x f, 2 ∇_x g,
     no HVPs and no cross products.
 
-    Reference settings (§3.8): hyper-cleaning ξ0 = 500 (Fashion-MNIST 10), ξ_k = ξ0 (k + 1)^(−1/7),
-    μ_0 = 1, δ_k = 0.1/(k + 1), T = 10, θ = 0.1; synthetic (general reference defaults, §3) λ = 1,
-    θ = 1e-5.  The problems' presets supply lr_x, lr_y and inner_steps.
+    Published settings (``settings``, looked up by the problem's experiment key; the reference's
+    hyper-cleaning runs): ξ0 = 500 (Fashion-MNIST 10), ξ_k = ξ0 (k + 1)^(−1/7), μ_0 = 1, δ_k = 0.1/(k + 1),
+    T = 10, θ = 0.1 (the problem's scale); synthetic: the problem's scales λ = 1, θ = 1e-5.
     """
 
     name: ClassVar[str] = "f2sa"
+    label: ClassVar[str] = "F2SA"
     defaults: ClassVar[Mapping[str, Any]] = {
         "inner_steps": 10, "mu0": 1.0, "mu_step": PowerDecay(0.1, 1.0, offset=1),
+    }
+    settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "hyperclean": {"inner_steps": 10, "lr_x": PowerDecay(500.0, 1.0 / 7.0, offset=1)},
+        "hyperclean/fashion_mnist": {"inner_steps": 10, "lr_x": PowerDecay(10.0, 1.0 / 7.0, offset=1)},
     }
 
     lr_x: Optional[ScheduleLike] = None
@@ -112,41 +118,40 @@ class F2SA(Solver):
             check_int(owner, "inner_steps", opts["inner_steps"], 1)
         check_bool(owner, "mu_growth", opts["mu_growth"])
 
-    def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
+    def expected_counts(self, iterations: int) -> dict[str, float]:
         """Per iteration: 2T ∇_y g, T ∇_y f, 1 ∇_x f, 2 ∇_x g; no second-order products."""
-        T, K = opts["inner_steps"], iterations
+        self._require_bound()
+        T, K = self.inner_steps, iterations
         return {"grad_y_g": 2 * T * K, "grad_y_f": T * K, "grad_x_f": K, "grad_x_g": 2 * K,
                 "hvp": 0, "cross": 0, "cross_t": 0}
 
-    def init(self, problem: BilevelProblem, oracles: Oracles, generator: torch.Generator) -> F2SAState:
-        opts = self.resolve(problem)
-        x, y0 = problem.x0, problem.y0
-        penalized = opts["lr_y_penalized"]
-        return F2SAState(
-            x=x, y=y0, z=y0.clone(), mu=float(opts["mu0"]),
-            lr_x=as_schedule(opts["lr_x"], "lr_x"), lr_y=as_schedule(opts["lr_y"], "lr_y"),
-            lr_y_penalized=None if penalized is None else as_schedule(penalized, "lr_y_penalized"),
-            mu_step=as_schedule(opts["mu_step"], "mu_step"), mu_growth=opts["mu_growth"],
-            inner_steps=opts["inner_steps"], iterate=(x, y0, None), resolved=opts,
-        )
+    def _inner(self) -> GD:
+        """The z loop: T gradient steps on g(x, ·) with step θ."""
+        return GD(steps=self.inner_steps, lr=self.lr_y)
 
-    def step(self, state: F2SAState, oracles: Oracles, k: int) -> F2SAState:
-        x, y, z, mu = state.x, state.y, state.z, state.mu
-        theta = state.lr_y(k)
-        alpha = state.lr_y_penalized(k) if state.lr_y_penalized is not None else theta / max(mu, 1.0)
-        for _ in range(state.inner_steps):
-            z = z - theta * oracles.grad_y_g(x, z)
-            y = y - alpha * (oracles.grad_y_f(x, y) + mu * oracles.grad_y_g(x, y))
-        # explicit ∇_x g at both copies, same batch (§6.18)
-        direction = oracles.grad_x_f(x, y) + mu * (oracles.grad_x_g(x, y) - oracles.grad_x_g(x, z))
-        x_new = (x - state.lr_x(k) * direction).detach()
+    def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> F2SAState:
+        self._require_bound()
+        x, y0 = problem.x0, problem.y0
+        return F2SAState(k=0, x=x, y=y0, z=y0.clone(), mu=float(self.mu0), iterate=(x, y0, None))
+
+    def step(self, state: F2SAState, oracles: Any, batches: Any) -> F2SAState:
+        x, y, mu, k = state.x, state.y, state.mu, state.k
+        theta = schedule_value(self.lr_y, k)
+        penalized = self.lr_y_penalized
+        alpha = schedule_value(penalized, k) if penalized is not None else theta / max(mu, 1.0)
+        z = self._inner().run(oracles, x, state.z, batches, k)
+        for t in range(self.inner_steps):
+            y = y - alpha * (oracles.grad_y_f(x, y, batches("upper", t))
+                             + mu * oracles.grad_y_g(x, y, batches("inner", t)))
+        # explicit ∇_x g at both copies, same batch
+        lower = batches("lower")
+        direction = oracles.grad_x_f(x, y, batches("upper")) + mu * (
+            oracles.grad_x_g(x, y, lower) - oracles.grad_x_g(x, z, lower))
+        x_new = (x - schedule_value(self.lr_x, k) * direction).detach()
         y, z = y.detach(), z.detach()
-        mu_new = mu + state.mu_step(k) if state.mu_growth else mu
-        return F2SAState(
-            x=x_new, y=y, z=z, mu=mu_new, lr_x=state.lr_x, lr_y=state.lr_y,
-            lr_y_penalized=state.lr_y_penalized, mu_step=state.mu_step, mu_growth=state.mu_growth,
-            inner_steps=state.inner_steps, iterate=(x, z, None), resolved=state.resolved,
-            direction=direction.detach(), events=state.events,
+        mu_new = mu + schedule_value(self.mu_step, k) if self.mu_growth else mu
+        return dataclasses.replace(
+            state, k=k + 1, x=x_new, y=y, z=z, mu=mu_new, iterate=(x, z, None), direction=direction.detach(),
         )
 
 

@@ -1,41 +1,41 @@
-"""HJFBiO: Hessian/Jacobian-free single loop with finite-difference products (Huang 2024; algorithms.md §3.9)."""
+"""HJFBiO: Hessian/Jacobian-free single loop with finite-difference products (Huang, "Optimal
+Hessian/Jacobian-Free Nonconvex-PL Bilevel Optimization", ICML 2024)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Iterable, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_positive
-from ..oracles import Oracles
+from ..inner import schedule_value
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
-from .base import Solver
-from .registry import register
+from .base import Solver, register
 
 
-@dataclass
+@dataclass(frozen=True)
 class HJFBiOState:
-    """x, y, v: x_{k+1}, y_{k+1}, v_{k+1}.  iterate: (x_k, y_k, v_k), the point of step k's directions."""
+    """k: iterations done.  x, y, v: x_k, y_k, v_k (the next to update).  iterate: (x_{k−1}, y_{k−1},
+    v_{k−1}), the point of the last step's directions."""
 
+    k: int
     x: Tensor
     y: Tensor
     v: Tensor
-    lr_x: Callable[[int], float]
-    lr_y: Callable[[int], float]
     iterate: tuple
-    resolved: dict
-    events: Counter = field(default_factory=Counter)
+    events: Mapping[str, int] = field(default_factory=dict)
 
 
 @register
 @dataclass(frozen=True, kw_only=True)
 class HJFBiO(Solver):
-    """HJFBiO — Hessian/Jacobian-free bilevel optimisation, single loop (Huang 2024).
+    """HJFBiO — Hessian/Jacobian-free bilevel optimisation, single loop (Huang, "Optimal Hessian/Jacobian-Free
+    Nonconvex-PL Bilevel Optimization", ICML 2024).
 
     Iteration k, every direction at (x_k, y_k, v_k), then all updates at once:
 
@@ -57,11 +57,14 @@ class HJFBiO(Solver):
     Totals over K ≥ 1 iterations (b_0 ≠ 0, so v stays non-zero after the first): ∇_y g 3K − 2,
     ∇_x g 2K − 2, ∇_y f K, ∇_x f K.
 
+    Batches: the two joint gradients (they stand in for A v and J v) share the ``hvp`` draw; the y-step
+    takes the ``inner`` draw of step 0; ∇_y f and ∇_x f the ``upper`` draw.
+
     η is the v-step, separate from the inner step θ (the reference used θ for both); lr_x and lr_y accept
     schedules.  There is no inner_steps: one y-step per iteration.  Step sizes and η come from the
-    problem's presets or the user.
+    problem's scales, the published settings or the user.
 
-    Reference defaults (algorithms.md §3.9; HC only):
+    Published settings (``settings``, looked up by the problem's experiment key; hyper-cleaning only):
 
         ======  =====  =====  ===================================  ===  =====================
                 λ      θ      η                                    T    K
@@ -72,7 +75,9 @@ class HJFBiO(Solver):
     """
 
     name: ClassVar[str] = "hjfbio"
+    label: ClassVar[str] = "HJFBiO"
     required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
+    settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {"hyperclean": {"inner_steps": 1, "eta": 0.1}}
 
     lr_x: Optional[ScheduleLike] = None
     lr_y: Optional[ScheduleLike] = None
@@ -86,28 +91,35 @@ class HJFBiO(Solver):
         "synthetic": {"max_iter": 500, "reduction": 1e3},
     }
 
-    def __post_init__(self) -> None:
-        owner = type(self).__name__
+    def validate(self, opts: Mapping[str, Any]) -> None:
+        owner = "HJFBiO"
         for name in ("lr_x", "lr_y"):
-            if getattr(self, name) is not None:
-                as_schedule(getattr(self, name), f"{owner}: {name}")
-        if self.eta is not None:
-            check_positive(owner, "eta", self.eta)
-        if self.delta is not None:
-            check_positive(owner, "delta", self.delta)
-        if self.scaled_shift is not None:
-            check_bool(owner, "scaled_shift", self.scaled_shift)
+            if opts.get(name) is not None:
+                as_schedule(opts[name], f"{owner}: {name}")
+        if opts.get("eta") is not None:
+            check_positive(owner, "eta", opts["eta"])
+        if opts.get("delta") is not None:
+            check_positive(owner, "delta", opts["delta"])
+        if opts.get("scaled_shift") is not None:
+            check_bool(owner, "scaled_shift", opts["scaled_shift"])
 
-    def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
-        opts = super().resolve(problem)
+    def lookup(self, problem: BilevelProblem, keys: Iterable[str]) -> Any:
+        """The base lookup, then the defaults that depend on the problem's dtype: float64 δ = 1e-5 unscaled,
+        lower precision δ = 1e-3 scaled."""
+        keys = tuple(keys)
+        found = super().lookup(problem, keys)
+        if found is not None:
+            return found
         wide = problem.dtype == torch.float64
-        if opts["delta"] is None:
-            opts["delta"] = 1e-5 if wide else 1e-3
-        if opts["scaled_shift"] is None:
-            opts["scaled_shift"] = not wide
-        return opts
+        dtype_defaults = {"delta": 1e-5 if wide else 1e-3, "scaled_shift": not wide}
+        for key in keys:
+            if key in dtype_defaults:
+                return dtype_defaults[key]
+        return None
 
-    def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
+    def expected_counts(self, iterations: int) -> dict[str, float]:
+        """Per iteration after the first: 3 ∇_y g, 2 ∇_x g, 1 ∇_x f, 1 ∇_y f (the first: 1 ∇_y g)."""
+        self._require_bound()
         K = iterations
         fd = max(K - 1, 0)  # iterations with v_k ≠ 0: all but the first
         return {
@@ -115,43 +127,36 @@ class HJFBiO(Solver):
             "hvp": 0, "cross": 0, "cross_t": 0,
         }
 
-    def products(
-        self, oracles: Oracles, x: Tensor, y: Tensor, v: Tensor, opts: Mapping[str, Any]
-    ) -> tuple[Tensor, Tensor]:
-        """(Âv, Ĵv): central differences of the joint gradient of g along v; (0, 0) without any call when
-        v is exactly 0."""
+    def products(self, oracles: Any, x: Tensor, y: Tensor, v: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
+        """(Âv, Ĵv): central differences of the joint gradient of g along v, both on ``batch``; (0, 0)
+        without any call when v is exactly 0.  Needs a bound solver (δ and the shift mode resolved)."""
+        self._require_bound()
         if not bool(torch.any(v != 0)):
             return torch.zeros_like(y), torch.zeros_like(x)
-        h = opts["delta"]
-        if opts["scaled_shift"]:
+        h = self.delta
+        if self.scaled_shift:
             norm = float(torch.linalg.vector_norm(v))
             # a non-finite ‖v‖ gives a non-finite h: the run then ends as "diverged" instead of raising
             h = h / norm if math.isfinite(norm) and norm > 0 else float("nan")
-        gx_plus, gy_plus = oracles.grad_g(x, y + h * v)
-        gx_minus, gy_minus = oracles.grad_g(x, y - h * v)
+        gx_plus, gy_plus = oracles.grad_g(x, y + h * v, batch)
+        gx_minus, gy_minus = oracles.grad_g(x, y - h * v, batch)
         return (gy_plus - gy_minus) / (2 * h), (gx_plus - gx_minus) / (2 * h)
 
-    def init(self, problem: BilevelProblem, oracles: Oracles, generator: torch.Generator) -> HJFBiOState:
-        opts = self.resolve(problem)
+    def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> HJFBiOState:
+        self._require_bound()
         x, y = problem.x0, problem.y0
         v = torch.zeros_like(y)
-        return HJFBiOState(
-            x=x, y=y, v=v, lr_x=as_schedule(opts["lr_x"], "lr_x"), lr_y=as_schedule(opts["lr_y"], "lr_y"),
-            iterate=(x, y, v), resolved=opts,
-        )
+        return HJFBiOState(k=0, x=x, y=y, v=v, iterate=(x, y, v))
 
-    def step(self, state: HJFBiOState, oracles: Oracles, k: int) -> HJFBiOState:
-        x, y, v, opts = state.x, state.y, state.v, state.resolved
-        av, jv = self.products(oracles, x, y, v, opts)
-        d_y = oracles.grad_y_g(x, y)
-        gx_f, b = oracles.grad_f(x, y)
-        v_new = v - opts["eta"] * (av - b)
-        y_new = y - state.lr_y(k) * d_y
-        x_new = x - state.lr_x(k) * (gx_f - jv)
-        return HJFBiOState(
-            x=x_new, y=y_new, v=v_new, lr_x=state.lr_x, lr_y=state.lr_y, iterate=(x, y, v),
-            resolved=opts, events=state.events,
-        )
+    def step(self, state: HJFBiOState, oracles: Any, batches: Any) -> HJFBiOState:
+        x, y, v, k = state.x, state.y, state.v, state.k
+        av, jv = self.products(oracles, x, y, v, batches("hvp"))
+        d_y = oracles.grad_y_g(x, y, batches("inner"))
+        gx_f, b = oracles.grad_f(x, y, batches("upper"))
+        v_new = v - self.eta * (av - b)
+        y_new = y - schedule_value(self.lr_y, k) * d_y
+        x_new = x - schedule_value(self.lr_x, k) * (gx_f - jv)
+        return dataclasses.replace(state, k=k + 1, x=x_new, y=y_new, v=v_new, iterate=(x, y, v))
 
 
 def hjfbio(**options: Any) -> HJFBiO:

@@ -1,37 +1,35 @@
-"""ITD: reverse-mode differentiation of unrolled inner steps (Franceschi et al. 2017; Ji et al. 2021; §3.12)."""
+"""ITD: reverse-mode differentiation of unrolled inner steps (Franceschi et al., ICML 2017 and 2018; Ji,
+Yang & Liang, ICML 2021)."""
 
 from __future__ import annotations
 
-from collections import Counter
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .._validation import check_int
-from ..oracles import Oracles
+from ..inner import GD, schedule_value
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
-from .base import Solver
-from .registry import register
+from .base import Solver, register
 
 
-@dataclass
+@dataclass(frozen=True)
 class ITDState:
-    """x: x_{k+1}.  y: y^T_k, the last unrolled iterate (the next warm start y^0).  direction: D_k, the
-    hypergradient estimate of step k.  iterate: (x_k, y^T_k, None)."""
+    """k: iterations done.  x: x_k.  y: y^T_{k−1}, the last unrolled iterate (the next warm start y^0).
+    direction: D_{k−1}, the last step's hypergradient estimate.  iterate: (x_{k−1}, y^T_{k−1}, None).
+    ITD has no v."""
 
+    k: int
     x: Tensor
     y: Tensor
-    lr_x: Callable[[int], float]
-    lr_y: Callable[[int], float]
-    inner_steps: int
-    backprop_steps: int
     iterate: tuple
-    resolved: dict
+    v: Optional[Tensor] = None
     direction: Optional[Tensor] = None
-    events: Counter = field(default_factory=Counter)
+    events: Mapping[str, int] = field(default_factory=dict)
 
 
 @register
@@ -53,24 +51,33 @@ class ITD(Solver):
         x_{k+1} = x_k − λ D                                                     [lr_x = λ]
 
     D is exactly the gradient of x ↦ f(x, y^T(x)) through the last T_b steps (the full unroll when
-    T_b = T), as reverse-mode autodiff would compute it.  Each of the last T_b forward steps takes its
-    gradient from ``oracles.at(x_k, y^(t−1))``, and that same linearisation answers the backward products
-    (memory: T_b linearisations per iteration, released at its end).  The first T − T_b steps use
-    plain gradients: no graph is built that the backward pass would not use.  With y^0 = y*(x), D → ∇φ(x)
-    as T → ∞ (the error is J A⁻¹ (I − θA)^T ∇_y f); a small T leaves a bias of that size.
+    T_b = T), as reverse-mode autodiff would compute it.  The first T − T_b steps are the shared inner
+    solver ``bilevel.inner.GD`` (plain gradients: no graph is built that the backward pass would not use).
+    Each of the last T_b forward steps takes its gradient from ``oracles.at(x_k, y^(t−1))``, and that same
+    linearisation answers the backward products (memory: T_b linearisations per iteration, released at its
+    end).  With y^0 = y*(x), D → ∇φ(x) as T → ∞ (the error is J A⁻¹ (I − θA)^T ∇_y f); a small T leaves a
+    bias of that size.
+
+    Batches: forward step t takes the ``inner`` draw t (its backward products are taken on the same draw,
+    so D stays the exact derivative of the unrolled map); ∇_y f and ∇_x f the ``upper`` draw.
 
     Options: lr_x (λ), lr_y (θ), inner_steps (T, default 10), backprop_steps (T_b ≤ T; default None = T).
 
     Oracle cost per iteration (exact, counted): T ∇_y g, T_b cross products, T_b − 1 HVPs, 1 joint ∇f
     (one ∇_x f and one ∇_y f); T_b = T gives T cross products and T − 1 HVPs.
 
-    Suggested defaults (§3.12: the same T, θ and λ as stocBiO per experiment): synthetic T = 10, λ = 1,
-    θ = 1e-5; hyper-cleaning T = 10, λ = 500, θ = 0.1; stochastic hyper-cleaning T = 9, λ = 100, θ = 0.1.
-    The problems' presets supply lr_x, lr_y and inner_steps.
+    Published settings (``settings``, looked up by the problem's experiment key; the same T, θ and λ as
+    stocBiO per experiment, Ji, Yang & Liang 2021): synthetic T = 10, λ = 1, θ = 1e-5; hyper-cleaning
+    T = 10, λ = 500, θ = 0.1; stochastic hyper-cleaning T = 9, λ = 100, θ = 0.1.  λ and θ are the
+    problems' scales.
     """
 
     name: ClassVar[str] = "itd"
+    label: ClassVar[str] = "ITD"
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 10}
+    settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "synthetic": {"inner_steps": 10}, "hyperclean": {"inner_steps": 10},
+    }
 
     lr_x: Optional[ScheduleLike] = None
     lr_y: Optional[ScheduleLike] = None
@@ -103,49 +110,48 @@ class ITD(Solver):
                     "or raise inner_steps."
                 )
 
-    @staticmethod
-    def _backprop_steps(opts: Mapping[str, Any]) -> int:
-        return opts["inner_steps"] if opts["backprop_steps"] is None else opts["backprop_steps"]
+    @property
+    def _tb(self) -> int:
+        """T_b: the steps differentiated through (backprop_steps, or all T when unset)."""
+        return self.inner_steps if self.backprop_steps is None else self.backprop_steps
 
-    def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
+    def expected_counts(self, iterations: int) -> dict[str, float]:
         """Per iteration: T ∇_y g, T_b cross products, T_b − 1 HVPs, 1 ∇_x f, 1 ∇_y f."""
-        T, Tb, K = opts["inner_steps"], self._backprop_steps(opts), iterations
+        self._require_bound()
+        T, Tb, K = self.inner_steps, self._tb, iterations
         return {"grad_y_g": T * K, "cross": Tb * K, "hvp": (Tb - 1) * K, "grad_x_f": K, "grad_y_f": K,
                 "grad_x_g": 0, "cross_t": 0}
 
-    def init(self, problem: BilevelProblem, oracles: Oracles, generator: torch.Generator) -> ITDState:
-        opts = self.resolve(problem)
-        x, y = problem.x0, problem.y0
-        return ITDState(
-            x=x, y=y, lr_x=as_schedule(opts["lr_x"], "lr_x"), lr_y=as_schedule(opts["lr_y"], "lr_y"),
-            inner_steps=opts["inner_steps"], backprop_steps=self._backprop_steps(opts),
-            iterate=(x, y, None), resolved=opts,
-        )
+    def _inner(self) -> GD:
+        """The plain part of the unroll: gradient steps on g(x, ·) with step θ."""
+        return GD(steps=self.inner_steps, lr=self.lr_y)
 
-    def step(self, state: ITDState, oracles: Oracles, k: int) -> ITDState:
-        x, y = state.x, state.y.detach()  # no gradient through y^0
-        T, Tb = state.inner_steps, state.backprop_steps
-        theta = state.lr_y(k)
+    def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> ITDState:
+        self._require_bound()
+        x, y = problem.x0, problem.y0
+        return ITDState(k=0, x=x, y=y, iterate=(x, y, None))
+
+    def step(self, state: ITDState, oracles: Any, batches: Any) -> ITDState:
+        x, y, k = state.x, state.y.detach(), state.k  # no gradient through y^0
+        T, Tb = self.inner_steps, self._tb
+        theta = schedule_value(self.lr_y, k)
+        # the first T − T_b steps: plain GD (nothing to differentiate through)
+        y = self._inner().run(oracles, x, y, batches, k, steps=T - Tb)
         points = []  # linearisations at y^(t−1) for the last T_b steps, in forward order
-        for t in range(1, T + 1):
-            if t > T - Tb:
-                point = oracles.at(x, y)
-                grad = point.grad_y_g()
-                points.append(point)
-            else:
-                grad = oracles.grad_y_g(x, y)
-            y = y - theta * grad
-        direction, p = oracles.grad_f(x, y)
+        for t in range(T - Tb, T):  # 0-based step index; the step's draw serves its backward products too
+            point = oracles.at(x, y, batches("inner", t))
+            points.append(point)
+            y = y - theta * point.grad_y_g()
+        direction, p = oracles.grad_f(x, y, batches("upper"))
         for i, point in enumerate(reversed(points)):  # t = T, T − 1, …, T − T_b + 1
             direction = direction - theta * point.cross(p)
             if i < Tb - 1:
                 p = p - theta * point.hvp(p)
         del points  # release the T_b linearisations (and their graphs) now
         direction, y = direction.detach(), y.detach()
-        return ITDState(
-            x=(x - state.lr_x(k) * direction).detach(), y=y, lr_x=state.lr_x, lr_y=state.lr_y,
-            inner_steps=T, backprop_steps=Tb, iterate=(x, y, None), resolved=state.resolved,
-            direction=direction, events=state.events,
+        return dataclasses.replace(
+            state, k=k + 1, x=(x - schedule_value(self.lr_x, k) * direction).detach(), y=y,
+            iterate=(x, y, None), direction=direction,
         )
 
 

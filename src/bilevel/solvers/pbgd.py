@@ -1,39 +1,35 @@
-"""PBGD: penalty-based bilevel gradient descent, V-PBGD (Shen & Chen, ICML 2023; algorithms.md §3.11)."""
+"""PBGD: penalty-based bilevel gradient descent, V-PBGD (Shen & Chen, "On Penalty-based Bilevel Gradient
+Descent Method", ICML 2023)."""
 
 from __future__ import annotations
 
-from collections import Counter
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .._validation import check_int
-from ..oracles import Oracles
+from ..inner import GD, schedule_value
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
-from .base import Solver
-from .registry import register
+from .base import Solver, register
 
 
-@dataclass
+@dataclass(frozen=True)
 class PBGDState:
-    """x, y: x_{k+1}, y_{k+1}.  y_hat: ŷ_k (T GD steps on g(x_k, ·), the next warm start).
-    direction: step k's x-direction.  iterate: (x_k, y_k, None)."""
+    """k: iterations done.  x, y: x_k, y_k.  y_hat: ŷ_{k−1} (T GD steps on g(x_{k−1}, ·), the next warm
+    start).  direction: the last step's x-direction.  iterate: (x_{k−1}, y_{k−1}, None).  PBGD has no v."""
 
+    k: int
     x: Tensor
     y: Tensor
     y_hat: Tensor
-    lr_x: Callable[[int], float]
-    lr_y: Callable[[int], float]
-    lr_y_penalized: Optional[Callable[[int], float]]
-    gamma: Callable[[int], float]
-    inner_steps: int
     iterate: tuple
-    resolved: dict
+    v: Optional[Tensor] = None
     direction: Optional[Tensor] = None
-    events: Counter = field(default_factory=Counter)
+    events: Mapping[str, int] = field(default_factory=dict)
 
 
 @register
@@ -50,14 +46,18 @@ class PBGD(Solver):
         y_{k+1} = y_k − α_y (∇_y f(x_k, y_k) + γ_k ∇_y g(x_k, y_k))           [lr_y_penalized = α_y]
 
     (x and y move simultaneously from (x_k, y_k): one joint ∇f and one joint ∇g serve both blocks.)
+    The ŷ loop is the shared inner solver ``bilevel.inner.GD(steps=T, lr=θ)``.
     With a constant γ the method converges to a stationary point of F_γ, whose x has ‖∇φ(x)‖ = O(1/γ):
     the neighbourhood shrinks like 1/γ (tests check the factor 10 between γ = 10 and γ = 100).  With T > 1,
     ŷ contracts faster than y and γ(∇_x g(x, y) − ∇_x g(x, ŷ)) is O(γ) until y catches up: on
     ill-conditioned g a large γ then needs a small lr_x and many iterations (T = 1 avoids the imbalance).
 
+    Batches: the ŷ steps take the ``inner`` draws; the joint ∇g at (x_k, y_k) and ∇_x g at (x_k, ŷ_k) share
+    the ``lower`` draw; the joint ∇f the ``upper`` draw.
+
     Options: lr_x (α_x: taken as given; the curvature of F_γ in x grows like γ, so raise γ with a smaller
     lr_x), lr_y (θ, the ŷ steps), lr_y_penalized (α_y; default None = θ_k / max(γ_k, 1):
-    the paper's α_y ≤ 1/(L_f + γ L_g) is roughly θ/γ for γ ≥ 1 when θ ≈ 1/L_g, §3.11; below γ = 1 the
+    the paper's α_y ≤ 1/(L_f + γ L_g) is roughly θ/γ for γ ≥ 1 when θ ≈ 1/L_g; below γ = 1 the
     f-term dominates and θ itself is kept), gamma (γ: a number or a slowly increasing schedule, default
     10), inner_steps (T, default 10).  The G-PBGD variant (penalty ‖∇_y g‖²) is not implemented.
 
@@ -65,12 +65,13 @@ class PBGD(Solver):
     one ∇_y g), 1 ∇_x g at (x_k, ŷ_k), 1 joint ∇f; in total T + 1 ∇_y g, 2 ∇_x g, 1 ∇_x f, 1 ∇_y f,
     no HVPs.
 
-    Suggested starting values (§3.11, PBGD is not in the reference experiments): γ ∈ {10, 100}, T = 10;
-    steps from the general reference defaults (§3): synthetic λ = 1, θ = 1e-5; hyper-cleaning λ = 500,
-    θ = 0.1.  The problems' presets supply lr_x, lr_y and inner_steps.
+    Suggested starting values (PBGD is not in the reference experiments; γ as in Shen & Chen 2023):
+    γ ∈ {10, 100}, T = 10; steps from the problems' scales: synthetic λ = 1, θ = 1e-5; hyper-cleaning
+    λ = 500, θ = 0.1.
     """
 
     name: ClassVar[str] = "pbgd"
+    label: ClassVar[str] = "PBGD"
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 10, "gamma": 10.0}
 
     lr_x: Optional[ScheduleLike] = None
@@ -100,40 +101,37 @@ class PBGD(Solver):
         if opts.get("inner_steps") is not None:
             check_int(owner, "inner_steps", opts["inner_steps"], 1)
 
-    def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
+    def expected_counts(self, iterations: int) -> dict[str, float]:
         """Per iteration: T + 1 ∇_y g, 2 ∇_x g, 1 ∇_x f, 1 ∇_y f; no second-order products."""
-        T, K = opts["inner_steps"], iterations
+        self._require_bound()
+        T, K = self.inner_steps, iterations
         return {"grad_y_g": (T + 1) * K, "grad_x_g": 2 * K, "grad_x_f": K, "grad_y_f": K,
                 "hvp": 0, "cross": 0, "cross_t": 0}
 
-    def init(self, problem: BilevelProblem, oracles: Oracles, generator: torch.Generator) -> PBGDState:
-        opts = self.resolve(problem)
-        x, y = problem.x0, problem.y0
-        penalized = opts["lr_y_penalized"]
-        return PBGDState(
-            x=x, y=y, y_hat=y.clone(), lr_x=as_schedule(opts["lr_x"], "lr_x"),
-            lr_y=as_schedule(opts["lr_y"], "lr_y"),
-            lr_y_penalized=None if penalized is None else as_schedule(penalized, "lr_y_penalized"),
-            gamma=as_schedule(opts["gamma"], "gamma"), inner_steps=opts["inner_steps"],
-            iterate=(x, y, None), resolved=opts,
-        )
+    def _inner(self) -> GD:
+        """The ŷ loop: T gradient steps on g(x, ·) with step θ."""
+        return GD(steps=self.inner_steps, lr=self.lr_y)
 
-    def step(self, state: PBGDState, oracles: Oracles, k: int) -> PBGDState:
-        x, y, y_hat = state.x, state.y, state.y_hat
-        theta, gamma = state.lr_y(k), state.gamma(k)
-        alpha_y = state.lr_y_penalized(k) if state.lr_y_penalized is not None else theta / max(gamma, 1.0)
-        for _ in range(state.inner_steps):
-            y_hat = y_hat - theta * oracles.grad_y_g(x, y_hat)
-        gx_g, gy_g = oracles.grad_g(x, y)
-        gx_g_hat = oracles.grad_x_g(x, y_hat)  # same batch as gx_g
-        gx_f, gy_f = oracles.grad_f(x, y)
+    def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> PBGDState:
+        self._require_bound()
+        x, y = problem.x0, problem.y0
+        return PBGDState(k=0, x=x, y=y, y_hat=y.clone(), iterate=(x, y, None))
+
+    def step(self, state: PBGDState, oracles: Any, batches: Any) -> PBGDState:
+        x, y, k = state.x, state.y, state.k
+        theta, gamma = schedule_value(self.lr_y, k), schedule_value(self.gamma, k)
+        penalized = self.lr_y_penalized
+        alpha_y = schedule_value(penalized, k) if penalized is not None else theta / max(gamma, 1.0)
+        y_hat = self._inner().run(oracles, x, state.y_hat, batches, k)
+        lower = batches("lower")
+        gx_g, gy_g = oracles.grad_g(x, y, lower)
+        gx_g_hat = oracles.grad_x_g(x, y_hat, lower)  # same batch as gx_g
+        gx_f, gy_f = oracles.grad_f(x, y, batches("upper"))
         d_x = gx_f + gamma * (gx_g - gx_g_hat)
         d_y = gy_f + gamma * gy_g
-        return PBGDState(
-            x=(x - state.lr_x(k) * d_x).detach(), y=(y - alpha_y * d_y).detach(), y_hat=y_hat.detach(),
-            lr_x=state.lr_x, lr_y=state.lr_y, lr_y_penalized=state.lr_y_penalized, gamma=state.gamma,
-            inner_steps=state.inner_steps, iterate=(x, y, None), resolved=state.resolved,
-            direction=d_x.detach(), events=state.events,
+        return dataclasses.replace(
+            state, k=k + 1, x=(x - schedule_value(self.lr_x, k) * d_x).detach(), y=(y - alpha_y * d_y).detach(),
+            y_hat=y_hat.detach(), iterate=(x, y, None), direction=d_x.detach(),
         )
 
 

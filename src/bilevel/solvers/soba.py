@@ -1,22 +1,27 @@
-"""SOBA: single-loop simultaneous updates of x, y and v (Dagréou et al. 2022; algorithms.md §3.3)."""
+"""SOBA: single-loop simultaneous updates of x, y and v (Dagréou, Ablin, Vaiter & Moreau, "A framework for
+bilevel optimization that enables stochastic and global variance reduction algorithms", NeurIPS 2022)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any
 
-from .._validation import check_int, check_positive
 from ..linear_solvers.gd import GD
-from .aid import AIDSolver
-from .registry import register
+from .aid import AID, aid, algorithm
+
+SETTINGS = {"synthetic": {"inner_steps": 1}, "hyperclean": {"inner_steps": 1}}
 
 
-@register
-@dataclass(frozen=True, kw_only=True)
-class SOBA(AIDSolver):
-    """SOBA — stochastic bilevel algorithm, one step on every variable per iteration (Dagréou et al. 2022).
+@algorithm("soba", "SOBA", checks={
+    # single loop: one y-step and one v-step per iteration, hence the longer budgets
+    "quadratic": {"max_iter": 600, "reduction": 1e3},
+    "synthetic": {"max_iter": 600, "reduction": 1e3},
+})
+def soba(**options: Any) -> AID:
+    """SOBA — stochastic bilevel algorithm, one step on every variable per iteration (Dagréou et al.,
+    NeurIPS 2022).
 
-    Iteration k, every direction at (x_k, y_k, v_k) (order = "simultaneous", the default):
+    ``aid(v_solver=gd(steps=1, warm_start=True), order="simultaneous")``.  Iteration k, every direction at
+    (x_k, y_k, v_k):
 
         D_y = ∇_y g(x_k, y_k);  D_v = A_k v_k − b_k;  D_x = ∇_x f(x_k, y_k) − ∇²_xy g(x_k, y_k) v_k
         y_{k+1} = y_k − θ_k D_y      (lr_y = θ)
@@ -33,11 +38,10 @@ class SOBA(AIDSolver):
 
     Step sizes: the published theory uses ρ_k ∝ k^(−2/5) for y and v and γ_k ∝ k^(−3/5) for x; pass
     schedules as lr_y and lr_x (e.g. ``PowerDecay(θ0, 0.4)``, ``PowerDecay(λ0, 0.6)``).  eta is a constant
-    (the GD v-solver's step), as in the experiments.  inner_steps (T) defaults to 1 and is not taken from
-    the problem's generic "*" preset (meant for double-loop methods), only from the user or a "soba" preset;
-    T > 1 adds T − 1 plain y-steps after the simultaneous one.
+    (the GD v-solver's step), as in the experiments.  inner_steps (T) defaults to 1; T > 1 adds T − 1
+    plain y-steps after the simultaneous one.
 
-    Reference defaults (algorithms.md §3.3):
+    Published settings (η, θ, λ are the problems' scales):
 
         ======  ==================  =====================  ================================================
                 η / θ / λ           K                      B
@@ -47,49 +51,5 @@ class SOBA(AIDSolver):
                                                            y-step; one validation batch for b)
         ======  ==================  =====================  ================================================
     """
-
-    name: ClassVar[str] = "soba"
-    required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
-    defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 1}
-    default_order: ClassVar[str] = "simultaneous"
-
-    eta: Optional[float] = None
-
-    checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        # single loop: one y-step and one v-step per iteration, hence the longer budgets
-        "quadratic": {"max_iter": 600, "reduction": 1e3},
-        "synthetic": {"max_iter": 600, "reduction": 1e3},
-    }
-
-    def _check_options(self) -> None:
-        owner = type(self).__name__
-        if self.eta is not None:
-            if not isinstance(self.eta, (int, float)) or isinstance(self.eta, bool):
-                raise TypeError(
-                    f"{owner}: eta must be a number (the constant v-step); got {type(self.eta).__name__} "
-                    f"({self.eta!r}). Schedules are accepted by lr_x and lr_y."
-                )
-            check_positive(owner, "eta", self.eta)
-        if self.inner_steps is not None:
-            check_int(owner, "inner_steps", self.inner_steps, 1)
-        if self.freeze_x_first:
-            raise ValueError(f"{owner}: freeze_x_first needs an epoch-based v-solver (LancBiO); SOBA has no epochs.")
-
-    def resolve(self, problem):
-        opts = super().resolve(problem)
-        check_int("SOBA", "inner_steps", opts["inner_steps"], 1)
-        return opts
-
-    def expected_hvps(self, opts: Mapping[str, Any], iterations: int) -> float:
-        """One GD step per iteration; the first from v_0 = 0 needs no product."""
-        if not iterations:
-            return 0.0
-        return float(iterations - (1 if self.v_init == "zeros" else 0))
-
-    def make_v_solver(self, opts: Mapping[str, Any]) -> GD:
-        return GD(eta=opts["eta"], steps=1, warm_start=True)
-
-
-def soba(**options: Any) -> SOBA:
-    """Configure SOBA; see ``SOBA`` for the options and defaults."""
-    return SOBA.create(**options)
+    return aid(name="soba", label="SOBA", v_solver=GD(steps=1, warm_start=True), default_order="simultaneous",
+               defaults={"inner_steps": 1}, settings=SETTINGS, min_inner_steps=1, **options)

@@ -1,46 +1,43 @@
-"""STABLE, matrix-free: single timescale with a y-correction tracking y*(x) (Chen et al. 2022; algorithms.md §3.7)."""
+"""STABLE, matrix-free: single timescale with a y-correction tracking y*(x) (Chen, Xu & Zhang, "A
+Single-Timescale Method for Stochastic Bilevel Optimization", AISTATS 2022)."""
 
 from __future__ import annotations
 
-from collections import Counter
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .._validation import check_int, check_positive
-from ..linear_solvers.neumann import Neumann, NeumannState
-from ..oracles import Oracles
+from ..inner import schedule_value
+from ..linear_solvers.neumann import Neumann
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
-from .base import Solver
-from .registry import register
+from .base import Solver, add_events, register
 
 
-@dataclass
+@dataclass(frozen=True)
 class StableState:
-    """x: x_{k+1}.  y: y_{k+1}.  v: v_k, the Neumann estimate used by the last x-step.
-    correction: z_k = η Σ_{i=0..Q} (I − ηA_k)^i Jₖᵀ(x_{k+1} − x_k), the last y-correction (None before)."""
+    """k: iterations done.  x: x_k, y: y_k (the next to update).  v: v_{k−1}, the Neumann estimate used by
+    the last x-step (0 before the first).  iterate: (x_{k−1}, y_{k−1}, v_{k−1}) of the last step.
+    correction: z_{k−1} = η Σ_{i=0..Q} (I − ηA)^i Jᵀ(x_k − x_{k−1}), the last y-correction (None before)."""
 
+    k: int
     x: Tensor
     y: Tensor
     v: Optional[Tensor]
-    neumann: Neumann
-    v_state: NeumannState
-    z_state: NeumannState
-    lr_x: Callable[[int], float]
-    lr_y: Callable[[int], float]
     iterate: tuple
-    resolved: dict
     correction: Optional[Tensor] = None
-    events: Counter = field(default_factory=Counter)
+    events: Mapping[str, int] = field(default_factory=dict)
 
 
 @register
 @dataclass(frozen=True, kw_only=True)
 class STABLE(Solver):
-    """STABLE — single-timescale bilevel optimisation, matrix-free variant (Chen et al. 2022).
+    """STABLE — single-timescale bilevel optimisation, matrix-free variant (Chen, Xu & Zhang, "A
+    Single-Timescale Method for Stochastic Bilevel Optimization", AISTATS 2022).
 
     The published method keeps recursive (parameter τ) estimates of ∇²_yy g and ∇²_xy g; this variant (the
     reference's and the library's) replaces their inverses by Q-term Neumann sums at the current point and
@@ -58,11 +55,15 @@ class STABLE(Solver):
     A and J, the ∇_x g graph for Jᵀ).  Both Neumann sums are rebuilt from scratch every iteration (y is the
     only warm start); no dense buffers are allocated.
 
+    Batches: A, ∇_y g and the y-step share the ``hvp`` draw (one linearisation); b and ∇_x f the ``upper``
+    draw; J v and Jᵀ(x_{k+1} − x_k) the ``cross`` draw (the HVP point itself when the draws coincide).
+
     Options: lr_x, lr_y (numbers or schedules of k), eta (constant), v_steps.  There is no τ (nothing to
     average) and no inner_steps (single loop: one y-step per iteration); passing them is an error.
-    Step sizes come from the problem's presets or the user; the library only defaults Q = 20 (HC).
+    Step sizes come from the problem's scales or the user; the library only defaults Q = 20.
 
-    Reference defaults (algorithms.md §3.7; HC only, not in the paper's figures):
+    Published settings (``settings``, looked up by the problem's experiment key; the reference's
+    hyper-cleaning run, not in the paper's figures):
 
         ======  =======  =====  =====  =====  ===
                 Q        η      θ      λ      T
@@ -73,8 +74,10 @@ class STABLE(Solver):
     """
 
     name: ClassVar[str] = "stable"
+    label: ClassVar[str] = "STABLE"
     required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
     defaults: ClassVar[Mapping[str, Any]] = {"v_steps": 20}
+    settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {"hyperclean": {"v_steps": 20}}
 
     lr_x: Optional[ScheduleLike] = None
     lr_y: Optional[ScheduleLike] = None
@@ -88,54 +91,61 @@ class STABLE(Solver):
         "counts": {"options": {"v_steps": 3}},
     }
 
-    def __post_init__(self) -> None:
-        owner = type(self).__name__
+    def validate(self, opts: Mapping[str, Any]) -> None:
+        owner = "STABLE"
         for name in ("lr_x", "lr_y"):
-            if getattr(self, name) is not None:
-                as_schedule(getattr(self, name), f"{owner}: {name}")
-        if self.eta is not None:
-            check_positive(owner, "eta", self.eta)
-        if self.v_steps is not None:
-            check_int(owner, "v_steps", self.v_steps, 1)
+            if opts.get(name) is not None:
+                as_schedule(opts[name], f"{owner}: {name}")
+        if opts.get("eta") is not None:
+            check_positive(owner, "eta", opts["eta"])
+        if opts.get("v_steps") is not None:
+            check_int(owner, "v_steps", opts["v_steps"], 1)
 
-    def expected_counts(self, opts: Mapping[str, Any], iterations: int) -> dict[str, float]:
+    def expected_counts(self, iterations: int) -> dict[str, float]:
+        """Per iteration: 1 ∇_y g, 1 ∇_x f, 1 ∇_y f, 2Q HVPs, 1 cross, 1 cross_t."""
+        self._require_bound()
         K = iterations
         return {
             "grad_y_g": K, "grad_x_f": K, "grad_y_f": K, "grad_x_g": 0,
-            "hvp": 2 * opts["v_steps"] * K, "cross": K, "cross_t": K,
+            "hvp": 2 * self.v_steps * K, "cross": K, "cross_t": K,
         }
 
-    def init(self, problem: BilevelProblem, oracles: Oracles, generator: torch.Generator) -> StableState:
-        opts = self.resolve(problem)
-        neumann = Neumann(eta=opts["eta"], steps=opts["v_steps"], randomized=False)
+    def _neumann(self) -> Neumann:
+        """The fixed-length Neumann sum η Σ_{i=0..Q} (I − ηA)^i (every option passed explicitly)."""
+        return Neumann(eta=self.eta, steps=self.v_steps, randomized=False)
+
+    def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> StableState:
+        self._require_bound()
         x, y = problem.x0, problem.y0
-        v_state = neumann.init(torch.zeros_like(y))
-        return StableState(
-            x=x, y=y, v=v_state.v, neumann=neumann, v_state=v_state,
-            z_state=neumann.init(torch.zeros_like(y)),
-            lr_x=as_schedule(opts["lr_x"], "lr_x"), lr_y=as_schedule(opts["lr_y"], "lr_y"),
-            iterate=(x, y, v_state.v), resolved=opts,
+        v = torch.zeros_like(y)
+        return StableState(k=0, x=x, y=y, v=v, iterate=(x, y, v))
+
+    def step(self, state: StableState, oracles: Any, batches: Any) -> StableState:
+        x, y, k = state.x, state.y, state.k
+        neumann = self._neumann()
+        point = oracles.at(x, y, batches("hvp"))
+        d_y = point.grad_y_g()
+        gx_f, b = oracles.grad_f(x, y, batches("upper"))
+        # both sums are rebuilt from b every iteration: a fresh v-solver state each time (nothing carried)
+        v, _, info_v = neumann.solve(point.hvp, b, neumann.init(b), k=k)
+        cross = self._cross_point(oracles, point, x, y, batches)
+        x_new = x - schedule_value(self.lr_x, k) * (gx_f - cross.cross(v))
+        # The correction uses the actual move of x, so it tracks y* along the step just taken.
+        t = cross.cross_t(x_new - x)
+        z, _, info_z = neumann.solve(point.hvp, t, neumann.init(t), k=k)
+        y_new = y - schedule_value(self.lr_y, k) * d_y - z
+        return dataclasses.replace(
+            state, k=k + 1, x=x_new, y=y_new, v=v, iterate=(x, y, v), correction=z,
+            events=add_events(state.events, info_v.events + info_z.events),
         )
 
-    def step(self, state: StableState, oracles: Oracles, k: int) -> StableState:
-        x, y, neumann = state.x, state.y, state.neumann
-        point = oracles.at(x, y)
-        d_y = point.grad_y_g()
-        gx_f, b = oracles.grad_f(x, y)
-        v, v_state, info_v = neumann.solve(point.hvp, b, state.v_state, k=k)
-        x_new = x - state.lr_x(k) * (gx_f - point.cross(v))
-        # The correction uses the actual move of x, so it tracks y* along the step just taken.
-        t = point.cross_t(x_new - x)
-        z, z_state, info_z = neumann.solve(point.hvp, t, state.z_state, k=k)
-        y_new = y - state.lr_y(k) * d_y - z
-        events = state.events
-        for e in info_v.events + info_z.events:
-            events[e] += 1
-        return StableState(
-            x=x_new, y=y_new, v=v, neumann=neumann, v_state=v_state, z_state=z_state,
-            lr_x=state.lr_x, lr_y=state.lr_y, iterate=(x, y, v), resolved=state.resolved,
-            correction=z, events=events,
-        )
+    @staticmethod
+    def _cross_point(oracles: Any, point: Any, x: Tensor, y: Tensor, batches: Any) -> Any:
+        """The point answering J·v and Jᵀ·w: the HVP point, or one of its own when ``cross`` draws apart."""
+        batch = batches("cross")
+        if batch is getattr(point, "batch", None):
+            return point
+        return oracles.at(x, y, batch)
 
 
 def stable(**options: Any) -> STABLE:
