@@ -16,7 +16,7 @@ import torch
 import bilevel
 from bilevel.inner import GD, INNER_SOLVERS
 from bilevel.linear_solvers import LINEAR_SOLVERS, cg, lanczos, neumann
-from bilevel.oracles import OracleWrapper, Oracles, PointWrapper
+from bilevel.oracles import Oracles, OracleWrapper, PointWrapper
 from bilevel.problems import PROBLEMS
 from bilevel.sampling import Batches, FullBatch, full_batches
 from bilevel.solvers import SOLVERS, aid, amigo_cg, lancbio, stocbio

@@ -14,8 +14,8 @@ import torch
 
 import bilevel
 from bilevel.oracles import CountingOracles, Counts, Oracles
-from bilevel.sampling import full_batches
 from bilevel.problem import BilevelProblem
+from bilevel.sampling import full_batches
 from bilevel.schedules import PowerDecay
 from bilevel.solvers import SOLVERS
 
@@ -359,7 +359,6 @@ def test_hjfbio_zero_v_costs_nothing_and_counts_two_joint_gradients_otherwise(sy
     counts = Counts()
     oracles = CountingOracles(Oracles(syn), counts)
     solver = make("hjfbio")
-    opts = solver.resolve(syn)
     av, jv = solver.bind(syn).products(oracles, x, y, torch.zeros_like(y))
     assert not av.any() and not jv.any() and counts.grad_y_g == 0 and counts.grad_x_g == 0
     solver.bind(syn).products(oracles, x, y, v)

@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from bilevel.bench import ConfigError, load, parse, run_sweep
-from bilevel.bench import storage
+from bilevel.bench import ConfigError, load, parse, run_sweep, storage
 from bilevel.bench.plot import plot, summarise
 from bilevel.bench.report import report
 from bilevel.cli import main

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from bilevel import datasets
-from bilevel.datasets import DATASETS, MIRRORS, Dataset, DatasetError, data_dir, load_dataset
-from bilevel.datasets import _download
+from bilevel.datasets import DATASETS, MIRRORS, Dataset, DatasetError, _download, data_dir, load_dataset
 from bilevel.datasets._idx import parse_idx, read_idx_gz
 from bilevel.datasets.catalog import FILES, FileSpec
 

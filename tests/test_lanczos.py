@@ -36,7 +36,7 @@ def _cg_iterates(A, b, steps):
 def _minres_iterates(A, b, steps):
     """Dense reference: argmin over K_j(A, b) of ‖b − A v‖ (orthonormal Krylov basis by QR)."""
     out, cols = [], [b / b.norm()]
-    for j in range(1, steps + 1):
+    for _ in range(steps):
         K, _ = torch.linalg.qr(torch.stack(cols, 1))
         z = torch.linalg.lstsq(A @ K, b.unsqueeze(1)).solution.squeeze(1)
         out.append(K @ z)

@@ -582,7 +582,16 @@ def test_options_are_keyword_only_frozen_and_normalised():
 # ---- immutable states ---------------------------------------------------------------------------------
 
 from bilevel.linear_solvers import (  # noqa: E402
-    LINEAR_SOLVERS, HybridNeumann, Lanczos, LinearSolver, cg, exact, gd, hybrid_neumann, lanczos, neumann,
+    LINEAR_SOLVERS,
+    HybridNeumann,
+    Lanczos,
+    LinearSolver,
+    cg,
+    exact,
+    gd,
+    hybrid_neumann,
+    lanczos,
+    neumann,
     subspace2d,
 )
 from bilevel.registry import Registry  # noqa: E402

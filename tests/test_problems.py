@@ -9,10 +9,10 @@ import torch
 
 from bilevel.oracles import Oracles
 from bilevel.problem import BilevelProblem
-from bilevel.solvers import SOLVERS
 from bilevel.problems import PROBLEMS, get_problem, hyperclean, quadratic, synthetic, synthetic_data
 from bilevel.problems.synthetic import clear_synthetic_cache
 from bilevel.schedules import DimensionSchedule
+from bilevel.solvers import SOLVERS
 from bilevel.testing import check_hypergradient, check_oracles
 from bilevel.truth import Truth, solve_adjoint, solve_lower, true_hypergradient
 

@@ -9,7 +9,7 @@ checks for your own problems: ``bilevel.testing``.
 
 from . import inner, linear_solvers, problems, sampling, schedules, solvers, testing, truth
 from .history import History
-from .oracles import CountingOracles, Counts, Linearization, OracleWrapper, Oracles, PointWrapper
+from .oracles import CountingOracles, Counts, Linearization, Oracles, OracleWrapper, PointWrapper
 from .problem import BilevelProblem, ClosedForms, ProblemError
 from .result import Result
 from .run import solve

@@ -67,6 +67,11 @@ def _grads(out: Tensor, wrt: tuple, **kw) -> tuple:
     return tuple(torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads))
 
 
+def _leaf(t: Tensor) -> Tensor:
+    """A fresh autograd leaf with the values of ``t``."""
+    return t.detach().requires_grad_(True)
+
+
 def _grad(out: Tensor, wrt: Tensor, **kw) -> Tensor:
     return _grads(out, (wrt,), **kw)[0]
 
@@ -83,17 +88,13 @@ class Oracles:
         self.problem = problem
         self._cf = problem.closed_forms
 
-    @staticmethod
-    def _leaf(t: Tensor) -> Tensor:
-        return t.detach().requires_grad_(True)
-
     # ---- first-order oracles ---------------------------------------------------------------------
     def grad_x_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
         """∇_x f(x, y)."""
         if self._cf.grad_x_f is not None:
             return self._cf.grad_x_f(x, y, batch)
         with torch.enable_grad():
-            xr = self._leaf(x)
+            xr = _leaf(x)
             return _grad(self.problem.f_value(xr, y.detach(), batch), xr)
 
     def grad_y_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
@@ -101,7 +102,7 @@ class Oracles:
         if self._cf.grad_y_f is not None:
             return self._cf.grad_y_f(x, y, batch)
         with torch.enable_grad():
-            yr = self._leaf(y)
+            yr = _leaf(y)
             return _grad(self.problem.f_value(x.detach(), yr, batch), yr)
 
     def grad_f(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
@@ -109,7 +110,7 @@ class Oracles:
         if self._cf.grad_x_f is not None or self._cf.grad_y_f is not None:
             return self.grad_x_f(x, y, batch), self.grad_y_f(x, y, batch)
         with torch.enable_grad():
-            xr, yr = self._leaf(x), self._leaf(y)
+            xr, yr = _leaf(x), _leaf(y)
             return _grads(self.problem.f_value(xr, yr, batch), (xr, yr))
 
     def grad_y_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
@@ -117,7 +118,7 @@ class Oracles:
         if self._cf.grad_y_g is not None:
             return self._cf.grad_y_g(x, y, batch)
         with torch.enable_grad():
-            yr = self._leaf(y)
+            yr = _leaf(y)
             return _grad(self.problem.g_value(x.detach(), yr, batch), yr)
 
     def grad_x_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
@@ -125,7 +126,7 @@ class Oracles:
         if self._cf.grad_x_g is not None:
             return self._cf.grad_x_g(x, y, batch)
         with torch.enable_grad():
-            xr = self._leaf(x)
+            xr = _leaf(x)
             return _grad(self.problem.g_value(xr, y.detach(), batch), xr)
 
     def grad_g(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
@@ -133,7 +134,7 @@ class Oracles:
         if self._cf.grad_x_g is not None or self._cf.grad_y_g is not None:
             return self.grad_x_g(x, y, batch), self.grad_y_g(x, y, batch)
         with torch.enable_grad():
-            xr, yr = self._leaf(x), self._leaf(y)
+            xr, yr = _leaf(x), _leaf(y)
             return _grads(self.problem.g_value(xr, yr, batch), (xr, yr))
 
     # ---- second order ----------------------------------------------------------------------------
@@ -163,7 +164,7 @@ class Linearization:
         if self._gy is None:
             self.graph_builds += 1
             with torch.enable_grad():
-                self._xr, self._yr = Oracles._leaf(self.x), Oracles._leaf(self.y)
+                self._xr, self._yr = _leaf(self.x), _leaf(self.y)
                 out = self.problem.g_value(self._xr, self._yr, self.batch)
                 (self._gy,) = torch.autograd.grad(out, self._yr, create_graph=True)
         return self._gy
@@ -172,7 +173,7 @@ class Linearization:
         if self._gx is None:
             self.graph_builds += 1
             with torch.enable_grad():
-                xr, yr = Oracles._leaf(self.x), Oracles._leaf(self.y)
+                xr, yr = _leaf(self.x), _leaf(self.y)
                 out = self.problem.g_value(xr, yr, self.batch)
                 (self._gx,) = torch.autograd.grad(out, xr, create_graph=True, allow_unused=True)
                 if self._gx is None or not self._gx.requires_grad:  # g linear or constant in x

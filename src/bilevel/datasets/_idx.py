@@ -16,8 +16,8 @@ pinned and make format errors readable instead of a cryptic reshape failure.
 from __future__ import annotations
 
 import gzip
-import zlib
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np

@@ -8,12 +8,12 @@ adding one is a new module in this package.
 """
 
 from .base import LINEAR_SOLVERS, LinearSolver, LinearSolveResult, SolveInfo, linear_solve
-from .lanczos import BasisFill, Lanczos, LanczosState, lanczos
-from .subspace2d import Subspace2D, Subspace2DState, subspace2d
 from .cg import CG, CGState, cg
-from .gd import GD, GDState, gd
-from .neumann import HybridNeumann, Neumann, NeumannState, hybrid_neumann, neumann
 from .exact import Exact, ExactState, exact
+from .gd import GD, GDState, gd
+from .lanczos import BasisFill, Lanczos, LanczosState, lanczos
+from .neumann import HybridNeumann, Neumann, NeumannState, hybrid_neumann, neumann
+from .subspace2d import Subspace2D, Subspace2DState, subspace2d
 
 LINEAR_SOLVERS.discover()
 

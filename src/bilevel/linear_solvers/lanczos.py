@@ -42,7 +42,7 @@ twice from one state).  A restart starts a fresh buffer unless the old one is pr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, ClassVar, Mapping, Optional, Union
 

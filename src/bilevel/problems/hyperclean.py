@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .._validation import check_choice, check_int, check_positive, suggest
-from ._registry import PROBLEMS
 from ..problem import BilevelProblem, ClosedForms, ProblemError
+from ._registry import PROBLEMS
 from .quadratic import _check_dtype_device
 
 #: default sizes (train, validation, test) per dataset; None = everything available

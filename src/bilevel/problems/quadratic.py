@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from .._validation import check_int, check_positive
-from ._registry import PROBLEMS
 from ..problem import BilevelProblem, ClosedForms
+from ._registry import PROBLEMS
 
 __all__ = ["quadratic"]
 

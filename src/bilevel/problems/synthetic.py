@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from .._validation import check_int, check_positive
-from ._registry import PROBLEMS
 from ..problem import BilevelProblem, ClosedForms
+from ._registry import PROBLEMS
 from .quadratic import _check_dtype_device, _check_seed
 
 __all__ = ["synthetic", "synthetic_data", "SyntheticData", "clear_synthetic_cache"]
