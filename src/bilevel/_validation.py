@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import math
 from abc import ABCMeta
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable, Mapping, TypeVar
 
 
 def suggest(name: str, valid: Iterable[str]) -> str:
@@ -64,3 +64,73 @@ class CheckedOptions(ABCMeta):
         if dataclasses.is_dataclass(cls):
             reject_unknown(cls.__name__, kwargs, [f.name for f in dataclasses.fields(cls) if f.init])
         return super().__call__(*args, **kwargs)
+
+
+P = TypeVar("P", bound="Part")
+
+
+class Part(metaclass=CheckedOptions):
+    """Option machinery of the parts an algorithm is assembled from (inner solvers, v-solvers): frozen
+    dataclasses whose ``presettable`` options may be ``None`` ("not set yet") until ``resolved``.
+
+    - ``presettable``: options that must have a value before the part is used (filled by ``resolved``).
+    - ``defaults``: library defaults for options that neither the user nor ``resolved``'s values set.
+    - ``examples``: example values quoted in "has no value" errors for options without a default.
+    - ``validate(options)``: the one check of option values, run at construction (hence also after every
+      ``dataclasses.replace``); ``None`` in a presettable option must be accepted.
+    """
+
+    presettable: ClassVar[tuple[str, ...]] = ()
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    examples: ClassVar[Mapping[str, Any]] = {}
+
+    def __post_init__(self) -> None:
+        self.validate(self.options())
+
+    def validate(self, options: Mapping[str, Any]) -> None:
+        """Check (and possibly normalise, via ``object.__setattr__``) the options."""
+
+    def options(self) -> dict[str, Any]:
+        """The option values, by name (the dataclass fields)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The ``presettable`` options that are still ``None``."""
+        return tuple(n for n in self.presettable if getattr(self, n) is None)
+
+    @property
+    def is_resolved(self) -> bool:
+        return not self.missing
+
+    def resolved(self: P, values: Mapping[str, Any] = {}) -> P:
+        """A copy with every ``None`` option taken from ``values`` (entries that are not options of this
+        part, or are ``None``, are ignored), else from ``defaults``; options already set are kept.
+        Raises ``ValueError`` if a ``presettable`` option still has no value; the result is validated."""
+        filled = {}
+        for name in self.option_names():
+            if getattr(self, name) is None:
+                if values.get(name) is not None:
+                    filled[name] = values[name]
+                elif self.defaults.get(name) is not None:
+                    filled[name] = self.defaults[name]
+        for name in self.presettable:
+            if filled.get(name, getattr(self, name)) is None:
+                raise ValueError(self._no_value(name))
+        return dataclasses.replace(self, **filled) if filled else self  # type: ignore[type-var]
+
+    def _no_value(self, name: str) -> str:
+        owner = type(self).__name__
+        example = self.defaults.get(name, self.examples.get(name))
+        hint = f" (e.g. {owner}({name}={example!r}))" if example is not None else ""
+        return f"{owner}: {name} has no value; pass {name}=...{hint}"
+
+    def require_resolved(self) -> None:
+        """Raise a one-line ``ValueError`` naming the first option that is still ``None``."""
+        missing = self.missing
+        if missing:
+            raise ValueError(f"{self._no_value(missing[0])}, or call .resolved(presets) before using it.")

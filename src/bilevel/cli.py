@@ -68,7 +68,7 @@ def _shown(value: Any, defaults: Any, keys: Sequence[str]) -> str:
 
 def _algorithm_rows(entry: Any) -> list[tuple[str, str]]:
     """Options of a factory-built algorithm, its parts' options by dotted name (short form in brackets)."""
-    from .solvers.aid import _SHORT
+    from .solvers.aid import short_name
 
     solver = entry.create()
     rows = []
@@ -77,7 +77,7 @@ def _algorithm_rows(entry: Any) -> list[tuple[str, str]]:
             rows.append((name, type(value).__name__))
             for option, v in value.options().items():
                 dotted = f"{name}.{option}"
-                short = _SHORT.get(dotted) or (option if name == "v_solver" else None)
+                short = short_name(name, option)
                 label = dotted + (f" [{short}]" if short and short != dotted else "")
                 rows.append((label, _shown(v, solver.defaults, [dotted] + ([short] if short else []))))
         else:

@@ -8,13 +8,12 @@ Inner solvers register in ``INNER_SOLVERS`` (``bilevel list inner-solvers``).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Optional
 
 from torch import Tensor
 
-from ._validation import CheckedOptions, check_int
+from ._validation import Part, check_int
 from .registry import Registry
 from .schedules import ScheduleLike, as_schedule
 
@@ -26,43 +25,14 @@ def schedule_value(value: Any, k: int) -> float:
     return value(k) if callable(value) else value
 
 
-class InnerSolver(metaclass=CheckedOptions):
-    """Base of the inner solvers: frozen dataclasses, ``None`` = filled when the algorithm is bound."""
+class InnerSolver(Part):
+    """Base of the inner solvers: frozen dataclasses; ``presettable`` options left ``None`` are filled when
+    the owning algorithm is bound (the option machinery is the parts', ``_validation.Part``)."""
 
     name: ClassVar[str] = "inner"
-    defaults: ClassVar[Mapping[str, Any]] = {}
-    #: options that must have a value once bound
-    required: ClassVar[tuple[str, ...]] = ()
 
-    def __post_init__(self) -> None:
-        self.validate(self.options())
-
-    def validate(self, opts: Mapping[str, Any]) -> None:
-        """The one check of option values (``None`` = not set yet)."""
-
-    @classmethod
-    def option_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-
-    def options(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.option_names()}
-
-    def resolved(self, values: Mapping[str, Any]) -> "InnerSolver":
-        """A copy with each ``None`` option taken from ``values``, else ``defaults``; checked complete."""
-        filled = {}
-        for name, value in self.options().items():
-            if value is None:
-                value = values.get(name, self.defaults.get(name))
-            filled[name] = value
-        for name in self.required:
-            if filled[name] is None:
-                raise ValueError(
-                    f"{type(self).__name__}: {name} has no value; pass it (e.g. {type(self).__name__}({name}=...)) "
-                    "or set the algorithm's matching option."
-                )
-        return dataclasses.replace(self, **filled)  # type: ignore[type-var]
-
-    def run(self, oracles: Any, x: Tensor, y: Tensor, batches: Any, k: int, steps: Optional[int] = None) -> Tensor:
+    def run(self, oracles: Any, x: Tensor, y: Tensor, batches: Any, k: int, steps: Optional[int] = None,
+            first: int = 0) -> Tensor:
         raise NotImplementedError
 
 
@@ -77,7 +47,8 @@ class GD(InnerSolver):
     """
 
     name: ClassVar[str] = "gd"
-    required: ClassVar[tuple[str, ...]] = ("steps", "lr")
+    presettable: ClassVar[tuple[str, ...]] = ("steps", "lr")
+    examples: ClassVar[Mapping[str, Any]] = {"steps": 5, "lr": 0.1}
 
     steps: Optional[int] = None
     lr: Optional[ScheduleLike] = None
@@ -96,9 +67,3 @@ class GD(InnerSolver):
             y = y - lr * oracles.grad_y_g(x, y, batches("inner", first + t))
         return y
 
-
-def gradient_steps(oracles: Any, x: Tensor, y: Tensor, steps: int, lr: float, batch: Any = None) -> Tensor:
-    """T steps of gradient descent on g(x, ·) on one fixed batch:  y ← y − θ ∇_y g(x, y).   Cost: T ∇_y g."""
-    for _ in range(steps):
-        y = y - lr * oracles.grad_y_g(x, y, batch)
-    return y

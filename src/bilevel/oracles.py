@@ -221,6 +221,14 @@ class Linearization:
             return _grad(gx, self._gx_yr, grad_outputs=w, retain_graph=True)
 
 
+def point_on(oracles: Any, point: Any, batch: Any) -> Any:
+    """The second-order oracles at ``point``'s (x, y) on ``batch``: ``point`` itself when it was built on
+    that batch (its graph is reused), else a new point."""
+    if batch is getattr(point, "batch", None):
+        return point
+    return oracles.at(point.x, point.y, batch)
+
+
 # ---- wrappers ------------------------------------------------------------------------------------------
 class OracleWrapper:
     """Base class of oracle wrappers: forwards every call to ``inner`` (an ``Oracles`` or another wrapper).

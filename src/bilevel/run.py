@@ -192,12 +192,11 @@ def solve(
             shown = ""
         message = f"ran max_iter={max_iter} iterations{shown}. Raise max_iter (or set tol) to go further."
 
-    record = bound.resolved_options() if hasattr(bound, "resolved_options") else bound.options()
     return Result(
         x=last_good.x, y=last_good.y,
         v=last_good.v, status=status, message=message, iterations=done, counts=counts, time=elapsed,
         history=history, solver=bound.name, problem=problem.name,
-        options=_plain(record),
+        options=_plain(bound.resolved_options()),
         events=dict(last_good.events), seed=seed,
         x_tree=problem.unflatten_x(last_good.x), y_tree=problem.unflatten_y(last_good.y),
     )
@@ -209,7 +208,7 @@ def _postfix(row: dict) -> dict:
 
 
 def _step_hint(bound: Any) -> str:
-    opts = bound.resolved_options() if hasattr(bound, "resolved_options") else bound.options()
+    opts = bound.resolved_options()
     names = ("lr_x", "lr_y", "eta", "inner.lr", "v_solver.eta")
     steps = ", ".join(f"{k}={_describe(opts[k])}" for k in names if opts.get(k) is not None)
     return f"the step sizes are likely too large ({steps}); try smaller ones." if steps else "try smaller step sizes."

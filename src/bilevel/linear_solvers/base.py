@@ -21,15 +21,14 @@ Presettable options.  Some options are normally filled by a bilevel algorithm fr
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Optional, Self
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor
 
-from .._validation import CheckedOptions
+from .._validation import Part, check_int, check_positive
 from ..registry import Registry
 
 MatVec = Callable[[Tensor], Tensor]
@@ -51,81 +50,28 @@ class SolveInfo:
     epoch_step: Optional[int] = None
 
 
-class LinearSolver(ABC, metaclass=CheckedOptions):
-    """Base class of the v-solvers.  Subclasses are frozen dataclasses with keyword-only options.
-
-    Class-level declarations (override in subclasses):
+class LinearSolver(Part, ABC):
+    """Base class of the v-solvers.  Subclasses are frozen dataclasses with keyword-only options; the
+    option machinery (``presettable``, ``defaults``, ``examples``, ``validate``, ``resolved``) is the
+    parts' (``_validation.Part``).
 
     - ``name``: the registry name.
-    - ``presettable``: options that may be ``None`` at construction and must have a value before
-      ``init``/``solve`` (filled by ``resolved``).
-    - ``defaults``: library defaults used by ``resolved`` for options that neither the user nor the
-      ``values`` given to ``resolved`` set (may be empty: such options have to come from presets).
-    - ``examples``: example values quoted in "has no value" errors for options without a default.
     - ``has_epochs``: the solver works in restart epochs and reports ``SolveInfo.epoch_step``.
     """
 
     name: ClassVar[str] = "linear_solver"
-    presettable: ClassVar[tuple[str, ...]] = ()
-    defaults: ClassVar[Mapping[str, Any]] = {}
-    examples: ClassVar[Mapping[str, Any]] = {}
     has_epochs: ClassVar[bool] = False
     #: False when the estimate is rebuilt from b every call (an initial v would have no effect)
     uses_initial_v: ClassVar[bool] = True
 
-    # ---- options: one validation hook ------------------------------------------------------------------
-    def __post_init__(self) -> None:
-        self.validate(self.options())
-
-    def validate(self, options: Mapping[str, Any]) -> None:
-        """Check (and possibly normalise, via ``object.__setattr__``) the options.  ``None`` in a
-        ``presettable`` option means "not set yet" and must be accepted.  Runs at construction, hence
-        also on every ``dataclasses.replace`` (so after ``resolved``)."""
-
-    def options(self) -> dict[str, Any]:
-        """The option values, by name (the dataclass fields)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-
-    @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-
-    @property
-    def missing(self) -> tuple[str, ...]:
-        """The ``presettable`` options that are still ``None``."""
-        return tuple(n for n in self.presettable if getattr(self, n) is None)
-
-    @property
-    def is_resolved(self) -> bool:
-        return not self.missing
-
-    def resolved(self, values: Mapping[str, Any] = {}) -> Self:
-        """A copy with every ``None`` option taken from ``values`` (entries that are not options of this
-        solver, or are ``None``, are ignored), else from ``defaults``; options already set are kept.
-        Raises ``ValueError`` if a ``presettable`` option still has no value; the result is validated."""
-        filled = {}
-        for name in self.option_names():
-            if getattr(self, name) is None:
-                if values.get(name) is not None:
-                    filled[name] = values[name]
-                elif self.defaults.get(name) is not None:
-                    filled[name] = self.defaults[name]
-        for name in self.presettable:
-            if filled.get(name, getattr(self, name)) is None:
-                raise ValueError(self._no_value(name))
-        return dataclasses.replace(self, **filled) if filled else self
-
-    def _no_value(self, name: str) -> str:
+    def _check_eta_steps(self, options: Mapping[str, Any]) -> None:
+        """The step η > 0 and the number of terms/steps Q ≥ 1 shared by GD and the Neumann solvers."""
         owner = type(self).__name__
-        example = self.defaults.get(name, self.examples.get(name))
-        hint = f" (e.g. {owner}({name}={example!r}))" if example is not None else ""
-        return f"{owner}: {name} has no value; pass {name}=...{hint}"
+        if options["eta"] is not None:
+            object.__setattr__(self, "eta", check_positive(owner, "eta", options["eta"]))
+        if options["steps"] is not None:
+            check_int(owner, "steps", options["steps"], minimum=1)
 
-    def require_resolved(self) -> None:
-        """Raise a one-line ``ValueError`` naming the first option that is still ``None``."""
-        missing = self.missing
-        if missing:
-            raise ValueError(f"{self._no_value(missing[0])}, or call .resolved(presets) before init/solve.")
 
     # ---- the solver ------------------------------------------------------------------------------------
     @abstractmethod

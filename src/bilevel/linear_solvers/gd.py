@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 from torch import Tensor
 
-from .._validation import check_bool, check_int, check_positive
+from .._validation import check_bool
 from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
 
 
@@ -64,10 +64,7 @@ class GD(LinearSolver):
     warm_start: bool = True
 
     def validate(self, options: Mapping[str, Any]) -> None:
-        if options["eta"] is not None:
-            object.__setattr__(self, "eta", check_positive("GD", "eta", options["eta"]))
-        if options["steps"] is not None:
-            check_int("GD", "steps", options["steps"], minimum=1)
+        self._check_eta_steps(options)
         check_bool("GD", "warm_start", options["warm_start"])
 
     def init(self, b: Tensor, v0: Optional[Tensor] = None) -> GDState:

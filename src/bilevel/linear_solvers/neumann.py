@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 from torch import Tensor
 
-from .._validation import check_bool, check_int, check_positive
+from .._validation import check_bool
 from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v
 from .gd import GD, GDState
 
@@ -76,10 +76,7 @@ class Neumann(LinearSolver):
     randomized: bool = False
 
     def validate(self, options: Mapping[str, Any]) -> None:
-        if options["eta"] is not None:
-            object.__setattr__(self, "eta", check_positive("Neumann", "eta", options["eta"]))
-        if options["steps"] is not None:
-            check_int("Neumann", "steps", options["steps"], minimum=1)
+        self._check_eta_steps(options)
         check_bool("Neumann", "randomized", options["randomized"])
 
     @property
@@ -156,10 +153,7 @@ class HybridNeumann(LinearSolver):
     steps: Optional[int] = None
 
     def validate(self, options: Mapping[str, Any]) -> None:
-        if options["eta"] is not None:
-            object.__setattr__(self, "eta", check_positive("HybridNeumann", "eta", options["eta"]))
-        if options["steps"] is not None:
-            check_int("HybridNeumann", "steps", options["steps"], minimum=1)
+        self._check_eta_steps(options)
 
     @property
     def random_cost(self) -> bool:

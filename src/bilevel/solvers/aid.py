@@ -37,6 +37,7 @@ from .._validation import check_choice, check_int, suggest
 from ..inner import GD as InnerGD
 from ..inner import InnerSolver, schedule_value
 from ..linear_solvers.base import LinearSolver, SolveInfo
+from ..oracles import point_on
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
 from .base import SOLVERS, Solver, add_events
@@ -109,17 +110,8 @@ class AID(Solver):
         owner = self.label
         if opts.get("lr_x") is not None:
             as_schedule(opts["lr_x"], f"{owner}: lr_x")
-        if not isinstance(opts.get("inner"), InnerSolver):
-            raise TypeError(
-                f"{owner}: inner must be an inner solver such as bilevel.inner.GD(steps=5, lr=0.1); "
-                f"got {type(opts.get('inner')).__name__}."
-            )
-        v_solver = opts.get("v_solver")
-        if not isinstance(v_solver, LinearSolver):
-            raise TypeError(
-                f"{owner}: v_solver must be a v-solver such as bilevel.linear_solvers.lanczos(m=10); "
-                f"got {type(v_solver).__name__} ({v_solver!r})."
-            )
+        _check_part(owner, "inner", opts.get("inner"))
+        v_solver = _check_part(owner, "v_solver", opts.get("v_solver"))
         if opts.get("order") is not None:
             check_choice(owner, "order", opts["order"], ("sequential", "simultaneous"))
         check_int(owner, "freeze_x_first", opts["freeze_x_first"], 0)
@@ -141,56 +133,29 @@ class AID(Solver):
             raise ValueError(f"{owner}: order='simultaneous' needs inner_steps >= 1; got 0.")
 
     # ---- binding -----------------------------------------------------------------------------------------
-    def _part_keys(self, part: str, option: str) -> tuple[str, ...]:
-        dotted = f"{part}.{option}"
-        short = _SHORT.get(dotted)
-        if short is not None:
-            return (dotted, short)
-        return (dotted, option) if part == "v_solver" else (dotted,)
-
-    def bind(self, problem: BilevelProblem) -> "AID":
-        """A frozen copy with every option and every part option resolved for ``problem``, checked once."""
-        if self._bound:
-            return self
-        opts = self._resolve_parts(problem)
-        self.validate(opts)
-        bound = dataclasses.replace(self, **opts)
-        object.__setattr__(bound, "_bound", True)
-        return bound
-
-    def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
-        """The resolved options for ``problem`` by their short names (see ``resolved_options``)."""
-        return self.bind(problem).resolved_options()
-
-    def _resolve_parts(self, problem: BilevelProblem) -> dict[str, Any]:
-        opts = {}
-        for name, value in self.options().items():
-            if value is None:
-                value = self.lookup(problem, (name,))
-            opts[name] = value
+    def _resolved_fields(self, problem: BilevelProblem) -> dict[str, Any]:
+        """The base resolution, then the order's default and each part's ``None`` options, looked up by
+        dotted and short name (``inner.steps`` / ``inner_steps``, ``v_solver.m`` / ``m``)."""
+        opts = super()._resolved_fields(problem)
         if opts["order"] is None:
             opts["order"] = self.default_order
         for part in ("inner", "v_solver"):
             obj = opts[part]
-            if obj is None or not hasattr(obj, "resolved"):
+            if obj is None:
                 continue
             values = {}
             for option, value in obj.options().items():
                 if value is None:
-                    found = self.lookup(problem, self._part_keys(part, option))
+                    short = short_name(part, option)
+                    keys = (f"{part}.{option}",) + ((short,) if short else ())
+                    found = self.lookup(problem, keys)
                     if found is not None:
                         values[option] = found
             try:
                 opts[part] = obj.resolved(values)
             except ValueError as err:
-                short = {"inner": "inner_steps/lr_y", "v_solver": "its option"}[part]
-                raise ValueError(f"{self.label}: {err} (set it as {part}.<option> or {short}).") from None
-        for name in self.required:
-            if opts.get(name) is None:
-                raise ValueError(
-                    f"{self.label}: {name} has no value: pass {name}=... (problem {problem.name!r} has no scale "
-                    "for it)."
-                )
+                hint = {"inner": "inner_steps/lr_y", "v_solver": "its option"}[part]
+                raise ValueError(f"{self.label}: {err} (set it as {part}.<option> or {hint}).") from None
         return opts
 
     def resolved_options(self) -> dict[str, Any]:
@@ -203,7 +168,7 @@ class AID(Solver):
                 out[name] = getattr(value, "name", type(value).__name__)
                 for option, v in value.options().items():
                     dotted = f"{name}.{option}"
-                    short = _SHORT.get(dotted) or (option if name == "v_solver" else dotted)
+                    short = short_name(name, option) or dotted
                     out[short if short not in out else dotted] = v
             else:
                 out[name] = value
@@ -243,7 +208,7 @@ class AID(Solver):
         point = oracles.at(x, y, batches("hvp"))
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
         v, v_state, info = self.v_solver.solve(point.hvp, b, state.v_state, k=k, generator=state.generator)
-        x_new = self._x_step(x, gx_f, self._cross(oracles, point, x, y, v, batches), info, k)
+        x_new = self._x_step(x, gx_f, point_on(oracles, point, batches("cross")).cross(v), info, k)
         return self._advance(state, x_new, y, v, v_state, info, (x, y, v))
 
     def _step_simultaneous(self, state: AIDState, oracles: Any, batches: Any) -> AIDState:
@@ -252,19 +217,11 @@ class AID(Solver):
         point = oracles.at(x, y, batches("hvp"))
         d_y = point.grad_y_g()
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
-        jv = self._cross(oracles, point, x, y, v_old, batches)
+        jv = point_on(oracles, point, batches("cross")).cross(v_old)
         v, v_state, info = self.v_solver.solve(point.hvp, b, state.v_state, k=k, generator=state.generator)
         y_new = self.inner.run(oracles, x, y - theta * d_y, batches, k, steps=self.inner.steps - 1, first=1)
         x_new = self._x_step(x, gx_f, jv, info, k)
         return self._advance(state, x_new, y_new, v, v_state, info, (x, y, v_old))
-
-    @staticmethod
-    def _cross(oracles: Any, point: Any, x: Tensor, y: Tensor, v: Tensor, batches: Any) -> Tensor:
-        """J·v at the HVP point, or at a point of its own when the cross role draws separately."""
-        batch = batches("cross")
-        if batch is getattr(point, "batch", None):
-            return point.cross(v)
-        return oracles.at(x, y, batch).cross(v)
 
     def _x_step(self, x: Tensor, gx_f: Tensor, jv: Tensor, info: SolveInfo, k: int) -> Tensor:
         if self.freeze_x_first and info.epoch_step is not None and info.epoch_step <= self.freeze_x_first:
@@ -321,14 +278,10 @@ def aid(*, inner: Optional[InnerSolver] = None, v_solver: Optional[LinearSolver]
     options by dotted or short names (see the module docstring).
     """
     identity = {k: options.pop(k) for k in list(options) if k in _identity_names()}
-    inner = InnerGD() if inner is None else inner
-    if not isinstance(inner, InnerSolver):
-        raise TypeError(f"aid: inner must be an inner solver such as bilevel.inner.GD(steps=5); got {inner!r}.")
     owner = identity.get("label") or identity.get("name") or "aid"
-    if v_solver is not None and not isinstance(v_solver, LinearSolver):
-        raise TypeError(
-            f"{owner}: v_solver must be a v-solver such as bilevel.linear_solvers.cg(steps=5); got {v_solver!r}."
-        )
+    inner = _check_part(owner, "inner", InnerGD() if inner is None else inner)
+    if v_solver is not None:
+        _check_part(owner, "v_solver", v_solver)
     own, parts = _route(options, v_solver, inner, owner)
     if parts["inner"]:
         inner = _replace_part(inner, parts["inner"], "inner", owner)
@@ -337,6 +290,23 @@ def aid(*, inner: Optional[InnerSolver] = None, v_solver: Optional[LinearSolver]
             raise TypeError(f"{owner}: v-solver options {sorted(parts['v_solver'])} given but no v_solver.")
         v_solver = _replace_part(v_solver, parts["v_solver"], "v_solver", owner)
     return AID(inner=inner, v_solver=v_solver, **identity, **own)
+
+
+_PART_TYPES = {"inner": (InnerSolver, "an inner solver such as bilevel.inner.GD(steps=5, lr=0.1)"),
+               "v_solver": (LinearSolver, "a v-solver such as bilevel.linear_solvers.lanczos(m=10)")}
+
+
+def _check_part(owner: str, where: str, part: Any) -> Any:
+    kind, example = _PART_TYPES[where]
+    if not isinstance(part, kind):
+        raise TypeError(f"{owner}: {where} must be {example}; got {type(part).__name__} ({part!r}).")
+    return part
+
+
+def short_name(part: str, option: str) -> Optional[str]:
+    """The papers' short name of a part option (``inner.steps`` → ``inner_steps``, ``v_solver.m`` → ``m``),
+    None when it has only its dotted name."""
+    return _SHORT.get(f"{part}.{option}") or (option if part == "v_solver" else None)
 
 
 def _replace_part(part: Any, values: Mapping[str, Any], where: str, owner: str) -> Any:
@@ -349,7 +319,7 @@ def _replace_part(part: Any, values: Mapping[str, Any], where: str, owner: str) 
         for option in values:
             if text.startswith(f"{prefix}{option} "):
                 dotted = f"{where}.{option}"
-                name = _SHORT.get(dotted, dotted)
+                name = short_name(where, option) or dotted
                 note = "" if name == dotted else f" ({name} sets {dotted})"
                 raise type(err)(f"{owner}: {name} {text[len(prefix) + len(option) + 1:]}{note}") from None
         raise type(err)(f"{owner}: {text}") from None

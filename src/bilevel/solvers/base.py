@@ -136,15 +136,16 @@ class Solver(ABC, metaclass=CheckedOptions):
                     return table[key]
         return None
 
-    def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
-        """The options with every ``None`` filled (see the module docstring), checked complete."""
+    def _resolved_fields(self, problem: BilevelProblem) -> dict[str, Any]:
+        """Every field with its ``None`` filled (see the module docstring), checked complete; what ``bind``
+        builds the bound copy from.  Solvers with parts extend it."""
         out = {}
         for name, value in self.options().items():
             out[name] = self.lookup(problem, (name,)) if value is None else value
         for name in self.required:
             if out.get(name) is None:
                 raise ValueError(
-                    f"{type(self).__name__}: {name} has no value: pass {name}=... "
+                    f"{self.label or type(self).__name__}: {name} has no value: pass {name}=... "
                     f"(problem {problem.name!r} has no scale for it)."
                 )
         return out
@@ -153,11 +154,19 @@ class Solver(ABC, metaclass=CheckedOptions):
         """A frozen copy resolved for ``problem`` and validated once; binding a bound solver is a no-op."""
         if self._bound:
             return self
-        opts = self.resolve(problem)
+        opts = self._resolved_fields(problem)
         self.validate(opts)
         bound = dataclasses.replace(self, **opts)  # type: ignore[type-var]
         object.__setattr__(bound, "_bound", True)
         return bound
+
+    def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
+        """The options resolved for ``problem``, as recorded in results (``resolved_options``)."""
+        return self.bind(problem).resolved_options()
+
+    def resolved_options(self) -> dict[str, Any]:
+        """A flat record of the options (results, metadata); solvers with parts flatten them."""
+        return self.options()
 
     def _require_bound(self) -> None:
         if not self._bound:

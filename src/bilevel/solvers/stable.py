@@ -13,6 +13,7 @@ from torch import Tensor
 from .._validation import check_int, check_positive
 from ..inner import schedule_value
 from ..linear_solvers.neumann import Neumann
+from ..oracles import point_on
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
 from .base import Solver, add_events, register
@@ -128,7 +129,7 @@ class STABLE(Solver):
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
         # both sums are rebuilt from b every iteration: a fresh v-solver state each time (nothing carried)
         v, _, info_v = neumann.solve(point.hvp, b, neumann.init(b), k=k)
-        cross = self._cross_point(oracles, point, x, y, batches)
+        cross = point_on(oracles, point, batches("cross"))
         x_new = x - schedule_value(self.lr_x, k) * (gx_f - cross.cross(v))
         # The correction uses the actual move of x, so it tracks y* along the step just taken.
         t = cross.cross_t(x_new - x)
@@ -138,14 +139,6 @@ class STABLE(Solver):
             state, k=k + 1, x=x_new, y=y_new, v=v, iterate=(x, y, v), correction=z,
             events=add_events(state.events, info_v.events + info_z.events),
         )
-
-    @staticmethod
-    def _cross_point(oracles: Any, point: Any, x: Tensor, y: Tensor, batches: Any) -> Any:
-        """The point answering J·v and Jᵀ·w: the HVP point, or one of its own when ``cross`` draws apart."""
-        batch = batches("cross")
-        if batch is getattr(point, "batch", None):
-            return point
-        return oracles.at(x, y, batch)
 
 
 def stable(**options: Any) -> STABLE:
