@@ -114,3 +114,16 @@ def test_cli_runs_every_solver(tmp_path, capsys, name):
     assert out.exists()
     assert main(["list", "solvers"]) == 0
     assert name in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_published_settings_name_real_options(name):
+    """Every entry of a solver's per-experiment settings is an option it accepts (a misspelt or foreign key
+    would be silently ignored by the lookup)."""
+    settings = SOLVERS[name].create().settings
+    for experiment, table in settings.items():
+        for key, value in table.items():
+            try:
+                SOLVERS[name].create(**{key: value})
+            except (TypeError, ValueError) as err:
+                raise AssertionError(f"{name}: settings[{experiment!r}][{key!r}] = {value!r}: {err}") from None

@@ -9,6 +9,7 @@ Inner solvers register in ``INNER_SOLVERS`` (``bilevel list inner-solvers``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar, Mapping, Optional
 
 from torch import Tensor
@@ -67,3 +68,15 @@ class GD(InnerSolver):
             y = y - lr * oracles.grad_y_g(x, y, batches("inner", first + t))
         return y
 
+
+class InnerGDLoop:
+    """Mixin of solvers with flat options ``inner_steps`` (T) and ``lr_y`` (θ) whose lower-level loop is the
+    shared ``GD``: built once per (bound) solver, not once per iteration."""
+
+    inner_steps: Optional[int]
+    lr_y: Optional[ScheduleLike]
+
+    @cached_property
+    def inner_loop(self) -> GD:
+        """T gradient steps on g(x, ·) with step θ."""
+        return GD(steps=self.inner_steps, lr=self.lr_y)

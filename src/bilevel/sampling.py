@@ -24,15 +24,20 @@ from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
 
 import torch
 
+from ._validation import suggest
+
 ROLES = ("inner", "upper", "hvp", "cross", "lower")
+
+
+def _unknown_role(role: str, owner: str = "") -> ValueError:
+    prefix = f"{owner}: " if owner else ""
+    return ValueError(f"{prefix}unknown batch role {role!r}.{suggest(role, ROLES)} Roles: {', '.join(ROLES)}.")
 
 
 def _check_roles(owner: str, roles: Mapping[str, str]) -> dict[str, str]:
     for role in roles:
         if role not in ROLES:
-            from ._validation import suggest
-
-            raise ValueError(f"{owner}: unknown batch role {role!r}.{suggest(role, ROLES)} Roles: {', '.join(ROLES)}.")
+            raise _unknown_role(role, owner)
     return {role: roles.get(role, role) for role in ROLES}
 
 
@@ -56,9 +61,7 @@ class Batches:
             return None
         group = self._groups.get(role)
         if group is None:
-            from ._validation import suggest
-
-            raise ValueError(f"unknown batch role {role!r}.{suggest(role, ROLES)} Roles: {', '.join(ROLES)}.")
+            raise _unknown_role(role)
         key = (group, index)
         if key not in self._memo:
             self._memo[key] = self._draw(group, index)

@@ -7,7 +7,6 @@ decorated with ``@PROBLEMS.register``; nothing else is edited.
 from __future__ import annotations
 
 import inspect
-import sys as _sys
 from typing import Any
 
 from .._validation import reject_unknown
@@ -22,7 +21,6 @@ __all__ = ["PROBLEMS", "get_problem", "synthetic_data", "SyntheticData", "clear_
 for _name, _factory in sorted(PROBLEMS.items()):
     globals()[_name] = _factory  # the factory shadows its module attribute
     __all__.append(_name)
-del _sys
 
 
 def get_problem(name: str, **options: Any) -> BilevelProblem:

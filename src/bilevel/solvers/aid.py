@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -94,8 +94,6 @@ class AID(Solver):
     order: Optional[str] = None
     freeze_x_first: int = 0
     v_init: str = "zeros"
-
-    batch_roles: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -236,6 +234,9 @@ class AID(Solver):
         )
 
 
+_IDENTITY_NAMES = frozenset(f.name for f in dataclasses.fields(AID) if f.metadata.get("identity"))
+
+
 # ---- assembling ------------------------------------------------------------------------------------------
 def _route(options: Mapping[str, Any], v_solver: Optional[LinearSolver], inner: InnerSolver, owner: str):
     """Split flat/dotted/short options into the loop's own options and each part's."""
@@ -277,7 +278,7 @@ def aid(*, inner: Optional[InnerSolver] = None, v_solver: Optional[LinearSolver]
     factories set (name, label, defaults, settings, required, default_order, min_inner_steps), and part
     options by dotted or short names (see the module docstring).
     """
-    identity = {k: options.pop(k) for k in list(options) if k in _identity_names()}
+    identity = {k: options.pop(k) for k in list(options) if k in _IDENTITY_NAMES}
     owner = identity.get("label") or identity.get("name") or "aid"
     inner = _check_part(owner, "inner", InnerGD() if inner is None else inner)
     if v_solver is not None:
@@ -323,10 +324,6 @@ def _replace_part(part: Any, values: Mapping[str, Any], where: str, owner: str) 
                 note = "" if name == dotted else f" ({name} sets {dotted})"
                 raise type(err)(f"{owner}: {name} {text[len(prefix) + len(option) + 1:]}{note}") from None
         raise type(err)(f"{owner}: {text}") from None
-
-
-def _identity_names() -> set[str]:
-    return {f.name for f in dataclasses.fields(AID) if f.metadata.get("identity")}
 
 
 class Algorithm:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_int, check_positive
-from ..inner import GD, schedule_value
+from ..inner import InnerGDLoop, schedule_value
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
 from .base import Solver, register
@@ -40,7 +40,7 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class BOME(Solver):
+class BOME(InnerGDLoop, Solver):
     """BOME — Bilevel Optimization Made Easy: descent on f subject to the value-function constraint
     q(x, y) = g(x, y) − min_y′ g(x, y′) ≤ 0, via a dynamic barrier (Liu, Ye, Wright, Stone & Liu,
     "BOME! Bilevel Optimization Made Easy: A Simple First-Order Approach", NeurIPS 2022).
@@ -119,9 +119,6 @@ class BOME(Solver):
         return {"grad_y_g": (T + 1) * K, "grad_x_g": 2 * K, "grad_x_f": K, "grad_y_f": K,
                 "hvp": 0, "cross": 0, "cross_t": 0}
 
-    def _inner(self) -> GD:
-        """The ŷ loop: T gradient steps on g(x, ·) with step θ."""
-        return GD(steps=self.inner_steps, lr=self.lr_y)
 
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> BOMEState:
         self._require_bound()
@@ -130,7 +127,7 @@ class BOME(Solver):
 
     def step(self, state: BOMEState, oracles: Any, batches: Any) -> BOMEState:
         x, y, k = state.x, state.y, state.k
-        y_hat = self._inner().run(oracles, x, state.y_hat, batches, k)
+        y_hat = self.inner_loop.run(oracles, x, state.y_hat, batches, k)
         lower = batches("lower")
         gx_g, gy_g = oracles.grad_g(x, y, lower)
         q_x = gx_g - oracles.grad_x_g(x, y_hat, lower)  # same batch as gx_g

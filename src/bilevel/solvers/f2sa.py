@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_int, check_positive
-from ..inner import GD, schedule_value
+from ..inner import InnerGDLoop, schedule_value
 from ..problem import BilevelProblem
 from ..schedules import PowerDecay, ScheduleLike, as_schedule
 from .base import Solver, register
@@ -36,7 +36,7 @@ class F2SAState:
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class F2SA(Solver):
+class F2SA(InnerGDLoop, Solver):
     """F2SA — fully first-order stochastic approximation on the penalty f + μ (g − g*) (Kwon, Kwon, Wright
     & Nowak, "A Fully First-Order Method for Stochastic Bilevel Optimization", ICML 2023).
 
@@ -125,9 +125,6 @@ class F2SA(Solver):
         return {"grad_y_g": 2 * T * K, "grad_y_f": T * K, "grad_x_f": K, "grad_x_g": 2 * K,
                 "hvp": 0, "cross": 0, "cross_t": 0}
 
-    def _inner(self) -> GD:
-        """The z loop: T gradient steps on g(x, ·) with step θ."""
-        return GD(steps=self.inner_steps, lr=self.lr_y)
 
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> F2SAState:
         self._require_bound()
@@ -139,7 +136,7 @@ class F2SA(Solver):
         theta = schedule_value(self.lr_y, k)
         penalized = self.lr_y_penalized
         alpha = schedule_value(penalized, k) if penalized is not None else theta / max(mu, 1.0)
-        z = self._inner().run(oracles, x, state.z, batches, k)
+        z = self.inner_loop.run(oracles, x, state.z, batches, k)
         for t in range(self.inner_steps):
             y = y - alpha * (oracles.grad_y_f(x, y, batches("upper", t))
                              + mu * oracles.grad_y_g(x, y, batches("inner", t)))

@@ -77,7 +77,7 @@ class HJFBiO(Solver):
     name: ClassVar[str] = "hjfbio"
     label: ClassVar[str] = "HJFBiO"
     required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
-    settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {"hyperclean": {"inner_steps": 1, "eta": 0.1}}
+    settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {"hyperclean": {"eta": 0.1}}
 
     lr_x: Optional[ScheduleLike] = None
     lr_y: Optional[ScheduleLike] = None

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_int
-from ..inner import GD, schedule_value
+from ..inner import InnerGDLoop, schedule_value
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
 from .base import Solver, register
@@ -34,7 +34,7 @@ class ITDState:
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class ITD(Solver):
+class ITD(InnerGDLoop, Solver):
     """ITD — reverse-mode iterative differentiation of the unrolled inner loop (Franceschi, Donini,
     Frasconi & Pontil, "Forward and Reverse Gradient-Based Hyperparameter Optimization", ICML 2017, and
     "Bilevel Programming for Hyperparameter Optimization and Meta-Learning", ICML 2018; Ji, Yang & Liang,
@@ -122,9 +122,6 @@ class ITD(Solver):
         return {"grad_y_g": T * K, "cross": Tb * K, "hvp": (Tb - 1) * K, "grad_x_f": K, "grad_y_f": K,
                 "grad_x_g": 0, "cross_t": 0}
 
-    def _inner(self) -> GD:
-        """The plain part of the unroll: gradient steps on g(x, ·) with step θ."""
-        return GD(steps=self.inner_steps, lr=self.lr_y)
 
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> ITDState:
         self._require_bound()
@@ -136,7 +133,7 @@ class ITD(Solver):
         T, Tb = self.inner_steps, self._tb
         theta = schedule_value(self.lr_y, k)
         # the first T − T_b steps: plain GD (nothing to differentiate through)
-        y = self._inner().run(oracles, x, y, batches, k, steps=T - Tb)
+        y = self.inner_loop.run(oracles, x, y, batches, k, steps=T - Tb)
         points = []  # linearisations at y^(t−1) for the last T_b steps, in forward order
         for t in range(T - Tb, T):  # 0-based step index; the step's draw serves its backward products too
             point = oracles.at(x, y, batches("inner", t))

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_int
-from ..inner import GD, schedule_value
+from ..inner import InnerGDLoop, schedule_value
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
 from .base import Solver, register
@@ -34,7 +34,7 @@ class PBGDState:
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class PBGD(Solver):
+class PBGD(InnerGDLoop, Solver):
     """V-PBGD — gradient descent on the value-function penalty F_γ(x, y) = f(x, y) + γ (g(x, y) − g*(x))
     (Shen & Chen, "On Penalty-based Bilevel Gradient Descent Method", ICML 2023).
 
@@ -108,9 +108,6 @@ class PBGD(Solver):
         return {"grad_y_g": (T + 1) * K, "grad_x_g": 2 * K, "grad_x_f": K, "grad_y_f": K,
                 "hvp": 0, "cross": 0, "cross_t": 0}
 
-    def _inner(self) -> GD:
-        """The ŷ loop: T gradient steps on g(x, ·) with step θ."""
-        return GD(steps=self.inner_steps, lr=self.lr_y)
 
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> PBGDState:
         self._require_bound()
@@ -122,7 +119,7 @@ class PBGD(Solver):
         theta, gamma = schedule_value(self.lr_y, k), schedule_value(self.gamma, k)
         penalized = self.lr_y_penalized
         alpha_y = schedule_value(penalized, k) if penalized is not None else theta / max(gamma, 1.0)
-        y_hat = self._inner().run(oracles, x, state.y_hat, batches, k)
+        y_hat = self.inner_loop.run(oracles, x, state.y_hat, batches, k)
         lower = batches("lower")
         gx_g, gy_g = oracles.grad_g(x, y, lower)
         gx_g_hat = oracles.grad_x_g(x, y_hat, lower)  # same batch as gx_g

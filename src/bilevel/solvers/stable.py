@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Mapping, Optional
 
 import torch
@@ -111,8 +112,9 @@ class STABLE(Solver):
             "hvp": 2 * self.v_steps * K, "cross": K, "cross_t": K,
         }
 
-    def _neumann(self) -> Neumann:
-        """The fixed-length Neumann sum η Σ_{i=0..Q} (I − ηA)^i (every option passed explicitly)."""
+    @cached_property
+    def neumann(self) -> Neumann:
+        """The fixed-length Neumann sum η Σ_{i=0..Q} (I − ηA)^i (built once per bound solver)."""
         return Neumann(eta=self.eta, steps=self.v_steps, randomized=False)
 
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> StableState:
@@ -123,7 +125,7 @@ class STABLE(Solver):
 
     def step(self, state: StableState, oracles: Any, batches: Any) -> StableState:
         x, y, k = state.x, state.y, state.k
-        neumann = self._neumann()
+        neumann = self.neumann
         point = oracles.at(x, y, batches("hvp"))
         d_y = point.grad_y_g()
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
