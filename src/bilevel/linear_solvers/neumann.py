@@ -197,3 +197,10 @@ def neumann(**options: Any) -> Neumann:
 def hybrid_neumann(**options: Any) -> HybridNeumann:
     """Configure the reference code's hybrid Neumann + GD estimator (compatibility); see ``HybridNeumann``."""
     return HybridNeumann(**options)
+
+
+def randomized_neumann(compat_hybrid: bool = False, owner: str = "randomized_neumann") -> LinearSolver:
+    """The randomised-truncation Neumann estimator of TTSA and BSA, or with ``compat_hybrid=True`` the
+    reference code's hybrid (compatibility only); ``owner`` names the caller in the error for a non-bool."""
+    check_bool(owner, "compat_hybrid", compat_hybrid)
+    return HybridNeumann() if compat_hybrid else Neumann(randomized=True)

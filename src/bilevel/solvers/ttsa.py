@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._validation import check_bool
-from ..linear_solvers.neumann import HybridNeumann, Neumann
+from ..linear_solvers.neumann import randomized_neumann
 from ..schedules import PowerDecay
 from .aid import AID, aid, algorithm
-
-LABEL = "TTSA"
 
 SETTINGS = {
     "synthetic": {"inner_steps": 1, "v_steps": 10, "lr_x": PowerDecay(1.0, 0.4, offset=1, floor=0.01)},
@@ -59,7 +56,6 @@ def ttsa(*, compat_hybrid: bool = False, **options: Any) -> AID:
         Stoc    9 / 0.1    100 constant                    0.1    256
         ======  =========  ==============================  =====  ====
     """
-    check_bool(LABEL, "compat_hybrid", compat_hybrid)
-    v_solver = HybridNeumann() if compat_hybrid else Neumann(randomized=True)
+    v_solver = randomized_neumann(compat_hybrid, owner="TTSA")
     return aid(name="ttsa", label="TTSA", v_solver=v_solver, defaults={"inner_steps": 1, "v_steps": 10},
                settings=SETTINGS, min_inner_steps=1, **options)
