@@ -247,3 +247,22 @@ def test_history_csv_is_written_atomically_with_normal_permissions(tmp_path, qua
     assert text[0].startswith("iteration,time") and len(text) == 1 + len(res.history)
     assert stat.S_IMODE(os.stat(path).st_mode) & 0o044  # readable by others, like any file the user writes
     assert not [p for p in os.listdir(path.parent) if p.startswith(".tmp-")]
+
+
+def test_keyboard_interrupt_returns_what_was_done(quad):
+    class Interrupting(bilevel.OracleWrapper):  # Ctrl-C arrives during the 6th upper gradient
+        calls = 0
+
+        def grad_f(self, x, y, batch=None):
+            Interrupting.calls += 1
+            if Interrupting.calls == 6:
+                raise KeyboardInterrupt
+            return self.inner.grad_f(x, y, batch)
+
+    res = bilevel.solve(quad, lancbio(), max_iter=50, eval_every=3,
+                        oracles=Interrupting(bilevel.Oracles(quad)))
+    assert res.status == "stopped" and res.interrupted and res.iterations == 5
+    assert "interrupted" in res.message
+    assert [r["iteration"] for r in res.history.to_dicts()] == [0, 3, 4]   # the last completed one is evaluated
+    full = bilevel.solve(quad, lancbio(), max_iter=5, eval_every=3)
+    assert torch.equal(res.x, full.x) and not full.interrupted

@@ -22,6 +22,8 @@ class Result:
     message: what happened and what to try.   iterations: outer steps completed.
     counts: oracle calls (``Counts``).   time: solver wall time in seconds, evaluation excluded.
     history: the evaluation rows.   options: the solver's resolved options.   events: v-solver events.
+    interrupted: the run was stopped by Ctrl-C (KeyboardInterrupt; status ``stopped``): ``solve`` returns what
+    it had instead of raising, and the CLI exits with code 130.
     """
 
     x: Tensor
@@ -40,6 +42,7 @@ class Result:
     seed: int = 0
     x_tree: Any = None
     y_tree: Any = None
+    interrupted: bool = False
 
     @property
     def success(self) -> bool:

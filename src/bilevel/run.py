@@ -142,11 +142,24 @@ def solve(
     elapsed = 0.0
     status, message, done = "max_iter", "", 0
     last_good = state
+    interrupted = False
     for k in range(max_iter):
         _sync(device)
         start = time.perf_counter()
-        new_state = bound.step(state, oracles, stream(k))
-        _sync(device)
+        try:
+            new_state = bound.step(state, oracles, stream(k))
+            _sync(device)
+        except KeyboardInterrupt:
+            # Ctrl-C: keep everything done so far (the interrupted step is dropped) and return normally
+            elapsed += time.perf_counter() - start
+            interrupted, status = True, "stopped"
+            message = (f"interrupted (KeyboardInterrupt) during iteration {k}; the {done} completed "
+                       "iterations and their history are kept.")
+            if done and (not len(history) or history.last().get("iteration") != done - 1):
+                x_k, y_k, v_k = last_good.iterate
+                history.append({"iteration": done - 1, "time": elapsed, **counts.as_dict(),
+                                **evaluate(x_k, y_k, v_k)})
+            break
         elapsed += time.perf_counter() - start
         x_k, y_k, v_k = new_state.iterate
         if not _finite(new_state.x, y_k, v_k):
@@ -199,6 +212,7 @@ def solve(
         options=_plain(bound.resolved_options()),
         events=dict(last_good.events), seed=seed,
         x_tree=problem.unflatten_x(last_good.x), y_tree=problem.unflatten_y(last_good.y),
+        interrupted=interrupted,
     )
 
 
