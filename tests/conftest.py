@@ -1,5 +1,47 @@
+import functools
+from pathlib import Path
+
 import pytest
 import torch
+
+#: the project's offline dataset copies, beside the repository (absent in a fresh clone)
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+#: what the loaders read from each offline copy (KMNIST: the partial training images, see bilevel.datasets)
+_DATA_FILES = {
+    "mnist": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+              "t10k-labels-idx1-ubyte.gz"),
+    "fashion_mnist": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                      "t10k-labels-idx1-ubyte.gz"),
+    "kmnist": ("kmnist-train-imgs-first7011.npz", "kmnist-train-labels.npz", "kmnist-test-imgs.npz",
+               "kmnist-test-labels.npz"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def shared_data_missing(*names: str) -> str:
+    """'' when every file the loaders need for ``names`` is in SHARED_DATA and matches its pinned sha256,
+    else why not.  A folder is not enough: a failed download or a partial copy must skip, not fail."""
+    from bilevel.datasets import DatasetError
+    from bilevel.datasets._download import verify_file
+    from bilevel.datasets.catalog import FILES
+
+    for name in names or tuple(_DATA_FILES):
+        for filename in _DATA_FILES[name]:
+            path = SHARED_DATA / name / filename
+            if not path.is_file():
+                return f"offline dataset file {path} not present"
+            try:
+                verify_file(path, FILES[name][filename])
+            except DatasetError:
+                return f"offline dataset file {path} does not match its pinned sha256"
+    return ""
+
+
+def needs_shared_data(*names: str):
+    """Skip unless the offline copies of ``names`` (default: all three) are present and verified."""
+    reason = shared_data_missing(*names)
+    return pytest.mark.skipif(bool(reason), reason=reason)
 
 
 @pytest.fixture(autouse=True)

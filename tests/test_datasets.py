@@ -19,9 +19,11 @@ from bilevel import datasets
 from bilevel.datasets import DATASETS, MIRRORS, Dataset, DatasetError, _download, data_dir, load_dataset
 from bilevel.datasets._idx import parse_idx, read_idx_gz
 from bilevel.datasets.catalog import FILES, FileSpec
+from conftest import SHARED_DATA as DATA
+from conftest import needs_shared_data, shared_data_missing
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"offline dataset copies not found at {DATA}")
+# the files themselves, present and matching their pinned sha256 (an empty or partial folder skips)
+needs_data = needs_shared_data()
 
 IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
        "t10k-labels-idx1-ubyte.gz")
@@ -37,8 +39,8 @@ def _clean_env(monkeypatch):
 @pytest.fixture(scope="module")
 def shared():
     """Each shared dataset loaded once (explicit data_dir, no downloads)."""
-    if not DATA.is_dir():
-        pytest.skip(f"offline dataset copies not found at {DATA}")
+    if shared_data_missing():
+        pytest.skip(shared_data_missing())
     return {name: load_dataset(name, data_dir=DATA, download=False)
             for name in ("mnist", "fashion_mnist", "kmnist")}
 
@@ -295,7 +297,68 @@ def test_download_all_mirrors_fail_lists_them(tmp_path, server, monkeypatch):
         load_dataset("fashion_mnist", data_dir=tmp_path, download=True)
     msg = str(info.value)
     assert all(u + IDX[0] in msg for u in urls) and "404" in msg
-    assert os.listdir(tmp_path / "fashion_mnist") == []
+    assert not (tmp_path / "fashion_mnist").exists()  # a failed download leaves no (empty) dataset folder
+    assert info.value.what and info.value.fix and "\n" not in info.value.what + info.value.fix
+
+
+@pytest.mark.parametrize("error", [OSError("Network is unreachable"), KeyboardInterrupt()])
+def test_failed_download_creates_no_folder(tmp_path, monkeypatch, error):
+    """No network (every fetch raises) or Ctrl-C mid-download: no dataset folder and no data root appear,
+    so a later look at the data root cannot mistake an empty folder for a dataset."""
+    import urllib.error
+
+    monkeypatch.setenv("BILEVEL_OFFLINE", "0")  # downloads allowed
+    calls = []
+
+    def no_network(url, dest, spec):
+        calls.append(url)
+        assert dest.parent.is_dir()  # the temporary file goes beside its final name
+        raise urllib.error.URLError(error) if isinstance(error, OSError) else error
+
+    monkeypatch.setattr(_download, "_fetch_one", no_network)
+    root = tmp_path / "new" / "root"
+    with pytest.raises(DatasetError if isinstance(error, OSError) else KeyboardInterrupt) as info:
+        load_dataset("mnist", data_dir=root)
+    assert calls == [u + IDX[0] for u in MIRRORS["mnist"]] if isinstance(error, OSError) else len(calls) == 1
+    assert not (root / "mnist").exists() and not (tmp_path / "new").exists()
+    assert os.listdir(tmp_path) == []
+    if isinstance(error, OSError):
+        msg = str(info.value)
+        assert "Could not download" in msg and "Network is unreachable" in msg and "No file was written" in msg
+        one_line = f"{info.value.what} — {info.value.fix}"
+        assert "could not download 'train-images-idx3-ubyte.gz'" in one_line and "--data-dir" in one_line
+
+
+def test_failed_download_keeps_an_existing_folder(tmp_path, monkeypatch):
+    """A folder that was there before the download is the user's: it stays, with what it held."""
+    monkeypatch.setattr(_download, "_fetch_one", lambda url, dest, spec: (_ for _ in ()).throw(OSError("down")))
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError):
+        load_dataset("mnist", data_dir=tmp_path, download=True)
+    assert os.listdir(tmp_path / "mnist") == ["notes.txt"]
+    (tmp_path / "mnist" / "notes.txt").unlink()
+    with pytest.raises(DatasetError):
+        load_dataset("mnist", data_dir=tmp_path, download=True)
+    assert (tmp_path / "mnist").is_dir()  # it existed before this call: not removed even when empty
+
+
+def test_offline_and_checksum_errors_have_one_line_forms(tmp_path, monkeypatch):
+    monkeypatch.setenv("BILEVEL_OFFLINE", "1")
+    with pytest.raises(DatasetError) as info:
+        load_dataset("mnist", data_dir=tmp_path)
+    assert info.value.what == f"MNIST: 4 file(s) missing from {tmp_path / 'mnist'} and downloading is disabled " \
+                              "(BILEVEL_OFFLINE is set)"
+    assert "unset BILEVEL_OFFLINE" in info.value.fix and "--data-dir" in info.value.fix
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for f in IDX:
+        (folder / f).write_bytes(b"not the real file")
+    datasets.clear_verification_cache()
+    with pytest.raises(DatasetError, match="Checksum mismatch") as info:
+        load_dataset("mnist", data_dir=tmp_path)
+    assert info.value.what.startswith(f"checksum mismatch for {folder / IDX[0]}")
+    assert "delete the file" in info.value.fix and "\n" not in info.value.what + info.value.fix
 
 
 @needs_data

@@ -12,9 +12,10 @@ import bilevel
 from bilevel.cli import main
 from bilevel.oracles import Oracles
 from bilevel.problems.hyperclean import corrupt, detection_scores, hyperclean
+from conftest import needs_shared_data
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="../shared/data not present")
+needs_shared = needs_shared_data("mnist", "kmnist")  # the files present and verified, not merely the folder
 
 
 @pytest.fixture(scope="module")

@@ -2,36 +2,109 @@
 
     bilevel run synthetic --solver lancbio --max-iter 500            # progress bar, summary, CSV history
     bilevel run synthetic --solver subbio -P n=300 -P condition=1e3 -O lr_x=0.5
-    bilevel list solvers            bilevel show lancbio
+    bilevel list solvers            bilevel show lancbio            bilevel --version
+
+Errors: every error that reaches the command line is one line on stderr, ``bilevel: <what> — <fix>``, with
+exit code 2 for usage and input errors (a bad option, an unknown name, missing or corrupted data, an
+unusable device) and 1 for a run that failed (an exception raised during the solve, or a run that ended
+``diverged``); ``--traceback`` (or ``BILEVEL_DEBUG=1``) also prints the Python stack.  Ctrl-C exits with
+code 130; ``bilevel run`` then writes the history so far (status ``stopped``, ``interrupted: true``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import inspect
 import json
+import math
 import os
+import shutil
+import signal
 import sys
+import textwrap
+import traceback
 import warnings
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+from . import __version__
 from ._validation import suggest
 
+#: problems with dy·N below this (N: training samples; dy² without a data set) run on one thread by default:
+#: one oracle call is then a few milliseconds of work, too little to amortise thread synchronisation, and on
+#: a machine shared with other work extra threads make such runs several times slower.
+SMALL_PROBLEM = 10**7
 
-def _parse_assignments(items: Sequence[str], flag: str) -> dict[str, Any]:
-    out = {}
-    for item in items or ():
-        if "=" not in item:
-            raise SystemExit(f"bilevel: {flag} expects KEY=VALUE; got {item!r}.")
-        key, raw = item.split("=", 1)
+
+class CLIError(Exception):
+    """A usage or input error: reported in one line, exit code 2."""
+
+
+class RunFailed(Exception):
+    """An exception raised during a run: reported in one line, exit code 1."""
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """argparse type of -P/-O: ``KEY=VALUE`` with VALUE a Python literal (1e3, True, [1, 2]) or a bare word."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE; got {text!r} (e.g. lr_x=0.5)")
+    key, raw = text.split("=", 1)
+    key = key.strip().replace("-", "_")
+    if not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE; got {text!r}, which has no KEY")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = raw  # a bare word, e.g. subproblem=minres
+    return key, value
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
         try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw  # a bare word, e.g. subproblem=minres
-        out[key.strip().replace("-", "_")] = value
-    return out
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {value}")
+        return value
+
+    return parse
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number; got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors ("bilevel: <what> — see `bilevel run --help`"), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"bilevel: {message} — see `{self.prog} --help`\n")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def _catalogue() -> dict[str, dict[str, Any]]:
@@ -44,26 +117,41 @@ def _catalogue() -> dict[str, dict[str, Any]]:
             "inner-solvers": dict(INNER_SOLVERS)}
 
 
-def _first_line(obj: Any) -> str:
+def _description(obj: Any) -> str:
+    """The docstring's first paragraph (its summary sentence), on one line, without reST markup."""
     doc = inspect.getdoc(obj) or ""
-    return doc.splitlines()[0] if doc else ""
+    text = " ".join(doc.split("\n\n", 1)[0].split()).replace("``", "")
+    return text[:-1] + "." if text.endswith(":") else text
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     cat = _catalogue()
     kinds = [args.what] if args.what else list(cat)
+    width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
     for kind in kinds:
         print(f"{kind}:")
         for name, obj in sorted(cat[kind].items()):
-            print(f"  {name:<16} {_first_line(obj)}")
+            head = f"  {name:<16} "
+            print(textwrap.fill(_description(obj) or "(no description)", width=width, initial_indent=head,
+                                subsequent_indent=" " * len(head), break_on_hyphens=False))
     return 0
 
 
-def _shown(value: Any, defaults: Any, keys: Sequence[str]) -> str:
+_RESOLVED = "from the experiment's settings or the problem's scales"
+
+
+def _shown(value: Any, defaults: Any, keys: Sequence[str], required: bool = False) -> str:
+    """How ``show`` describes an option: its value, or where an unset one comes from.  A problem built from
+    callables has no experiment settings and no scales, so an option without a library default is then the
+    user's to pass."""
     if value is not None:
         return repr(value)
-    fallback = next((defaults[k] for k in keys if k in defaults), None)
-    return "from settings/problem scales" + (f", else {fallback!r}" if fallback is not None else "")
+    fallback = next((defaults[k] for k in keys if k in defaults and defaults[k] is not None), None)
+    if fallback is not None:
+        return f"{_RESOLVED}, else {fallback!r}"
+    if required:
+        return f"{_RESOLVED}; required: pass it for your own problem"
+    return f"{_RESOLVED}, else None (see below)"
 
 
 def _algorithm_rows(entry: Any) -> list[tuple[str, str]]:
@@ -71,17 +159,25 @@ def _algorithm_rows(entry: Any) -> list[tuple[str, str]]:
     from .solvers.aid import short_name
 
     solver = entry.create()
+    required = set(getattr(solver, "required", ()))
+    top_defaults = dict(solver.defaults)
+    if getattr(solver, "default_order", None) is not None:
+        top_defaults.setdefault("order", solver.default_order)
     rows = []
     for name, value in solver.options().items():
         if hasattr(value, "options"):
             rows.append((name, type(value).__name__))
+            presettable = set(getattr(value, "presettable", ()))
+            part_defaults = dict(getattr(value, "defaults", {}))
             for option, v in value.options().items():
                 dotted = f"{name}.{option}"
                 short = short_name(name, option)
                 label = dotted + (f" [{short}]" if short and short != dotted else "")
-                rows.append((label, _shown(v, solver.defaults, [dotted] + ([short] if short else []))))
+                keys = [dotted] + ([short] if short else [])
+                defaults = {**{k: part_defaults.get(option) for k in keys}, **solver.defaults}
+                rows.append((label, _shown(v, defaults, keys, option in presettable)))
         else:
-            rows.append((name, _shown(value, solver.defaults, [name])))
+            rows.append((name, _shown(value, top_defaults, [name], name in required)))
     return rows
 
 
@@ -91,6 +187,7 @@ def _option_rows(obj: Any) -> list[tuple[str, str]]:
         return _algorithm_rows(obj)
     if dataclasses.is_dataclass(obj):
         defaults = getattr(obj, "defaults", {})
+        required = set(getattr(obj, "presettable", ())) | set(getattr(obj, "required", ()))
         for f in dataclasses.fields(obj):
             if f.default is not dataclasses.MISSING:
                 value = f.default
@@ -99,7 +196,7 @@ def _option_rows(obj: Any) -> list[tuple[str, str]]:
             else:
                 rows.append((f.name, "(required)"))
                 continue
-            rows.append((f.name, _shown(value, defaults, [f.name])))
+            rows.append((f.name, _shown(value, defaults, [f.name], f.name in required)))
     else:
         for p in inspect.signature(obj).parameters.values():
             if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
@@ -115,27 +212,162 @@ def cmd_show(args: argparse.Namespace) -> int:
             obj = table[args.name]
             print(f"{args.name} ({kind[:-1]}: {getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')})")
             print("\noptions (name: default):")
-            for name, shown in _option_rows(obj):
+            rows = _option_rows(obj)
+            for name, shown in rows:
                 print(f"  {name:<28} {shown}")
+            if any(_RESOLVED in shown for _, shown in rows):
+                print(textwrap.fill(
+                    "An option resolved \"from the experiment's settings or the problem's scales\" takes the "
+                    "solver's published value for a built-in problem's experiment, else the problem's presets; "
+                    "a BilevelProblem you build from callables has neither, so pass the options marked "
+                    "required (e.g. -O lr_x=... or solver(lr_x=...)).", width=100, initial_indent="  ",
+                    subsequent_indent="  "))
             print()
             print(inspect.getdoc(obj) or "(no docstring)")
             return 0
     names = [n for table in cat.values() for n in table]
-    print(f"bilevel: nothing named {args.name!r}.{suggest(args.name, names)} Try `bilevel list`.", file=sys.stderr)
-    return 2
+    raise CLIError(f"nothing named {args.name!r}.{suggest(args.name, names)} — see `bilevel list` for every name.")
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON value for metadata: dtypes as their names ("float64"), devices as strings, containers
+    recursively, numbers and strings as they are, anything else as its repr."""
+    import torch
+
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return repr(value)
+
+
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(problem: Any) -> int:
+    """One thread when dy·N < ``SMALL_PROBLEM`` (N: the lower level's training samples; dy² for problems
+    without a data set), else every core this process may use (``os.sched_getaffinity``)."""
+    work = problem.dy * (problem.n_samples or problem.dy)
+    return 1 if work < SMALL_PROBLEM else _usable_cores()
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as "<what> — <fix>" on one line."""
+    what, fix = getattr(err, "what", None), getattr(err, "fix", None)
+    if what and fix:
+        return f"{what} — {fix}"
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(str(text).split()) or type(err).__name__
+
+
+def _input_error(err: Exception, doing: str) -> CLIError:
+    """An error raised while ``doing`` (before the run): input errors keep their own clear message."""
+    from .datasets import DatasetError
+
+    if isinstance(err, (ValueError, TypeError, LookupError, DatasetError)):
+        return CLIError(_one_line(err))
+    return CLIError(f"{doing} failed: {type(err).__name__}: {_one_line(err)} — check the options; rerun with "
+                    "--traceback for the stack")
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    saved = warnings.showwarning
+
+    def show(message, *_args, **_kwargs):  # one readable line instead of Python's file:line form
+        print(f"bilevel: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
+
+
+@contextlib.contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """Defer Ctrl-C while the output files are written (each write is atomic; this keeps the pair whole)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to defer
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_out(out: str) -> None:
+    """Fail before the run, not after it, when the history cannot be written where asked."""
+    if os.path.splitext(out)[1].lower() == ".json":
+        raise CLIError(f"--out names the CSV history, got {out!r} — give a .csv path; the metadata is written "
+                       "beside it with the extension .json")
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"cannot create the folder of --out {out!r} ({err.strerror or err}) — choose a writable "
+                       "path") from err
+    if not os.access(folder, os.W_OK):
+        raise CLIError(f"cannot write into {folder} (--out {out!r}) — choose a writable path")
+    if os.path.isdir(out):
+        raise CLIError(f"--out {out!r} is a folder — give a file path, e.g. {os.path.join(out, 'run.csv')}")
+
+
+def _write(out: str, history: Any, meta: dict) -> str:
+    from .history import atomic_write_text
+
+    meta_path = os.path.splitext(out)[0] + ".json"
+    with _no_interrupts():
+        history.to_csv(out)
+        atomic_write_text(meta_path, json.dumps(_jsonable(meta), indent=2) + "\n")
+    return meta_path
+
+
+def _close_progress_bars() -> None:
+    """Close a progress bar left open by an exception, so that it does not redraw after the last message."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
+
+
+def _failure_hint(err: Exception) -> str:
+    text = str(err)
+    if "implicitly created only for scalar outputs" in text:
+        return "f or g returned a non-scalar tensor during the run; make both return a scalar (e.g. .sum())"
+    if "device" in text.lower():
+        return "tensors on different devices met during the run; keep the problem's data and x0, y0 on one device"
+    return "rerun with --traceback for the stack"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
-    from .history import atomic_write_text
-    from .problems import get_problem
+    from .history import History
+    from .oracles import Counts
+    from .problems import PROBLEMS, get_problem
     from .run import solve
     from .solvers import get_solver
 
-    saved = warnings.showwarning
-    popts = _parse_assignments(args.problem_opt, "-P/--problem-opt")
-    sopts = _parse_assignments(args.solver_opt, "-O/--solver-opt")
+    popts = dict(args.problem_opt or ())
+    sopts = dict(args.solver_opt or ())
     for flag in ("dataset", "corruption", "data_dir"):  # shorthands for the data problems' options
         if getattr(args, flag) is not None:
             popts[flag] = getattr(args, flag)
@@ -143,35 +375,81 @@ def cmd_run(args: argparse.Namespace) -> int:
         popts["dtype"] = getattr(torch, args.dtype)
     if args.device:
         popts["device"] = args.device
-    def show(message, *_args, **_kwargs):  # one readable line instead of Python's file:line form
-        print(f"bilevel: warning: {message}", file=sys.stderr)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
-    try:
-        warnings.showwarning = show
-        problem = get_problem(args.problem, **popts)
-        solver = get_solver(args.solver, **sopts)
-        result = solve(
-            problem, solver, max_iter=args.max_iter, max_time=args.max_time, eval_every=args.eval_every,
-            seed=args.seed, tol=args.tol, progress=not args.no_progress,
-        )
-    except (ValueError, TypeError, KeyError) as err:
-        print(f"bilevel: {err}", file=sys.stderr)
-        return 2
-    finally:
-        warnings.showwarning = saved
+    with _one_line_warnings():
+        try:
+            factory = PROBLEMS.lookup(args.problem)
+            try:
+                seeded = "seed" in inspect.signature(factory).parameters
+            except (TypeError, ValueError):
+                seeded = False
+            if seeded and "seed" not in popts:  # --seed seeds the instance too, unless -P seed=... is given
+                popts["seed"] = args.seed
+            solver = get_solver(args.solver, **sopts)  # option errors before a possibly slow problem build
+            problem = get_problem(args.problem, **popts)
+            bound = solver.bind(problem)
+        except KeyboardInterrupt:
+            print("bilevel: interrupted while building the problem — nothing was written", file=sys.stderr)
+            return 130
+        except Exception as err:
+            raise _input_error(err, f"building the problem {args.problem!r}") from err
+        threads = args.threads or default_threads(problem)
+        torch.set_num_threads(threads)
+        out = args.out or os.path.join("results", f"{problem.name}_{solver.name}_seed{args.seed}.csv")
+        _check_out(out)
+        meta: dict[str, Any] = {
+            "problem": problem.name, "problem_options": popts, "problem_seed": popts.get("seed"),
+            "problem_info": {k: v for k, v in problem.info.items() if isinstance(v, (int, float, str, bool))},
+            "solver": solver.name, "options": bound.resolved_options(), "seed": args.seed, "threads": threads,
+            "limits": {"max_iter": args.max_iter, "max_time": args.max_time, "eval_every": args.eval_every,
+                       "tol": args.tol},
+            "torch": torch.__version__, "bilevel": __version__,
+        }
+        rows: list[dict] = []  # the evaluation rows so far, kept should the run end in an exception
+        try:
+            result = solve(
+                problem, bound, max_iter=args.max_iter, max_time=args.max_time, eval_every=args.eval_every,
+                seed=args.seed, tol=args.tol, progress=not args.no_progress, callback=rows.append,
+            )
+        except (KeyboardInterrupt, Exception) as err:
+            _close_progress_bars()
+            history = History()
+            for row in rows:
+                history.append(row)
+            last = rows[-1] if rows else {}
+            done = last.get("iteration", -1) + 1
+            where = (f"after the evaluation of iteration {done - 1}" if rows else "before the first evaluation")
+            if isinstance(err, KeyboardInterrupt):
+                status, message = "stopped", f"interrupted (Ctrl-C) {where}"
+            else:
+                status, message = "failed", f"{type(err).__name__} {where}: {_one_line(err)}"
+            meta.update(status=status, interrupted=isinstance(err, KeyboardInterrupt), message=message,
+                        iterations=done, time=last.get("time", 0.0),
+                        counts={k: last[k] for k in Counts().as_dict() if k in last})
+            meta_path = _write(out, history, meta)
+            saved = f"the history so far ({len(rows)} evaluations) is in {out} (metadata {meta_path})"
+            if isinstance(err, KeyboardInterrupt):
+                print(f"bilevel: interrupted {where} — {saved}", file=sys.stderr)
+                return 130
+            raise RunFailed(f"the run failed {where}: {type(err).__name__}: {_one_line(err)} — "
+                            f"{_failure_hint(err)}; {saved}") from err
+    meta.update(status=result.status, interrupted=result.interrupted, message=result.message,
+                iterations=result.iterations, time=result.time, counts=result.counts.as_dict(),
+                events=result.events, options=result.options)
+    meta_path = _write(out, result.history, meta)
+    if result.interrupted:
+        print(f"bilevel: interrupted after {result.iterations} iterations — the history so far is in {out} "
+              f"(metadata {meta_path}, status stopped)", file=sys.stderr)
+        return 130
     print(result.summary())
-    out = args.out or os.path.join("results", f"{problem.name}_{solver.name}_seed{args.seed}.csv")
-    result.history.to_csv(out)
-    meta = {
-        "problem": problem.name, "problem_options": {k: repr(v) for k, v in popts.items()},
-        "problem_info": {k: v for k, v in problem.info.items() if isinstance(v, (int, float, str, bool))},
-        "solver": solver.name, "options": result.options, "seed": args.seed, "status": result.status,
-        "message": result.message, "iterations": result.iterations, "time": result.time,
-        "counts": result.counts.as_dict(), "events": result.events, "torch": torch.__version__,
-    }
-    atomic_write_text(os.path.splitext(out)[0] + ".json", json.dumps(meta, indent=2) + "\n")
-    print(f"history written to {out} (metadata: {os.path.splitext(out)[0]}.json)")
-    return 0 if result.status != "diverged" else 1
+    print(f"history written to {out} (metadata: {meta_path})")
+    if not result.success:  # a failed run says so on stderr too, in one line, like every error
+        print(f"bilevel: the run ended {result.status} after {result.iterations} iterations — "
+              f"{' '.join(result.message.split())}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -223,26 +501,58 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bilevel", description="Bilevel optimisation with Krylov hypergradients.")
+    parser = _Parser(prog="bilevel", description="Bilevel optimisation with Krylov hypergradients.",
+                     epilog="Errors are one line; --traceback (or BILEVEL_DEBUG=1) adds the Python stack. Exit "
+                     "codes: 0 done, 1 the run failed or diverged, 2 a usage or input error, 130 interrupted.")
+    parser.add_argument("--version", action="version",
+                        version=f"bilevel {__version__} (torch {_torch_version()}, Python {sys.version.split()[0]})")
+    parser.add_argument("--traceback", action="store_true", help="on an error, also print the Python stack")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run one solver on one problem")
+    run = sub.add_parser(
+        "run", help="run one solver on one problem", formatter_class=_HelpFormatter,
+        description="Run one solver on one problem: progress bar, summary, CSV history and JSON metadata.",
+        epilog="Ctrl-C stops the run: the history so far and the metadata (status stopped, interrupted: true) "
+               "are written, exit code 130. Exit codes: 0 done, 1 failed or diverged, 2 usage or input error.")
     run.add_argument("problem", help="problem name (see `bilevel list problems`)")
-    run.add_argument("--solver", default="lancbio", help="solver name (default: lancbio)")
-    run.add_argument("--max-iter", type=int, default=1000)
-    run.add_argument("--max-time", type=float, default=None, help="seconds of solver time")
-    run.add_argument("--eval-every", type=int, default=10)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--tol", type=float, default=None, help="stop when the hypergradient norm is below this")
-    run.add_argument("-P", "--problem-opt", action="append", metavar="KEY=VALUE", help="problem option, repeatable")
-    run.add_argument("-O", "--solver-opt", action="append", metavar="KEY=VALUE", help="solver option, repeatable")
-    run.add_argument("--dataset", default=None, help="hyperclean: mnist, fashion_mnist, kmnist or digits")
-    run.add_argument("--corruption", type=float, default=None, help="hyperclean: fraction of corrupted labels")
-    run.add_argument("--data-dir", default=None, help="hyperclean: folder with the dataset files "
-                     "(default: $BILEVEL_DATA_DIR, else the download cache)")
-    run.add_argument("--dtype", choices=("float64", "float32"), default=None)
-    run.add_argument("--device", default=None, help="e.g. cpu or cuda")
-    run.add_argument("--out", default=None, help="CSV path for the history (default results/<problem>_<solver>_seed<seed>.csv)")
+    run.add_argument("--solver", default="lancbio", help="solver name (see `bilevel list solvers`)")
+    run.add_argument("--max-iter", type=_count(0), default=1000, metavar="K", help="outer iterations")
+    run.add_argument("--max-time", type=_positive, default=None, metavar="SECONDS",
+                     help="stop after this much solver time, evaluation excluded (default: no limit)")
+    run.add_argument("--eval-every", type=_count(1), default=10, metavar="N",
+                     help="evaluate the metrics every N iterations and after the last one")
+    run.add_argument("--seed", type=_count(0), default=0,
+                     help="seeds everything random in the run: the problem instance (its seed option, unless "
+                          "-P seed=... is given: corruption, split, initial point), the solver's draws, batches")
+    run.add_argument("--tol", type=_positive, default=None,
+                     help="stop (status converged) once the hypergradient norm, true when known else the "
+                          "estimate, is <= TOL (default: off)")
+    run.add_argument("-P", "--problem-opt", action="append", type=_assignment, metavar="KEY=VALUE",
+                     help="problem option, repeatable; VALUE is a Python literal or a bare word "
+                          "(see `bilevel show PROBLEM`)")
+    run.add_argument("-O", "--solver-opt", action="append", type=_assignment, metavar="KEY=VALUE",
+                     help="solver option, repeatable; part options by dotted name, e.g. v_solver.m=20 "
+                          "(see `bilevel show SOLVER`)")
+    run.add_argument("--dataset", default=None,
+                     help="hyperclean: mnist, fashion_mnist, kmnist or digits (default: the problem's, digits)")
+    run.add_argument("--corruption", type=float, default=None,
+                     help="hyperclean: fraction of corrupted training labels, in [0, 1) (default: the "
+                          "problem's, 0.8)")
+    run.add_argument("--data-dir", default=None,
+                     help="hyperclean: data root holding mnist/, fashion_mnist/, kmnist/ (default: "
+                          "$BILEVEL_DATA_DIR, else ~/.cache/bilevel/datasets; missing files are downloaded "
+                          "and verified unless BILEVEL_OFFLINE=1)")
+    run.add_argument("--dtype", choices=("float64", "float32"), default=None,
+                     help="floating-point type of the problem's tensors (default: the problem's, float64)")
+    run.add_argument("--device", default=None,
+                     help="torch device: cpu, cuda or cuda:N (default: the problem's, cpu)")
+    run.add_argument("--threads", type=_count(1), default=None, metavar="N",
+                     help=f"torch threads for the run (default: 1 when dy·N < {SMALL_PROBLEM:.0e}, N the "
+                          "lower level's training samples, dy² without data; else every core this process "
+                          "may use); recorded in the metadata")
+    run.add_argument("--out", default=None,
+                     help="CSV path for the history; the metadata goes beside it as .json (default: "
+                          "results/<problem>_<solver>_seed<seed>.csv)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
@@ -281,19 +591,51 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--notes", default=None, help="Markdown file inserted after the header")
     rep.set_defaults(func=cmd_report)
 
-    lst = sub.add_parser("list", help="list solvers, problems and linear solvers")
-    lst.add_argument("what", nargs="?", choices=("solvers", "problems", "linear-solvers", "inner-solvers"))
+    lst = sub.add_parser("list", help="list solvers, problems, linear solvers and inner solvers",
+                         description="List the registered names with the first sentence of each description.")
+    lst.add_argument("what", nargs="?", choices=("solvers", "problems", "linear-solvers", "inner-solvers"),
+                     help="one kind only (default: all)")
     lst.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", help="options, defaults and documentation of a solver, problem or linear solver")
-    show.add_argument("name")
+    show.add_argument("name", help="a name from `bilevel list`")
     show.set_defaults(func=cmd_show)
+    for command in sub.choices.values():  # also accepted after the command; SUPPRESS keeps the global value
+        command.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                             help="on an error, also print the Python stack (or set BILEVEL_DEBUG=1)")
     return parser
 
 
+def _exit_code(err: BaseException) -> int:
+    from .datasets import DatasetError
+
+    if isinstance(err, RunFailed):
+        return 1
+    if isinstance(err, (CLIError, ValueError, TypeError, LookupError, OSError, DatasetError)):
+        return 2
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``bilevel`` console script; returns the exit code (errors are reported, never raised)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    debug = bool(getattr(args, "traceback", False)) or os.environ.get("BILEVEL_DEBUG", "").strip() not in ("", "0")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("bilevel: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `bilevel list | head`: the reader left, nothing more to say
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as err:
+        if debug:
+            traceback.print_exception(type(err), err, err.__traceback__)
+        print(f"bilevel: {_one_line(err)}", file=sys.stderr)
+        return _exit_code(err)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ the full data set).  Closed forms act on the *flat* vectors (see ``_tree.TreeSpe
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
@@ -51,6 +52,82 @@ class ClosedForms:
     y_star: Optional[Callable[[Tensor, Tensor], Tensor]] = None
     hypergradient: Optional[Callable[[Tensor], Tensor]] = None
     preconditioner: Optional[Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]]] = None
+
+
+def check_device(owner: str, device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` that this torch can compute on, else one ``ProblemError`` saying
+    what is missing and what to use instead (checked before any data is built, so a CPU-only torch never
+    fails deep inside a tensor copy)."""
+    try:
+        dev = torch.device(device)
+    except (TypeError, RuntimeError):
+        raise ProblemError(
+            f"{owner}: unknown device {device!r} — use 'cpu', 'cuda' or 'cuda:N' (a torch device string)."
+        ) from None
+    if dev.type == "meta":
+        raise ProblemError(
+            f"{owner}: device 'meta' holds shapes but no values, so nothing can be computed on it — use 'cpu' "
+            "or 'cuda'."
+        )
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ProblemError(
+                f"{owner}: device {str(dev)!r}: this torch ({torch.__version__}) has no CUDA support — use "
+                "device 'cpu' (--device cpu) or install a CUDA build of torch."
+            )
+        if not torch.cuda.is_available():
+            raise ProblemError(
+                f"{owner}: device {str(dev)!r}: no CUDA device is visible (torch.cuda.is_available() is False) "
+                "— use device 'cpu' (--device cpu), or check the driver and CUDA_VISIBLE_DEVICES."
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ProblemError(
+                f"{owner}: device {str(dev)!r} does not exist: {count} CUDA device(s) are visible — use "
+                f"'cuda:0'{f' … cuda:{count - 1}' if count > 1 else ''}."
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ProblemError(f"{owner}: device 'mps' is not available in this torch/machine — use 'cpu'.")
+    return dev
+
+
+_DEVICE_NAME = re.compile(r"\b(cpu|meta|mps|xpu(?::\d+)?|cuda(?::\d+)?)\b")
+
+
+def _other_device(message: str, mine: torch.device) -> str | None:
+    """The device named in a torch device-mismatch message that is not ``mine`` (None if there is none)."""
+    if "device" not in message.lower():
+        return None
+    names = [n for n in _DEVICE_NAME.findall(message) if torch.device(n).type != mine.type]
+    return names[0] if names else None
+
+
+def _meta_error(what: str, fns: tuple, x0: Any, y0: Any) -> ProblemError:
+    """x0/y0 on the meta device: name the device that f and g compute on (probed by calling them on the
+    meta tensors, which computes nothing), and how to move the initial point there."""
+    other = None
+    for fn in fns:
+        try:
+            with torch.no_grad():
+                fn(x0, y0, None)
+        except Exception as err:  # only probed for a device name; the error itself is reported below
+            other = _other_device(str(err), torch.device("meta"))
+            if other:
+                break
+    where = f"f and g compute with tensors on {other!r}" if other else "a problem needs tensors with values"
+    target = other or "cpu"
+    return ProblemError(
+        f"{what} is on the meta device (a shape without values) but {where} — create x0 and y0 on {target!r}, "
+        f"e.g. torch.zeros(n, device={target!r}), or move them there with .to({target!r})."
+    )
+
+
+def _leaves(tree: Any) -> list:
+    if isinstance(tree, Tensor):
+        return [tree]
+    if isinstance(tree, Mapping):
+        return [v for v in tree.values() if isinstance(v, Tensor)]
+    return []
 
 
 def _with_batch(fn: Callable, name: str) -> Callable[[Any, Any, Any], Tensor]:
@@ -110,6 +187,9 @@ class BilevelProblem:
     ) -> None:
         self.f = _with_batch(f, "f")
         self.g = _with_batch(g, "g")
+        for what, tree in (("x0", x0), ("y0", y0)):
+            if any(leaf.is_meta for leaf in _leaves(tree)):
+                raise _meta_error(what, (self.f, self.g), x0, y0)
         self.x_spec = TreeSpec.of(x0, "x0")
         self.y_spec = TreeSpec.of(y0, "y0")
         if self.x_spec.dtype != self.y_spec.dtype or self.x_spec.device != self.y_spec.device:
@@ -206,6 +286,13 @@ class BilevelProblem:
                 try:
                     out = fn(x, y, None)
                 except Exception as err:  # re-raised with context: the user's callable failed
+                    other = _other_device(str(err), self.device) if isinstance(err, RuntimeError) else None
+                    if other is not None:
+                        raise ProblemError(
+                            f"{label}(x0, y0) mixes devices: x0 and y0 are on {self.device} but {label} uses "
+                            f"tensors on {other} — move x0 and y0 (or {label}'s data) to one device with "
+                            f".to(...)."
+                        ) from err
                     raise ProblemError(
                         f"calling {label}(x0, y0, batch=None) raised {type(err).__name__}: {err}"
                     ) from err

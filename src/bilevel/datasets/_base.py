@@ -12,8 +12,15 @@ __all__ = ["Dataset", "DatasetError"]
 class DatasetError(RuntimeError):
     """A dataset cannot be provided: unknown name, missing or corrupted file, failed download, bad format.
 
-    The message always names the file concerned and says how to fix the problem.
+    The message always names the file concerned and says how to fix the problem.  ``what`` and ``fix``,
+    where set, are that message in two short one-line parts, for one-line reports (the command line prints
+    "bilevel: <what> — <fix>").
     """
+
+    def __init__(self, message: str, *, what: str | None = None, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.what = what
+        self.fix = fix
 
 
 # eq=False: comparing arrays element-wise inside a generated __eq__ would raise; identity is enough.

@@ -3,7 +3,9 @@
 A download streams into a temporary file in the destination folder (same filesystem, so the final
 ``os.replace`` is atomic and concurrent loaders never see a partial file), is verified against the
 pinned sha256 while it streams, and only then takes the final name.  Any failure removes the temporary
-file and moves on to the next mirror.
+file and moves on to the next mirror.  When every mirror fails (or the download is interrupted), the
+folders the download created are removed again if they are still empty: a failed download leaves no
+trace, in particular no empty dataset folder that would look like a dataset to a later check.
 """
 
 from __future__ import annotations
@@ -68,7 +70,10 @@ def verify_file(path: Path, spec: FileSpec) -> None:
             f"  expected sha256 {spec.sha256}\n"
             f"  actual   sha256 {actual}\n"
             f"The file is corrupted or incomplete and was not used.  Fix: delete it and download it again "
-            f"(load with download=True), or point data_dir= / BILEVEL_DATA_DIR at a folder with a good copy.")
+            f"(load with download=True), or point data_dir= / BILEVEL_DATA_DIR at a folder with a good copy.",
+            what=f"checksum mismatch for {path}{size_note}: sha256 {actual[:16]}…, expected {spec.sha256[:16]}…",
+            fix="delete the file and download it again, or point --data-dir (data_dir=) / BILEVEL_DATA_DIR at a "
+                "folder with a good copy")
 
 
 def _fetch_one(url: str, dest: Path, spec: FileSpec) -> None:
@@ -97,24 +102,57 @@ def _fetch_one(url: str, dest: Path, spec: FileSpec) -> None:
         _VERIFIED[_key(dest)] = actual
 
 
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` (and missing parents); return the folders created, deepest first."""
+    created = []
+    path = folder
+    while not path.exists() and path != path.parent:
+        created.append(path)
+        path = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove the folders a failed download created, deepest first, stopping at the first non-empty one
+    (a concurrent download may have put a file there)."""
+    for path in created:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
 def download_file(urls: list[str], dest: Path, spec: FileSpec) -> str:
-    """Try each URL in turn until one yields the verified file at ``dest``; return the URL used."""
+    """Try each URL in turn until one yields the verified file at ``dest``; return the URL used.
+
+    On failure nothing is left behind: no partial file and no folder that this call created."""
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        created = _make_folder(dest.parent)
     except OSError as exc:
         raise DatasetError(f"Cannot create the folder {dest.parent} to download {spec.name!r} into: {exc}. "
-                           f"Pass data_dir= or set BILEVEL_DATA_DIR to a writable folder.") from exc
+                           f"Pass data_dir= or set BILEVEL_DATA_DIR to a writable folder.",
+                           what=f"cannot create the folder {dest.parent} to download {spec.name!r} into ({exc})",
+                           fix="point --data-dir (data_dir=) or BILEVEL_DATA_DIR at a writable folder") from exc
     failures = []
-    for url in urls:
-        try:
-            _fetch_one(url, dest, spec)
-            return url
-        except (OSError, urllib.error.URLError, DatasetError, ValueError) as exc:
-            # HTTPError and URLError are OSErrors; ValueError covers malformed URLs
-            failures.append(f"  {url}: {exc}")
+    try:
+        for url in urls:
+            try:
+                _fetch_one(url, dest, spec)
+                return url
+            except (OSError, urllib.error.URLError, DatasetError, ValueError) as exc:
+                # HTTPError and URLError are OSErrors; ValueError covers malformed URLs
+                failures.append(f"  {url}: {exc}")
+    finally:
+        if not dest.is_file():  # failed or interrupted
+            _remove_if_empty(created)
     tried = "\n".join(failures) if failures else "  (no download URL configured)"
+    first = " ".join(failures[0].split()) if failures else "no download URL configured"
     raise DatasetError(
         f"Could not download {spec.name!r} into {dest.parent}; tried:\n{tried}\n"
         f"No file was written.  Fix: retry when the network is available, or get the file by other means, "
         f"put it in {dest.parent} and load with download=False (or point data_dir= / BILEVEL_DATA_DIR at a "
-        f"folder that has it).")
+        f"folder that has it).",
+        what=f"could not download {spec.name!r} into {dest.parent} ({len(failures)} mirror(s) tried; {first})",
+        fix=f"retry when the network is available, or put the file in {dest.parent} by other means, or point "
+            f"--data-dir (data_dir=) / BILEVEL_DATA_DIR at a folder that has it")

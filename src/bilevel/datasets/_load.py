@@ -80,7 +80,11 @@ def _missing_error(name: str, root: Path, missing: list[str], reason: str,
         + "\n".join(lines) +
         f"\nFix: either put the file(s) in {folder}{os.sep}, or point the loader at a data root whose "
         f"'{name}/' sub-folder has them: set BILEVEL_DATA_DIR=/path/to/root or pass data_dir='/path/to/root'. "
-        f"To download instead, pass download=True (or unset BILEVEL_OFFLINE).")
+        f"To download instead, pass download=True (or unset BILEVEL_OFFLINE).",
+        what=f"{_TITLES[name]}: {len(missing)} file(s) missing from {folder} and downloading is disabled ({reason})",
+        fix=(f"put {'them' if len(missing) > 1 else missing[0]} there, point --data-dir (data_dir=) or "
+             f"BILEVEL_DATA_DIR at a data root whose '{name}/' folder has {'them' if len(missing) > 1 else 'it'}, or "
+             + ("allow downloads (unset BILEVEL_OFFLINE)" if reason.startswith("BILEVEL") else "pass download=True")))
 
 
 def _ensure(name: str, root: Path, filenames: list[str], download: bool | None,

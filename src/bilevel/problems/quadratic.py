@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_int, check_positive
-from ..problem import BilevelProblem, ClosedForms
+from ..problem import BilevelProblem, ClosedForms, check_device
 from ._registry import PROBLEMS
 
 __all__ = ["quadratic"]
@@ -32,11 +32,7 @@ def _check_dtype_device(owner: str, dtype: Any, device: Any) -> tuple[torch.dtyp
         dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
         raise TypeError(f"{owner}: dtype must be a real floating torch.dtype (e.g. torch.float64); got {dtype!r}.")
-    try:
-        dev = torch.device(device)
-    except (TypeError, RuntimeError) as err:
-        raise ValueError(f"{owner}: device must be a torch device such as 'cpu' or 'cuda'; got {device!r}.") from err
-    return dtype, dev
+    return dtype, check_device(owner, device)
 
 
 def _check_seed(owner: str, seed: Any) -> int:
@@ -74,7 +70,7 @@ def quadratic(
     dtype: torch.dtype = torch.float64,
     device: Any = "cpu",
 ) -> BilevelProblem:
-    """The quadratic problem above, named ``"quadratic"``.
+    """A quadratic bilevel problem with every quantity in closed form, named ``"quadratic"`` (g = ½ yᵀAy − yᵀ(Bx + d), f = ½‖y − c‖² + (α/2)‖x‖²).
 
     Args:
         dx, dy: dimensions of x and y (>= 1).
