@@ -1,15 +1,18 @@
 """The command line: run (progress, summary, CSV + JSON), list, show, and errors."""
 
 import csv
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from bilevel.cli import main
+import bilevel
+from bilevel.cli import SMALL_PROBLEM, _description, build_parser, default_threads, main
 
 
 def test_run_writes_history_and_metadata(tmp_path, capsys):
@@ -54,7 +57,12 @@ def test_list_and_show(capsys):
     assert main(["show", "lancbio"]) == 0
     shown = capsys.readouterr().out
     assert "subproblem" in shown and "'galerkin'" in shown and "1 + 1/m HVPs on average" in shown
-    assert "lr_x" in shown and "problem scales" in shown and "v_solver.m [m]" in shown
+    assert "lr_x" in shown and "v_solver.m [m]" in shown
+    # a step size comes from the experiment's settings or the problem's scales, which a custom problem lacks
+    assert re.search(r"\n  lr_x +from the experiment's settings or the problem's scales; required: pass it for "
+                     r"your own problem\n", shown)
+    assert re.search(r"\n  v_solver\.m \[m\] +from the experiment's settings or the problem's scales, else 10\n", shown)
+    assert "a BilevelProblem you build from callables has neither" in " ".join(shown.split())
     assert main(["show", "synthetic"]) == 0
     assert "condition" in capsys.readouterr().out
 
@@ -68,8 +76,10 @@ def test_errors_are_clear(capsys, tmp_path):
     assert "m0 must be an integer >= 1; got 0" in capsys.readouterr().err
     assert main(["show", "lanczoss"]) == 2
     assert "Did you mean 'lanczos'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as info:  # argparse's exit, code 2 like every usage error
         main(["run", "quadratic", "-O", "noequals"])
+    assert info.value.code == 2
+    assert "bilevel: argument -O/--solver-opt: expected KEY=VALUE; got 'noequals'" in capsys.readouterr().err
 
 
 def test_diverged_run_exits_nonzero(tmp_path, capsys):
@@ -86,3 +96,101 @@ def test_console_script_is_installed(tmp_path):
         pytest.skip("package not installed in this environment (run through `make test`)")
     proc = subprocess.run([exe, "list", "solvers"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "lancbio" in proc.stdout
+
+
+def test_run_help_explains_every_option(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    for action in run._actions:
+        if not action.option_strings or action.dest in ("help", "traceback", "no_progress"):
+            continue
+        lines = text.splitlines()
+        at = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith(action.option_strings[0]))
+        block = " ".join([lines[at]] + list(itertools.takewhile(lambda ln: ln.startswith(" " * 8), lines[at + 1:])))
+        assert "default" in block, block  # what happens when the option is not given
+    for expected in ("--max-iter K +outer iterations \\(default: 1000\\)",
+                     "--eval-every N +evaluate the metrics every N iterations and after the last one \\(default: 10\\)",
+                     "--seed SEED +seeds everything random in the run.*\\(default: 0\\)",
+                     "--dtype \\{float64,float32\\}\\s+floating-point type .*\\(default: the problem's, float64\\)",
+                     "--threads N +torch threads for the run \\(default: 1 when dy·N < 1e\\+07"):
+        assert re.search(expected, text), expected
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"bilevel {bilevel.__version__} (torch ")
+
+
+def test_list_prints_whole_first_sentences(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    from bilevel.problems import PROBLEMS
+    from bilevel.solvers import SOLVERS
+
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    assert "above" not in text  # no docstring that leans on its module's text
+    unwrapped = " ".join(text.split())
+    for table in (SOLVERS, PROBLEMS):
+        for name, entry in table.items():
+            description = _description(entry)
+            assert description.endswith((".", ")")), (name, description)
+            assert f"{name} {description}" in unwrapped, name  # whole, though wrapped
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "ttsa TTSA — two-timescale stochastic approximation, single loop (Hong et al., SIAM J. Optim. 2023)." \
+        in unwrapped
+
+
+def _run_meta(tmp_path, name, *argv):
+    out = tmp_path / f"{name}.csv"
+    assert main(["run", *argv, "--no-progress", "--out", str(out)]) == 0
+    return json.loads(out.with_suffix(".json").read_text()), list(csv.DictReader(open(out)))
+
+
+def test_seed_seeds_the_problem_unless_given(tmp_path, capsys):
+    common = ("hyperclean", "--dataset", "digits", "--max-iter", "2", "--eval-every", "1", "-P", "n_train=200",
+              "-P", "n_val=200")
+    m0, h0 = _run_meta(tmp_path, "s0", *common, "--seed", "0")
+    m1, h1 = _run_meta(tmp_path, "s1", *common, "--seed", "1")
+    m01, h01 = _run_meta(tmp_path, "p0s1", *common, "-P", "seed=0", "--seed", "1")
+    assert (m0["seed"], m0["problem_seed"]) == (0, 0) and m0["problem_options"]["seed"] == 0
+    assert (m1["seed"], m1["problem_seed"]) == (1, 1)
+    assert (m01["seed"], m01["problem_seed"]) == (1, 0)
+    assert h0[0]["f"] != h1[0]["f"] and h0[0]["test_accuracy"] != h1[0]["test_accuracy"]  # another instance
+    assert [r["f"] for r in h01] == [r["f"] for r in h0]  # -P seed=0 keeps instance 0 (lancbio draws nothing)
+
+    from bilevel.problems import hyperclean
+
+    def corrupted(seed):
+        return hyperclean("digits", n_train=200, n_val=200, seed=seed).info["corrupted_indices"]
+
+    assert len(corrupted(0)) == len(corrupted(1)) == 160 and corrupted(0) != corrupted(1)
+
+
+def test_metadata_holds_json_values_and_threads(tmp_path, capsys):
+    meta, _ = _run_meta(tmp_path, "j", "hyperclean", "--dataset", "digits", "--corruption", "0.5", "--dtype",
+                        "float64", "-P", "n_train=100", "-P", "n_val=100", "-P", "model='linear'",
+                        "--max-iter", "1", "--threads", "2")
+    assert meta["problem_options"] == {"n_train": 100, "n_val": 100, "model": "linear", "dataset": "digits",
+                                       "corruption": 0.5, "dtype": "float64", "seed": 0}
+    assert meta["threads"] == 2 and meta["interrupted"] is False and meta["limits"]["max_iter"] == 1
+    meta, _ = _run_meta(tmp_path, "q", "quadratic", "--max-iter", "1")
+    assert meta["threads"] == 1  # a small problem runs on one thread by default
+
+
+def test_default_threads_rule():
+    class Fake:
+        def __init__(self, dy, n_samples=None):
+            self.dy, self.n_samples = dy, n_samples
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_threads(Fake(650, 600)) == 1  # hyper-cleaning on digits
+    assert default_threads(Fake(1000)) == 1  # synthetic, n = 1000: dy² = 1e6
+    assert default_threads(Fake(7850, 5000)) == cores  # hyper-cleaning on MNIST
+    assert default_threads(Fake(10_000)) == cores  # synthetic at the paper's n = 10⁴
+    assert SMALL_PROBLEM == 10**7

@@ -96,7 +96,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if not action.option_strings or "default" in text or action.default in (None, False, argparse.SUPPRESS):
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not action.option_strings or "default" in text or unset:
             return text
         return f"{text} (default: %(default)s)"
 
@@ -529,10 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "estimate, is <= TOL (default: off)")
     run.add_argument("-P", "--problem-opt", action="append", type=_assignment, metavar="KEY=VALUE",
                      help="problem option, repeatable; VALUE is a Python literal or a bare word "
-                          "(see `bilevel show PROBLEM`)")
+                          "(default: the problem's own; see `bilevel show PROBLEM`)")
     run.add_argument("-O", "--solver-opt", action="append", type=_assignment, metavar="KEY=VALUE",
                      help="solver option, repeatable; part options by dotted name, e.g. v_solver.m=20 "
-                          "(see `bilevel show SOLVER`)")
+                          "(default: the solver's own; see `bilevel show SOLVER`)")
     run.add_argument("--dataset", default=None,
                      help="hyperclean: mnist, fashion_mnist, kmnist or digits (default: the problem's, digits)")
     run.add_argument("--corruption", type=float, default=None,

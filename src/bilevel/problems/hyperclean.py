@@ -176,7 +176,8 @@ def hyperclean(
 
     ``problem.metrics`` gives test accuracy and loss, validation loss and accuracy, and the detection
     quality of corrupted samples (precision/recall/F1 of σ(x_i) < 0.5, AUC); ``problem.info`` records the
-    split, the realised corruption rate and any deviation (KMNIST offline).  Presets: the reference's
+    split, the corrupted samples (``corrupted_indices``), the realised corruption rate and any deviation
+    (KMNIST offline).  Presets: the reference's
     deterministic hyper-cleaning settings for every solver (λ = 500, θ = 0.1, η = 0.05, T and Q per solver,
     LancBiO m from 1 ×1.3 every 50 iterations up to 10).
     """
@@ -299,6 +300,7 @@ def hyperclean(
         "model": kind, "closed_forms": cf is not None, "n_train": N, "n_val": int(Xv.shape[0]),
         "n_test": int(Xs.shape[0]), "realised_corruption": float(is_corrupted.double().mean()),
         "split_note": note, "dataset_notes": ds.notes, "reg": reg,
+        "corrupted_indices": corrupted_idx.tolist(),  # which training samples got a wrong label (sorted)
     }
     return BilevelProblem(
         f, g, torch.zeros(N, **cast), y0, name=f"hyperclean-{dataset}", closed_forms=cf,
