@@ -299,7 +299,7 @@ def _one_line_warnings() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _no_interrupts() -> Iterator[None]:
-    """Defer Ctrl-C while the output files are written (each write is atomic; this keeps the pair whole)."""
+    """Ignore Ctrl-C while the output files are written (each write is atomic; this keeps the CSV and JSON a pair)."""
     try:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread: nothing to defer
