@@ -155,6 +155,14 @@ def _section(out: str, record: dict, runs, broken, folder: str, level: str, *, m
     failed = [(m["label"], m["seed"], m.get("message", "")) for m, _ in runs if m.get("status") == "failed"]
     if failed:
         lines += [f"{level}# Failed runs", ""] + [f"- {label}, seed {seed}: {msg}" for label, seed, msg in failed] + [""]
+    warned = defaultdict(list)
+    for m, _ in runs:
+        for text in m.get("warnings") or ():
+            warned[text].append(m["label"])
+    if warned:
+        lines += [f"{level}# Warnings", ""]
+        lines += [f"- {text} ({len(labels)} run(s): {', '.join(sorted(set(labels))[:3])}"
+                  f"{', …' if len(set(labels)) > 3 else ''})" for text, labels in sorted(warned.items())] + [""]
     if broken:
         lines += [f"{level}# Unreadable runs (skipped)", ""] + [f"- `{rid}`: {why}" for rid, why in broken]
         lines += ["", "Re-running the bench command redoes them.", ""]

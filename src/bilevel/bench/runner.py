@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -117,6 +118,7 @@ def environment() -> dict:
 def execute(spec: dict, out: str, commit: Optional[str]) -> dict:
     """Run one specification and store it; returns its metadata.  Never raises for a run's own error;
     Ctrl-C (``KeyboardInterrupt``) stores nothing and propagates, so the run counts as not finished.
+    Warnings the run raises go to ``meta["warnings"]`` (the report lists them) rather than mid-sweep stderr.
 
     The run uses ``spec["limits"]["threads"]`` torch threads (the caller's count is restored after)."""
     import torch
@@ -140,11 +142,14 @@ def execute(spec: dict, out: str, commit: Optional[str]) -> dict:
             popts["seed"] = spec["seed"]
         problem = get_problem(spec["problem"], **popts)
         solver = get_solver(spec["solver"], **{k: decode(v) for k, v in spec["solver_options"].items()})
-        result = solve(
-            problem, solver, max_iter=limits["max_iter"], max_time=limits.get("max_time"),
-            eval_every=limits["eval_every"], tol=limits.get("tol"),
-            true_hypergradient=limits.get("true_hypergradient"), seed=spec["seed"],
-        )
+        with warnings.catch_warnings(record=True) as caught:  # kept in meta.json, not printed mid-sweep
+            warnings.simplefilter("always")
+            result = solve(
+                problem, solver, max_iter=limits["max_iter"], max_time=limits.get("max_time"),
+                eval_every=limits["eval_every"], tol=limits.get("tol"),
+                true_hypergradient=limits.get("true_hypergradient"), seed=spec["seed"],
+            )
+        meta["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
         if getattr(result, "interrupted", False):  # solve keeps Ctrl-C's partial run; a sweep redoes it
             raise KeyboardInterrupt
         rows = result.history.to_dicts()

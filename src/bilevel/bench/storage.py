@@ -264,8 +264,8 @@ def _number(text: str) -> Any:
 
 
 def experiments_in(out: str, select: Optional[Iterable[str]] = None) -> list[dict]:
-    """The experiment records of a results folder, optionally only those ``select`` names (by id, name
-    or hash prefix).  A folder without records (older ones) reads as one experiment holding every run
+    """The experiment records of a results folder, optionally only those ``select`` names (each by its
+    id, else its name, else a hash prefix of at least 4 characters).  A folder without records (older ones) reads as one experiment holding every run
     (``runs`` None)."""
     if not os.path.isdir(out):
         raise StoreError(f"no results folder at {out!r}; create it with `bilevel bench CONFIG --out {out}`.")
@@ -286,8 +286,8 @@ def experiments_in(out: str, select: Optional[Iterable[str]] = None) -> list[dic
         return records
     chosen = []
     for want in select:
-        hits = [r for r in records if want in (r["id"], r.get("name")) or (r.get("hash") and len(want) >= 4
-                                                                          and r["hash"].startswith(want))]
+        hits = ([r for r in records if r["id"] == want] or [r for r in records if r.get("name") == want]
+                or [r for r in records if r.get("hash") and len(want) >= 4 and r["hash"].startswith(want)])
         if not hits:
             from .._validation import suggest
 
