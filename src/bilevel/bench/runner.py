@@ -411,9 +411,18 @@ def _dispatch(todo, out, commit, backend, jobs, scheduler):
         with joblib.parallel_config(backend="ray", n_jobs=jobs):
             yield from joblib.Parallel(return_as="generator")(tasks)
         return
-    # max_nbytes=None: the arguments are small dicts, nothing to memory-map into /dev/shm
-    with joblib.parallel_config(backend="loky", n_jobs=min(jobs, len(todo)), max_nbytes=None):
+    # max_nbytes=None: the arguments are small dicts, nothing to memory-map into /dev/shm.  The workers
+    # ignore SIGINT: Ctrl-C reaches the whole process group, and the parent alone stops the sweep (it
+    # kills the workers), instead of each idle worker printing its own KeyboardInterrupt traceback.
+    with joblib.parallel_config(backend="loky", n_jobs=min(jobs, len(todo)), max_nbytes=None,
+                                initializer=_ignore_sigint):
         yield from joblib.Parallel(return_as="generator_unordered")(tasks)
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _one_line(err: BaseException) -> str:
