@@ -378,7 +378,7 @@ def _stop(results, bar, out: str) -> None:
 def _dispatch(todo, out, commit, backend, jobs, scheduler):
     if not todo:
         return
-    if backend == "sequential" or (backend == "loky" and jobs == 1):
+    if backend == "sequential" or (backend == "loky" and min(jobs, len(todo)) == 1):  # no worker to start
         for spec in todo:
             yield execute(spec.to_dict(), out, commit)
         return
