@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from bilevel.bench import ConfigError, load, parse, run_sweep, storage
+from bilevel.bench import ConfigError, SpecMismatch, load, parse, run_sweep, storage
 from bilevel.bench.plot import plot, summarise
 from bilevel.bench.report import report
 from bilevel.cli import main
@@ -119,6 +119,15 @@ def test_tiny_grid_end_to_end(tmp_path):
         assert cols["iteration"] == [0, 10, 20, 29]
     again = run_sweep(parse(TINY), out, n_jobs=2, progress=False)
     assert again.skipped == 6 and again.ran == 0
+    # the worker count does not change a single number: every run uses run.threads (default 1) threads
+    one = str(tmp_path / "one")
+    run_sweep(parse(TINY), one, n_jobs=1, progress=False)
+    for folder in folders:
+        meta = storage.read_meta(folder)
+        assert meta["limits"]["threads"] == 1 and meta["env"]["threads"] == 1
+        twin = storage.run_dir(one, meta["run_id"])
+        cols, cols1 = storage.read_history(folder, meta), storage.read_history(twin, storage.read_meta(twin))
+        assert {k: v for k, v in cols.items() if k != "time"} == {k: v for k, v in cols1.items() if k != "time"}
 
 
 def test_csv_fallback_without_pyarrow(tmp_path, monkeypatch):
@@ -282,3 +291,137 @@ def test_shipped_configs_have_numeric_options(path):
     for spec in load(path):
         for value in spec.problem_options.values():
             assert not isinstance(value, str) or not value[:1].isdigit(), (path, value)
+
+
+def test_results_folder_records_its_experiment_and_refuses_another(tmp_path):
+    base = dict(TINY, seeds=1, solvers=["subbio"])
+    out = str(tmp_path / "out")
+    first = parse(base)
+    run_sweep(first, out, backend="sequential", progress=False)
+    (record,) = storage.read_experiments(out)
+    assert record["id"] == "tiny" and record["hash"] == first.hash and record["spec"]["run"]["threads"] == 1
+    assert set(record["runs"]) == {s.run_id for s in first}
+    assert run_sweep(parse(base), out, backend="sequential", progress=False).ran == 0  # same spec resumes
+    other = parse(dict(base, problem={"name": "quadratic", "options": {"dy": 13}}, seeds=[0, 1]))
+    with pytest.raises(SpecMismatch, match=r"differs from 'tiny' at: problem\.options\.dy, seeds\. Use another "
+                                           r"--out, or --add-experiment"):
+        run_sweep(other, out, backend="sequential", progress=False)
+    assert len(storage.read_experiments(out)) == 1 and len(glob.glob(os.path.join(out, "runs", "*"))) == 1
+    summary = run_sweep(other, out, backend="sequential", progress=False, add_experiment=True)
+    assert summary.ran == 2 and summary.experiment == f"tiny@{other.hash[:8]}"
+    assert [r["id"] for r in storage.read_experiments(out)] == ["tiny", summary.experiment]
+    # a figure shows one experiment; the report has one section each
+    with pytest.raises(ValueError, match="holds 2 experiments .*--experiment"):
+        plot(out)
+    path = plot(out, experiment="tiny")
+    assert path.endswith(os.path.join("figures", "tiny_hypergrad_norm_vs_time.png"))
+    text = open(report(out)).read()
+    assert "## tiny (`out`)" in text and f"## {summary.experiment} (`out`)" in text
+    assert text.count("| SubBiO | 1 |") == 1 and text.count("| SubBiO | 2 |") == 1
+    only = open(report(out, experiments=["tiny"], path=str(tmp_path / "one.md"))).read()
+    assert "| SubBiO | 1 |" in only and "| SubBiO | 2 |" not in only
+
+
+def test_threads_are_part_of_the_run(tmp_path):
+    one, two = parse(TINY), parse(dict(TINY, run={**TINY["run"], "threads": 2}))
+    assert [s.limits["threads"] for s in (one[0], two[0])] == [1, 2]
+    assert one[0].run_id != two[0].run_id and one.hash != two.hash
+    with pytest.raises(ConfigError, match="run.threads must be a positive integer; got 0"):
+        parse(dict(TINY, run={"threads": 0}))
+
+
+def test_resume_redoes_damaged_runs_and_plot_report_skip_them(tmp_path):
+    out = str(tmp_path / "out")
+    specs = parse(dict(TINY, seeds=4, solvers=["subbio"]))
+    run_sweep(specs, out, backend="sequential", progress=False)
+    ids = [s.run_id for s in specs]
+    folders = [storage.run_dir(out, i) for i in ids]
+
+    def damage():
+        meta = open(os.path.join(folders[0], "meta.json")).read()
+        open(os.path.join(folders[0], "meta.json"), "w").write(meta[: len(meta) // 2])  # truncated meta.json
+        data = open(os.path.join(folders[1], "history.parquet"), "rb").read()
+        open(os.path.join(folders[1], "history.parquet"), "wb").write(data[: len(data) // 2])  # truncated history
+        meta = json.load(open(os.path.join(folders[2], "meta.json")))
+        json.dump({**meta, "rows": meta["rows"] + 1}, open(os.path.join(folders[2], "meta.json"), "w"))
+
+    damage()
+    warned = []
+    assert plot(out, warn=warned.append)
+    assert len(warned) == 1 and warned[0].startswith("skipped 3 unreadable run(s)") and ids[0] in warned[0]
+    text = open(report(out)).read()
+    assert "| SubBiO | 1 | max_iter 1 |" in text and "## Unreadable runs (skipped)" in text
+    assert f"- `{ids[0]}`: meta.json is unreadable (" in text
+    assert f"- `{ids[1]}`: history.parquet is unreadable (" in text
+    assert f"- `{ids[2]}`: history.parquet has 4 rows where meta.json records 5" in text
+    kept = os.stat(os.path.join(folders[3], "meta.json")).st_mtime_ns
+    redone = []
+    summary = run_sweep(specs, out, backend="sequential", progress=False, on_redo=lambda i, why: redone.append(i))
+    assert redone == ids[:3] and summary.ran == 3 and summary.skipped == 1 and len(summary.redone) == 3
+    assert os.stat(os.path.join(folders[3], "meta.json")).st_mtime_ns == kept
+    runs, broken = storage.scan(out)
+    assert len(runs) == 4 and not broken
+
+
+def test_report_default_target_is_per_problem(tmp_path):
+    out = str(tmp_path / "hc")
+    raw = {"name": "hc", "problem": {"name": "hyperclean", "options": {"dataset": "digits"}},
+           "solvers": ["lancbio"], "run": {"max_iter": 200, "eval_every": 50}}
+    run_sweep(parse(raw), out, backend="sequential", progress=False)
+    (meta, cols), = storage.iter_runs(out)
+    assert meta["problem_options"] == {"dataset": "digits"}  # JSON values, not reprs
+    assert "hypergrad_norm" not in cols and meta["rows"] == len(cols["iteration"])
+    text = open(report(out)).read()
+    assert "(dataset=digits)" in text and "time to test_accuracy ≥ 0.8 (s)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| LancBiO"))
+    assert row.endswith("(1/1 reached) |"), row
+    assert "figures/test_accuracy_vs_time.png" in text
+    # a named metric takes its own default target; the quadratic problem keeps ‖∇φ‖ ≤ 1e-2
+    assert "time to residual ≤ 1e-06 (s)" in open(report(out, target_metric="residual")).read()
+    q = str(tmp_path / "q")
+    run_sweep(parse(dict(TINY, seeds=1, solvers=["subbio"])), q, backend="sequential", progress=False)
+    assert "time to hypergrad_norm ≤ 0.01 (s)" in open(report(q)).read()
+
+
+def test_report_reads_old_folders(tmp_path):
+    out = str(tmp_path / "old")
+    run_sweep(parse(dict(TINY, seeds=1, solvers=["subbio"])), out, backend="sequential", progress=False)
+    os.unlink(os.path.join(out, "experiment.json"))  # written before folders recorded their experiment
+    (folder,) = glob.glob(os.path.join(out, "runs", "*"))
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    meta["problem_options"] = {"dy": "12", "dataset": "'digits'"}  # reprs, as older versions stored them
+    del meta["rows"]
+    json.dump(meta, open(os.path.join(folder, "meta.json"), "w"))
+    text = open(report(out)).read()
+    assert "(dy=12, dataset=digits)" in text and "| SubBiO | 1 |" in text
+    # a bench into it with a config that does not describe its runs is refused
+    with pytest.raises(SpecMismatch, match="already holds 1 run"):
+        run_sweep(parse(dict(TINY, seeds=1, solvers=["lancbio"])), out, backend="sequential", progress=False)
+
+
+def test_git_commit_takes_no_index_lock(tmp_path):
+    """A plain `git status` refreshes a stale index (taking .git/index.lock); the bench's lookup must not."""
+    import shutil
+
+    from bilevel.bench.runner import GIT_STATUS, git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    assert "--no-optional-locks" in GIT_STATUS
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "f"], ["git", "commit", "-qm", "x"]):
+        if cmd[1] == "add":
+            (repo / "f").write_text("a\n")
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+    index = repo / ".git" / "index"
+    stale = os.stat(index).st_mtime + 5
+    os.utime(repo / "f", (stale, stale))  # same content, new stat data: the index is stale
+    before = (os.stat(index).st_mtime_ns, index.read_bytes())
+    commit = git_commit(str(repo))
+    assert commit and len(commit) == 40  # unchanged content: not dirty
+    assert (os.stat(index).st_mtime_ns, index.read_bytes()) == before
+    subprocess.run(["git", "status", "--porcelain"], cwd=repo, env=env, check=True, capture_output=True)
+    assert index.read_bytes() != before[1]  # the premise: a plain status would have rewritten (locked) it

@@ -454,30 +454,54 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import ConfigError, load, run_sweep
+    """Exit 0 when every run of the experiment is done, 1 when some run failed, 2 for bad input (config,
+    --set, backend, a results folder holding another experiment), 130 on Ctrl-C (finished runs kept)."""
+    import shlex
+
+    from .bench import BackendError, ConfigError, SweepInterrupted, load, run_sweep
 
     try:
         overrides = {}
         for item in args.set or ():
             if "=" not in item:
-                raise ConfigError(f"--set expects KEY.PATH=VALUE; got {item!r}.")
+                raise ConfigError(f"--set expects PATH=VALUE, e.g. problem.options.n=1000; got {item!r}.")
             key, value = item.split("=", 1)
             overrides[key.strip()] = value
-        specs = load(args.config, overrides)
-        summary = run_sweep(specs, args.out, backend=args.backend, n_jobs=args.n_jobs, scheduler=args.scheduler,
-                            progress=not args.no_progress, retry_failed=args.retry_failed)
-    except (ConfigError, ValueError, ImportError) as err:
+        experiment = load(args.config, overrides)
+        summary = run_sweep(experiment, args.out, backend=args.backend, n_jobs=args.n_jobs, scheduler=args.scheduler,
+                            progress=not args.no_progress, retry_failed=args.retry_failed,
+                            add_experiment=args.add_experiment)
+    except SweepInterrupted as stop:
+        again = ["bilevel", "bench", args.config, "--out", args.out]
+        for item in args.set or ():
+            again += ["--set", item]
+        if args.backend != "loky":
+            again += ["--backend", args.backend]
+        if args.scheduler:
+            again += ["--scheduler", args.scheduler]
+        if args.n_jobs:
+            again += ["--n-jobs", str(args.n_jobs)]
+        print(f"bilevel: interrupted: {stop.finished} of {stop.total} runs are finished and kept ({stop.ran} "
+              f"finished in this session); resume with the same command: {shlex.join(again)}", file=sys.stderr)
+        return 130
+    except (ValueError, BackendError) as err:  # ConfigError, SpecMismatch, StoreError are ValueErrors
         print(f"bilevel: {err}", file=sys.stderr)
         return 2
     print(f"{summary}; results in {args.out}")
+    if summary.failed:
+        print(f"bilevel: {summary.failed_line()}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """Exit 0 with the figure written, 2 for a missing folder, an unknown metric or experiment."""
     from .bench.plot import plot
+    from .bench.storage import print_warning
 
     try:
-        path = plot(args.dir, y=args.y, x=args.x, path=args.out, title=args.title)
+        path = plot(args.dir, y=args.y, x=args.x, path=args.out, title=args.title, experiment=args.experiment,
+                    warn=print_warning)
     except (ValueError, FileNotFoundError) as err:
         print(f"bilevel: {err}", file=sys.stderr)
         return 2
@@ -486,14 +510,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Exit 0 with the report written, 2 for a missing folder, an unknown metric, plot or experiment."""
     from .bench.report import report
+    from .bench.storage import print_warning
 
     try:
+        notes = None
+        if args.notes:
+            try:
+                with open(args.notes) as fh:
+                    notes = fh.read()
+            except OSError as err:
+                raise ValueError(f"--notes: cannot read {args.notes!r} ({err.strerror or err}).") from None
         path = report(args.dir if len(args.dir) > 1 else args.dir[0], target_metric=args.target_metric,
                       target=args.target, above=args.above, fraction=args.target_fraction,
-                      path=args.out, metrics=args.metrics, title=args.title,
-                      plots=[tuple(p.split(":", 1)) for p in args.plots],
-                      notes=open(args.notes).read() if args.notes else None)
+                      path=args.out, metrics=args.metrics, title=args.title, plots=args.plots, notes=notes,
+                      experiments=args.experiment, warn=print_warning)
     except (ValueError, FileNotFoundError) as err:
         print(f"bilevel: {err}", file=sys.stderr)
         return 2
@@ -557,39 +589,76 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
-    bench = sub.add_parser("bench", help="run a YAML experiment grid (parallel, resumable)")
-    bench.add_argument("config", help="experiment YAML (see configs/)")
-    bench.add_argument("--out", required=True, help="results folder; re-running resumes it")
-    bench.add_argument("--backend", default="loky", help="loky (local processes), dask, ray or sequential")
-    bench.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port) or Ray address")
-    bench.add_argument("--n-jobs", type=int, default=None, help="parallel runs (default: CPU count)")
-    bench.add_argument("--retry-failed", action="store_true", help="re-run runs recorded as failed")
+    bench = sub.add_parser(
+        "bench", help="run a YAML experiment grid (parallel, resumable)",
+        description="Run every (solver configuration × seed) of an experiment file into a results folder. "
+                    "Re-running the same command resumes: finished runs are kept, damaged ones redone. Exit "
+                    "status: 0 all runs done, 1 some run failed, 2 bad input, 130 interrupted.")
+    bench.add_argument("config", help="experiment YAML (see configs/ and the README's Experiments section)")
+    bench.add_argument("--out", required=True,
+                       help="results folder (required); it records the experiment, so re-running the same "
+                            "config resumes and another config is refused (see --add-experiment)")
+    bench.add_argument("--add-experiment", action="store_true",
+                       help="add a config that differs from the one --out holds as a distinct experiment "
+                            "(plot and report keep experiments apart); default: refuse it")
+    bench.add_argument("--backend", default="loky",
+                       help="loky (local processes), dask, ray or sequential (default: loky)")
+    bench.add_argument("--scheduler", default=None,
+                       help="Dask scheduler address (tcp://host:port) or Ray address (default: a local "
+                            "Dask cluster / Ray instance)")
+    bench.add_argument("--n-jobs", type=int, default=None,
+                       help="runs in parallel (default: the CPU count); results do not depend on it: each "
+                            "run uses run.threads torch threads (default 1), set in the config")
+    bench.add_argument("--retry-failed", action="store_true",
+                       help="re-run the runs recorded as failed (default: keep them)")
     bench.add_argument("--set", action="append", metavar="PATH=VALUE",
-                       help="override a config value by dotted path, e.g. problem.options.n=1000 (repeatable)")
-    bench.add_argument("--no-progress", action="store_true")
+                       help="override a config value by dotted path, e.g. problem.options.n=1000 or "
+                            "seeds=[1,2] (repeatable; default: none)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     bench.set_defaults(func=cmd_bench)
 
     plt = sub.add_parser("plot", help="plot a metric from a results folder (median and 20-80%% band over seeds)")
-    plt.add_argument("dir")
-    plt.add_argument("--x", choices=("time", "iteration", "hvp"), default="time")
-    plt.add_argument("--y", default="hypergrad_norm", help="metric column, e.g. hypergrad_norm, residual")
-    plt.add_argument("--out", default=None, help="figure file (.png, .pdf or .svg)")
-    plt.add_argument("--title", default=None)
+    plt.add_argument("dir", help="results folder written by `bilevel bench`")
+    plt.add_argument("--x", choices=("time", "iteration", "hvp"), default="time",
+                     help="x axis: solver time, outer iteration or Hessian-vector products (default: time)")
+    plt.add_argument("--y", default=None,
+                     help="metric column, e.g. hypergrad_norm, residual, test_accuracy (default: per problem: "
+                          "test_accuracy for hyperclean, hypergrad_norm otherwise)")
+    plt.add_argument("--experiment", default=None,
+                     help="which experiment of DIR to plot, by name or hash prefix (required when DIR holds "
+                          "several; default: its only one)")
+    plt.add_argument("--out", default=None,
+                     help="figure file, .png, .pdf or .svg (default: DIR/figures/<y>_vs_<x>.png)")
+    plt.add_argument("--title", default=None, help="figure title (default: none)")
     plt.set_defaults(func=cmd_plot)
 
     rep = sub.add_parser("report", help="write a Markdown summary of one or more results folders")
-    rep.add_argument("dir", nargs="+", help="results folder(s); several give one section each (needs --out)")
-    rep.add_argument("--out", default=None, help="Markdown path (default DIR/report.md)")
-    rep.add_argument("--target-metric", default="hypergrad_norm")
-    rep.add_argument("--target", type=float, default=1e-2)
-    rep.add_argument("--above", action="store_true", help="the target is reached from below (accuracies)")
+    rep.add_argument("dir", nargs="+", help="results folder(s); one section per experiment (several folders "
+                                            "need --out)")
+    rep.add_argument("--out", default=None, help="Markdown path (default: DIR/report.md)")
+    rep.add_argument("--experiment", action="append", default=None,
+                     help="only this experiment, by name or hash prefix (repeatable; default: all)")
+    rep.add_argument("--target-metric", default=None,
+                     help="metric of the time-to-target column (default: per problem: test_accuracy ≥ 0.8 "
+                          "for hyperclean, hypergrad_norm ≤ 1e-2 otherwise)")
+    rep.add_argument("--target", type=float, default=None,
+                     help="target value (default: 0.8 for accuracies, 1e-2 for hypergrad_norm)")
+    side = rep.add_mutually_exclusive_group()
+    side.add_argument("--above", dest="above", action="store_const", const=True, default=None,
+                      help="the target is reached from below: metric ≥ target (default for accuracies)")
+    side.add_argument("--below", dest="above", action="store_const", const=False,
+                      help="the target is reached from above: metric ≤ target (default for norms and losses)")
     rep.add_argument("--target-fraction", type=float, default=None,
-                     help="time to reach this fraction of each run's final value (e.g. 0.99 with --above)")
-    rep.add_argument("--metrics", nargs="*", default=None, help="final metrics to tabulate")
-    rep.add_argument("--plots", nargs="*", default=["time:hypergrad_norm", "time:residual"],
-                     help="figures as X:METRIC pairs")
-    rep.add_argument("--title", default=None)
-    rep.add_argument("--notes", default=None, help="Markdown file inserted after the header")
+                     help="time to reach this fraction of each run's own final value instead of --target "
+                          "(e.g. 0.99 with --above; default: off)")
+    rep.add_argument("--metrics", nargs="*", default=None,
+                     help="final metrics to tabulate (default: those of hypergrad_norm, residual, "
+                          "test_accuracy that the runs logged)")
+    rep.add_argument("--plots", nargs="*", default=None, metavar="X:METRIC",
+                     help="figures as X:METRIC pairs, X one of time, iteration, hvp (default: time against "
+                          "the target metric and the residual, where logged)")
+    rep.add_argument("--title", default=None, help="report title (default: the experiment name)")
+    rep.add_argument("--notes", default=None, help="Markdown file inserted after the header (default: none)")
     rep.set_defaults(func=cmd_report)
 
     lst = sub.add_parser("list", help="list solvers, problems, linear solvers and inner solvers",

@@ -11,7 +11,7 @@
       - name: soba
         run: {max_iter: 30000}            # per-solver overrides of the run limits
     seeds: [1, 2, 3]                      # or an integer n: seeds 0 … n−1
-    run: {max_iter: 10000, max_time: 60, eval_every: 50, true_hypergradient: true}
+    run: {max_iter: 10000, max_time: 60, eval_every: 50, true_hypergradient: true, threads: 1}
 
 Overrides from the command line (``bilevel bench … --set problem.options.n=1000 --set seeds=[1,2]``)
 replace values by dotted path before validation (``load(path, overrides)``).
@@ -24,6 +24,15 @@ Schedules are written as mappings with a ``schedule`` key (never swept element-w
 Every unknown key is rejected with the nearest valid name suggested; solver options are checked by
 building each solver, problem options against the problem factory's signature.  The seed of a run also
 seeds the problem (a new synthetic instance per seed, as in the paper) unless the problem options fix one.
+
+``run.threads`` (default 1) is the torch thread count of every run.  It is part of each run's identity:
+floating-point reductions depend on the thread count, so a run's numbers must not depend on how many
+workers the sweep happened to use (``--n-jobs``), and a resume can never mix runs done with other counts.
+
+An :class:`Experiment` is the expanded run list together with its *spec*: the normalised document (solver
+names as mappings, nested options flattened, seeds as a list, run defaults filled in; ``description``
+left out) and a hash of it.  A results folder records the specs it holds (``experiment.json``), so a
+different config is refused there instead of silently merged (see ``runner``).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import hashlib
 import inspect
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -41,7 +51,7 @@ from ..schedules import Constant, DimensionSchedule, Piecewise, PowerDecay
 TOP_KEYS = ("name", "description", "problem", "solvers", "seeds", "run")
 PROBLEM_KEYS = ("name", "options")
 SOLVER_KEYS = ("name", "label", "options", "run")
-RUN_KEYS = ("max_iter", "max_time", "eval_every", "true_hypergradient", "tol")
+RUN_KEYS = ("max_iter", "max_time", "eval_every", "true_hypergradient", "tol", "threads")
 SCHEDULES = {
     "dimension": DimensionSchedule,
     "power_decay": PowerDecay,
@@ -86,6 +96,7 @@ class RunSpec:
     seed: int
     limits: dict
     run_id: str = field(default="")
+    experiment_hash: str = field(default="")
 
     def key(self) -> dict:
         """What identifies the run (its id is a hash of this)."""
@@ -152,8 +163,63 @@ def _require_mapping(value: Any, where: str) -> Mapping:
     return value
 
 
-def parse(raw: Any, source: str = "<config>") -> list[RunSpec]:
-    """Validate a loaded YAML document and expand it into run specifications."""
+@dataclass(frozen=True)
+class Experiment(Sequence):
+    """The runs of one experiment file (a sequence of :class:`RunSpec`) and the spec they came from.
+
+    ``spec``: the normalised document (what identifies the experiment); ``hash``: its digest;
+    ``description``: free text (not part of the spec); ``source``: the file, ``overrides``: the ``--set``s.
+    """
+
+    name: str
+    spec: dict
+    hash: str
+    runs: tuple
+    description: str = ""
+    source: str = ""
+    overrides: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __getitem__(self, index):
+        return self.runs[index]
+
+    def __iter__(self):
+        return iter(self.runs)
+
+    def labels(self) -> dict[str, str]:
+        """run id → legend label."""
+        return {r.run_id: r.label for r in self.runs}
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def spec_diff(a: Any, b: Any, path: str = "") -> list[str]:
+    """Dotted paths at which two normalised specs differ (``solvers[1].options.m``, ``seeds``)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in a or key not in b:
+                out.append(where)
+            else:
+                out += spec_diff(a[key], b[key], where)
+        return out
+    if (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+            and all(isinstance(v, Mapping) for v in a + b)):
+        return [d for i, (u, v) in enumerate(zip(a, b)) for d in spec_diff(u, v, f"{path}[{i}]")]
+    return [] if _canonical(a) == _canonical(b) else [path or "(document)"]
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def parse(raw: Any, source: str = "<config>", overrides: Mapping[str, str] | None = None) -> Experiment:
+    """Validate a loaded YAML document and expand it into run specifications (an :class:`Experiment`)."""
     from ..problems import PROBLEMS
     from ..solvers import SOLVERS
 
@@ -186,12 +252,14 @@ def parse(raw: Any, source: str = "<config>") -> list[RunSpec]:
     _reject(limits, RUN_KEYS, f"{source}: run")
     limits.setdefault("max_iter", 1000)
     limits.setdefault("eval_every", 10)
+    limits.setdefault("threads", 1)
     _check_limits(limits, source)
 
     solvers = raw["solvers"]
     if not isinstance(solvers, list) or not solvers:
         raise ConfigError(f"{source}: solvers must be a non-empty list of {{name, options}} entries.")
     specs: list[RunSpec] = []
+    normalised_solvers = []
     for i, entry in enumerate(solvers):
         where = f"{source}: solvers[{i}]"
         if isinstance(entry, str):
@@ -208,6 +276,7 @@ def parse(raw: Any, source: str = "<config>") -> list[RunSpec]:
         run_limits = {**limits, **own_limits}
         _check_limits(run_limits, where)
         base_label = str(entry.get("label") or display_label(sname))
+        normalised_solvers.append({"name": sname, "label": base_label, "options": soptions, "run": own_limits})
         swept = _swept_keys(soptions)
         for popts in _sweep(poptions):
             for sopts in _sweep(soptions):
@@ -223,11 +292,16 @@ def parse(raw: Any, source: str = "<config>") -> list[RunSpec]:
                     label += " [" + ", ".join(f"{k}={_short(popts[k])}" for k in pswept) + "]"
                 for seed in seeds:
                     spec = RunSpec(experiment, pname, popts, sname, sopts, label, seed, dict(run_limits))
-                    specs.append(RunSpec(**{**spec.to_dict(), "run_id": run_id(spec.key(), sname, seed)}))
-    ids = [s.run_id for s in specs]
+                    specs.append(spec)
+    ids = [run_id(s.key(), s.solver, s.seed) for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{source}: two solver entries describe the same runs; remove the duplicate.")
-    return specs
+    normalised = {"name": experiment, "problem": {"name": pname, "options": poptions},
+                  "solvers": normalised_solvers, "seeds": list(seeds), "run": limits}
+    digest = spec_hash(normalised)
+    runs = tuple(RunSpec(**{**s.to_dict(), "run_id": i, "experiment_hash": digest}) for s, i in zip(specs, ids))
+    return Experiment(experiment, normalised, digest, runs, description=str(raw.get("description") or ""),
+                      source=source, overrides=dict(overrides or {}))
 
 
 def _yaml_loader():
@@ -258,7 +332,7 @@ def _yaml_load(text_or_stream):
     return yaml.load(text_or_stream, Loader=_yaml_loader())  # a SafeLoader subclass
 
 
-def load(path: str, overrides: Mapping[str, str] | None = None) -> list[RunSpec]:
+def load(path: str, overrides: Mapping[str, str] | None = None) -> Experiment:
     """Read and expand a YAML experiment file; ``overrides`` maps dotted paths to YAML values."""
     import yaml
 
@@ -271,7 +345,7 @@ def load(path: str, overrides: Mapping[str, str] | None = None) -> list[RunSpec]
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     for dotted, text in (overrides or {}).items():
         raw = apply_override(raw, dotted, text, path)
-    return parse(raw, source=path)
+    return parse(raw, source=path, overrides=overrides)
 
 
 def apply_override(raw: Any, dotted: str, text: str, source: str = "<config>") -> Any:
@@ -326,6 +400,7 @@ def _check_limits(limits: dict, source: str) -> None:
 
     positive_int("max_iter")
     positive_int("eval_every")
+    positive_int("threads")
     for name in ("max_time", "tol"):
         v = limits.get(name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):

@@ -2,6 +2,9 @@
 
 Each run's history is a step function of x (time, iteration or HVPs); the seeds of one configuration
 are put on a common grid (the last value logged at or before each grid point) and summarised there.
+A figure shows one experiment: a folder holding several (``bench --add-experiment``) needs
+``experiment=`` (``--experiment``).  Unreadable runs are skipped and named in a warning; a metric no
+run logged is an error listing the metrics that were logged.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
-from typing import Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -31,13 +34,59 @@ Y_LABELS = {
 }
 
 
-def load_curves(out: str, y: str, x: str = "time") -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """{label: [(x values, y values) per seed]} for runs that logged ``y``."""
+DEFAULT_Y = {"hyperclean": "test_accuracy"}  # per problem; hypergrad_norm otherwise
+
+
+def default_y(problem: Optional[str]) -> str:
+    """The metric plotted when none is named: test accuracy for hyper-cleaning (it has no true
+    hypergradient), the true hypergradient norm otherwise."""
+    return DEFAULT_Y.get(problem or "", "hypergrad_norm")
+
+
+def unknown_metric(name: str, present: Iterable[str], out: str, what: str = "metric") -> str:
+    """'no run in OUT logged 'x'. Did you mean …? Metrics available: …' (the error for an unknown column)."""
+    from .._validation import suggest
+
+    present = sorted(present)
+    listed = ", ".join(present) if present else "none (no finished runs)"
+    return f"no run in {out!r} logged {what} {name!r}.{suggest(name, present)} Metrics available: {listed}."
+
+
+def check_x(x: str) -> str:
     if x not in X_COLUMNS:
-        raise ValueError(f"x must be one of {', '.join(X_COLUMNS)}; got {x!r}.")
+        from .._validation import suggest
+
+        raise ValueError(f"unknown x axis {x!r}.{suggest(x, X_COLUMNS)} Choose one of {', '.join(X_COLUMNS)}.")
+    return x
+
+
+def select_experiment(out: str, experiment: Optional[str] = None) -> dict:
+    """The one experiment of ``out`` a figure shows: the folder's only one, or the one named."""
+    records = storage.experiments_in(out, [experiment] if experiment else None)
+    if len(records) > 1:
+        ids = ", ".join(r["id"] for r in records)
+        raise ValueError(f"{out!r} holds {len(records)} experiments ({ids}); a figure shows one: choose it with "
+                         "--experiment NAME.")
+    return records[0]
+
+
+def load_curves(out: str, y: str, x: str = "time", experiment: Optional[str] = None,
+                warn: Optional[Callable[[str], None]] = None) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """{label: [(x values, y values) per seed]} for the runs of one experiment that logged ``y``.
+
+    Unreadable runs are skipped and reported through ``warn`` (default: ``warnings.warn``)."""
+    check_x(x)
+    record = select_experiment(out, experiment)
+    runs, broken = storage.experiment_runs(out, record)
+    if broken:
+        (warn or _warn)(storage.broken_line(out, broken))
+    return _curves(runs, y, x, out)
+
+
+def _curves(runs, y: str, x: str, out: str) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     curves: dict[str, list] = defaultdict(list)
     seen_columns: set[str] = set()
-    for meta, cols in storage.iter_runs(out):
+    for meta, cols in runs:
         seen_columns.update(cols)
         if y not in cols or X_COLUMNS[x] not in cols:
             continue
@@ -45,9 +94,16 @@ def load_curves(out: str, y: str, x: str = "time") -> dict[str, list[tuple[np.nd
         ys = np.asarray(cols[y], dtype=float)
         curves[meta["label"]].append((xs, ys))
     if not curves:
-        found = ", ".join(sorted(seen_columns)) or "none (no finished runs)"
-        raise ValueError(f"no run in {out!r} logged {y!r}; columns found: {found}.")
+        if not runs:
+            raise ValueError(f"no finished runs in {out!r}; run `bilevel bench CONFIG --out {out}` first.")
+        raise ValueError(unknown_metric(y, seen_columns, out))
     return dict(curves)
+
+
+def _warn(text: str) -> None:
+    import warnings
+
+    warnings.warn(text, stacklevel=3)
 
 
 def summarise(runs: Sequence[tuple[np.ndarray, np.ndarray]], points: int = 200, log_x: bool = False):
@@ -79,19 +135,38 @@ def summarise(runs: Sequence[tuple[np.ndarray, np.ndarray]], points: int = 200, 
     return grid, med, q20, q80
 
 
-def plot(out: str, y: str = "hypergrad_norm", x: str = "time", path: Optional[str] = None,
-         title: Optional[str] = None, log_y: Optional[bool] = None) -> str:
-    """Draw the figure; returns the path written (default ``OUT/figures/<y>_vs_<x>.png``)."""
+def plot(out: str, y: Optional[str] = None, x: str = "time", path: Optional[str] = None,
+         title: Optional[str] = None, log_y: Optional[bool] = None, experiment: Optional[str] = None,
+         warn: Optional[Callable[[str], None]] = None, runs=None) -> str:
+    """Draw the figure of one experiment; returns the path written (default ``OUT/figures/<y>_vs_<x>.png``,
+    ``OUT/figures/<experiment>_<y>_vs_<x>.png`` when the folder holds several experiments).
+
+    ``y`` defaults per problem (:func:`default_y`); ``experiment`` is required when the folder holds
+    several; ``runs``: already loaded (meta, columns) pairs (the report passes them)."""
+    if path is not None:
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in (".png", ".pdf", ".svg"):
+            raise ValueError(f"the figure file must end in .png, .pdf or .svg; got {path!r}.")
+    check_x(x)
+    prefix = ""
+    if runs is None:
+        record = select_experiment(out, experiment)
+        runs, broken = storage.experiment_runs(out, record)
+        if broken:
+            (warn or _warn)(storage.broken_line(out, broken))
+        if len(storage.experiments_in(out)) > 1:
+            prefix = f"{record['id']}_"
+        title = title or (record["id"] if prefix else None)
+    if y is None:
+        y = default_y(runs[0][0].get("problem") if runs else None)
+    curves = _curves(runs, y, x, out)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = load_curves(out, y, x)
-    path = path or os.path.join(out, "figures", f"{y}_vs_{x}.png")
+    path = path or os.path.join(out, "figures", f"{_safe(prefix)}{y}_vs_{x}.png")
     ext = os.path.splitext(path)[1].lower()
-    if ext not in (".png", ".pdf", ".svg"):
-        raise ValueError(f"the figure file must end in .png, .pdf or .svg; got {path!r}.")
     all_y = np.concatenate([ys for runs in curves.values() for _, ys in runs])
     positive = all_y[np.isfinite(all_y)]
     if log_y is None:
@@ -118,11 +193,20 @@ def plot(out: str, y: str = "hypergrad_norm", x: str = "time", path: Optional[st
     ax.legend(fontsize=7 if len(labels) > 8 else 8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp" + ext
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), ".tmp-" + os.path.basename(path))
+    try:
+        fig.savefig(tmp, format=ext[1:])
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
+
+
+def _safe(name: str) -> str:
+    """An experiment id as a file-name part (``name@hash`` keeps its letters, digits, '-', '_', '@')."""
+    return "".join(c if c.isalnum() or c in "-_@." else "_" for c in name)
 
 
 def time_to_target(xs: np.ndarray, ys: np.ndarray, target: float, above: bool = False) -> float:
