@@ -376,3 +376,84 @@ class CountingPoint(PointWrapper):
 
     def cross_t(self, w: Tensor) -> Tensor:
         return self._call("cross_t", self.inner.cross_t, w)
+
+
+# ---- finding the source of a non-finite value ----------------------------------------------------------
+#: what each oracle computes, for messages
+ORACLE_TEXT = {
+    "grad_x_f": "∇_x f", "grad_y_f": "∇_y f", "grad_f": "∇f = (∇_x f, ∇_y f)", "grad_y_g": "∇_y g (inner steps)",
+    "grad_x_g": "∇_x g", "grad_g": "∇g = (∇_x g, ∇_y g)", "point.grad_y_g": "∇_y g",
+    "hvp": "the Hessian-vector product ∇²_yy g·u", "cross": "the cross product ∇²_xy g·v",
+    "cross_t": "the cross product ∇²_yx g·w",
+}
+
+
+def _all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if isinstance(t, Tensor))
+
+
+@dataclass
+class NonFinite:
+    """The first oracle call that returned a non-finite value: its name, its rank among the calls of that
+    name (1-based), whether its inputs were finite, and the point (x, y) it was evaluated at."""
+
+    oracle: str
+    call: int
+    inputs_finite: bool
+    x: Tensor
+    y: Tensor
+
+
+class NonFiniteProbe(OracleWrapper):
+    """Records the first call whose result is not finite (``first``).  Every result is read back to the
+    host, so this wrapper is for replaying one step after a divergence, never for a run."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.first: Optional[NonFinite] = None
+        self._calls: dict[str, int] = {}
+
+    def check(self, name: str, x: Tensor, y: Tensor, inputs: tuple, out: Any) -> Any:
+        n = self._calls[name] = self._calls.get(name, 0) + 1
+        if self.first is None and not _all_finite(out if isinstance(out, tuple) else (out,)):
+            self.first = NonFinite(name, n, _all_finite((x, y, *inputs)), x.detach(), y.detach())
+        return out
+
+    def grad_x_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.check("grad_x_f", x, y, (), self.inner.grad_x_f(x, y, batch))
+
+    def grad_y_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.check("grad_y_f", x, y, (), self.inner.grad_y_f(x, y, batch))
+
+    def grad_f(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
+        return self.check("grad_f", x, y, (), self.inner.grad_f(x, y, batch))
+
+    def grad_y_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.check("grad_y_g", x, y, (), self.inner.grad_y_g(x, y, batch))
+
+    def grad_x_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.check("grad_x_g", x, y, (), self.inner.grad_x_g(x, y, batch))
+
+    def grad_g(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
+        return self.check("grad_g", x, y, (), self.inner.grad_g(x, y, batch))
+
+    def at(self, x: Tensor, y: Tensor, batch: Any = None) -> "_ProbePoint":
+        return _ProbePoint(self.inner.at(x, y, batch), self)
+
+
+class _ProbePoint(PointWrapper):
+    def __init__(self, inner: Any, probe: NonFiniteProbe) -> None:
+        super().__init__(inner)
+        self._probe = probe
+
+    def grad_y_g(self) -> Tensor:
+        return self._probe.check("point.grad_y_g", self.x, self.y, (), self.inner.grad_y_g())
+
+    def hvp(self, u: Tensor) -> Tensor:
+        return self._probe.check("hvp", self.x, self.y, (u,), self.inner.hvp(u))
+
+    def cross(self, u: Tensor) -> Tensor:
+        return self._probe.check("cross", self.x, self.y, (u,), self.inner.cross(u))
+
+    def cross_t(self, w: Tensor) -> Tensor:
+        return self._probe.check("cross_t", self.x, self.y, (w,), self.inner.cross_t(w))
