@@ -20,6 +20,10 @@ Options reach the parts by dotted names (``v_solver.m=20``, ``inner.steps=3``) a
 the papers: ``inner_steps`` (T) → ``inner.steps``, ``lr_y`` (θ) → ``inner.lr``, ``v_steps`` (Q) →
 ``v_solver.steps``, and any other option of the v-solver by its own name (``m``, ``eta``, ``rtol``, …).
 
+``damping=δ`` makes every v-solver product (A_k + δI)u (see ``AID``).  Each step exposes the v-solver's
+curvature evidence (``AIDState.curvature``) and whether the evaluated v is trusted; ``solve`` turns them
+into statuses (``not_strongly_convex``, no ``converged`` on an untrusted estimate).
+
 ``freeze_x_first`` implements the LancBiO theorem's variant (no x-step in the first iterations of each
 v-solver epoch); only a v-solver with restart epochs (``has_epochs``) accepts it.
 """
@@ -86,9 +90,9 @@ class AID(Solver):
     damping (δ ≥ 0, default None = 0): the v-solver solves (A_k + δI) v = b_k, every product being
     A_k u + δu (no extra HVP).  For g(x, ·) that is not strongly convex (a singular or indefinite A_k, run
     status ``not_strongly_convex``) this regularises the v-system; the hypergradient
-    ∇_x f − J_k (A_k + δI)⁻¹ b_k is then biased, by about δ‖A_k⁻¹‖ relative where A_k is invertible.  It
-    does not regularise the inner problem: y still follows gradient descent on g.  Unset or 0: the plain
-    HVP, bit for bit.
+    ∇_x f − J_k (A_k + δI)⁻¹ b_k is then biased: for SPD A_k, (A_k + δI)⁻¹b − A_k⁻¹b = −δ (A_k + δI)⁻¹ A_k⁻¹ b,
+    a relative error of v of at most δ / (λ_min(A_k) + δ).  It does not regularise the inner problem: y
+    still follows gradient descent on g (add ½δ‖y‖² to g for that).  Unset or 0: the plain HVP, bit for bit.
 
     Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, the v-solver's HVPs, 1 cross product.
     """
@@ -307,7 +311,7 @@ def _route(options: Mapping[str, Any], v_solver: Optional[LinearSolver], inner: 
 def aid(*, inner: Optional[InnerSolver] = None, v_solver: Optional[LinearSolver] = None, **options: Any) -> AID:
     """Assemble an AID algorithm: ``aid(inner=GD(steps=5, lr=0.1), v_solver=lanczos(m=20), lr_x=1.0)``.
 
-    ``options`` are the loop's own (lr_x, order, freeze_x_first, v_init), the identity fields the named
+    ``options`` are the loop's own (lr_x, order, freeze_x_first, v_init, damping), the identity fields the named
     factories set (name, label, defaults, settings, required, default_order, min_inner_steps), and part
     options by dotted or short names (see the module docstring).
     """
