@@ -27,7 +27,7 @@ import bilevel
 from bilevel.inner import GD as InnerGD
 from bilevel.linear_solvers import cg, exact
 from bilevel.linear_solvers.base import Curvature
-from bilevel.oracles import Counts, CountingOracles, Oracles
+from bilevel.oracles import CountingOracles, Counts, Oracles
 from bilevel.problem import BilevelProblem
 from bilevel.sampling import full_batches
 from bilevel.solvers import aid, get_solver
