@@ -190,7 +190,7 @@ ROWS = [
     Row("mu_lb above λ_min = 1", solve(lambda: bilevel.problems.quadratic(dx=5, dy=20, condition=100.0, seed=0), lambda: lancbio(mu_lb=2.0), max_iter=200),
         Status("not_strongly_convex", r"not mu_lb-strongly convex.*< mu_lb = 2\. The bound mu_lb=2 given to the v-solver is too large")),
     Row("g linear, curvature_patience=None, tol", solve(lambda: toy("linear"), lambda: get_solver("amigo_cg"), tol=1e-6, max_iter=100, curvature_patience=None),
-        Status("max_iter", r"met tol at iteration\(s\) 70, 80, 90, 99, but on an estimate whose v-solve saw curvature evidence, so the run was not reported converged")),
+        Status("max_iter", r"met tol at iteration\(s\) 70, 80, 90, 99, but on an estimate whose v-solve saw curvature evidence, so that did not count as converged")),
     # ---- statuses: NaN/Inf (misleading before: blamed the step sizes) ----
     Row("f NaN mid-run", solve(nan_f, lambda: get_solver("soba", lr_x=0.3, lr_y=0.5, eta=0.5)),
         Status("diverged", r"the first non-finite value came from ∇f = \(∇_x f, ∇_y f\), call 1 of that kind in the step, at a finite point .* f\(x, y\) itself is nan there")),

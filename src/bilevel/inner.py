@@ -21,6 +21,9 @@ from .schedules import ScheduleLike, as_schedule
 
 INNER_SOLVERS = Registry("inner solver")
 
+#: inner steps θ‖∇_y g‖ below this many ulps of ‖y‖ are round-off: no growth is reported there
+_NOISE_ULPS = 1000.0
+
 
 def schedule_value(value: Any, k: int) -> float:
     """A step size at iteration k: a schedule is called, a number is a constant."""
@@ -84,7 +87,9 @@ class GD(InnerSolver):
         least two consecutive steps means θ is too large for g's curvature or g(x, ·) is not convex.  The
         flag is a 0-dim bool tensor, not read here (no host sync per step; ``solve`` reads it with its one
         finiteness read-back per iteration); None with fewer than three gradients (``grad0``: the gradient
-        at y already taken by the caller) or with mini-batch draws, whose gradients differ by sampling."""
+        at y already taken by the caller) or with mini-batch draws, whose gradients differ by sampling.
+        Growth is not reported while the last step θ‖∇_y g‖ is below 1000 ulps of ‖y‖: there the gradient is
+        round-off (a converged y) and its norm moves at random."""
         lr = schedule_value(self.lr, k)
         norms = [] if grad0 is None else [torch.linalg.vector_norm(grad0)]
         watch = bool(getattr(batches, "full", False))
@@ -96,7 +101,10 @@ class GD(InnerSolver):
         if not watch or len(norms) < 3:
             return y, None
         norms_t = torch.stack(norms)
-        return y, torch.all(norms_t[1:] > norms_t[:-1])
+        grew = torch.all(norms_t[1:] > norms_t[:-1])
+        # at the round-off floor (a converged y: steps of a few ulps of y) the norms are noise, not growth
+        above_noise = lr * norms_t[-1] > _NOISE_ULPS * torch.finfo(y.dtype).eps * torch.linalg.vector_norm(y)
+        return y, grew & above_noise
 
 
 class InnerGDLoop:

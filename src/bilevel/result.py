@@ -85,12 +85,12 @@ def estimate_note(row: dict, options: dict) -> str:
     rel = row.get("hypergrad_rel_error")
     if rel is None or not rel > POOR_ESTIMATE:
         return ""
-    head = (f"the hypergradient estimate is poor: relative error {rel:.2g} at the last evaluation "
+    head = (f"the hypergradient estimate is poor: relative error {rel:.3g} at the last evaluation "
             f"(‖∇φ‖ = {row.get('hypergrad_norm', float('nan')):.3g})")
     from_y, from_v = row.get("hypergrad_error_from_y"), row.get("hypergrad_error_from_v")
     inner = row.get("inner_rel_error")
     y_lags = from_y >= from_v if from_y is not None and from_v is not None else (inner is not None and inner > POOR_ESTIMATE)
-    split = f" (error due to y: {from_y:.2g}, due to v: {from_v:.2g})" if from_y is not None and from_v is not None else ""
+    split = f" (error due to y: {from_y:.3g}, due to v: {from_v:.3g})" if from_y is not None and from_v is not None else ""
     shown = ", ".join(f"{k}={_short(options[k])}" for k in ("inner_steps", "lr_y") if options.get(k) is not None)
     if y_lags:
         where = f"; ‖y_k − y*(x_k)‖/‖y*‖ = {inner:.2g}" if inner is not None else ""

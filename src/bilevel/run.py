@@ -374,7 +374,7 @@ class _CurvatureWatch:
             ks = self.untrusted_below_tol
             parts.append(f"The hypergradient norm met tol at iteration(s) {', '.join(map(str, ks[:5]))}"
                          f"{', …' if len(ks) > 5 else ''}, but on an estimate whose v-solve saw curvature evidence, "
-                         "so the run was not reported converged.")
+                         "so that did not count as converged.")
         text = " ".join(parts) + self._growth_text()
         return text.strip()
 
