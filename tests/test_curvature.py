@@ -408,3 +408,37 @@ def test_result_statuses():
     from bilevel.result import STATUSES
 
     assert "not_strongly_convex" in STATUSES
+
+
+# ---- no extra host reads in the hot path ---------------------------------------------------------
+#: host reads (float/bool/int/item/tolist of a tensor, each a device sync on a GPU) per iteration before
+#: issue 9, measured on the synthetic problem: the curvature checks must not add any
+HOST_READS = {"lancbio": 5, "amigo_cg": 12, "subbio": 13, "amigo_gd": 3, "soba": 3, "stocbio": 2, "ttsa": 3,
+              "bsa": 3, "stable": 3}
+
+
+def test_curvature_checks_add_no_host_reads(monkeypatch):
+    syn = bilevel.problems.synthetic(n=40, condition=50.0, seed=0)
+    reads = [0]
+    for method in ("__float__", "__bool__", "__int__", "item", "tolist"):
+        original = getattr(torch.Tensor, method)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads[0] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+
+    def per_iteration(name):
+        totals = []
+        for iterations in (11, 21):
+            reads[0] = 0
+            solver = get_solver(name, **({"m": 50} if name == "lancbio" else {}))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                bilevel.solve(syn, solver, max_iter=iterations, eval_every=10 ** 6, true_hypergradient=False)
+            totals.append(reads[0])
+        return (totals[1] - totals[0]) / 10
+
+    for name, budget in HOST_READS.items():
+        assert per_iteration(name) <= budget, name
