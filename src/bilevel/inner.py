@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Mapping, Optional
 
+import torch
 from torch import Tensor
 
 from ._validation import Part, check_int
@@ -19,6 +20,9 @@ from .registry import Registry
 from .schedules import ScheduleLike, as_schedule
 
 INNER_SOLVERS = Registry("inner solver")
+
+#: inner steps θ‖∇_y g‖ below this many ulps of ‖y‖ are round-off: no growth is reported there
+_NOISE_ULPS = 1000.0
 
 
 def schedule_value(value: Any, k: int) -> float:
@@ -35,6 +39,12 @@ class InnerSolver(Part):
     def run(self, oracles: Any, x: Tensor, y: Tensor, batches: Any, k: int, steps: Optional[int] = None,
             first: int = 0) -> Tensor:
         raise NotImplementedError
+
+    def run_watched(self, oracles: Any, x: Tensor, y: Tensor, batches: Any, k: int, steps: Optional[int] = None,
+                    first: int = 0, grad0: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """``run``, plus a 0-dim bool tensor (never read here: no host sync) that is True when the lower
+        gradient norm grew at every step, or None when the solver cannot tell (see ``GD.run_watched``)."""
+        return self.run(oracles, x, y, batches, k, steps, first), None
 
 
 @INNER_SOLVERS.register
@@ -67,6 +77,34 @@ class GD(InnerSolver):
         for t in range(self.steps if steps is None else steps):
             y = y - lr * oracles.grad_y_g(x, y, batches("inner", first + t))
         return y
+
+    def run_watched(self, oracles: Any, x: Tensor, y: Tensor, batches: Any, k: int, steps: Optional[int] = None,
+                    first: int = 0, grad0: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """``run`` (the same y, bit for bit), and whether ‖∇_y g(x, y_t)‖ grew at every step t.
+
+        For g(x, ·) convex and L-smooth and θ ≤ 2/L, gradient descent never increases ‖∇_y g‖ (each step
+        multiplies the gradient by an averaged I − θ∇²g with spectrum in [−1, 1]); growth at every one of at
+        least two consecutive steps means θ is too large for g's curvature or g(x, ·) is not convex.  The
+        flag is a 0-dim bool tensor, not read here (no host sync per step; ``solve`` reads it with its one
+        finiteness read-back per iteration); None with fewer than three gradients (``grad0``: the gradient
+        at y already taken by the caller) or with mini-batch draws, whose gradients differ by sampling.
+        Growth is not reported while the last step θ‖∇_y g‖ is below 1000 ulps of ‖y‖: there the gradient is
+        round-off (a converged y) and its norm moves at random."""
+        lr = schedule_value(self.lr, k)
+        norms = [] if grad0 is None else [torch.linalg.vector_norm(grad0)]
+        watch = bool(getattr(batches, "full", False))
+        for t in range(self.steps if steps is None else steps):
+            grad = oracles.grad_y_g(x, y, batches("inner", first + t))
+            if watch:
+                norms.append(torch.linalg.vector_norm(grad))
+            y = y - lr * grad
+        if not watch or len(norms) < 3:
+            return y, None
+        norms_t = torch.stack(norms)
+        grew = torch.all(norms_t[1:] > norms_t[:-1])
+        # at the round-off floor (a converged y: steps of a few ulps of y) the norms are noise, not growth
+        above_noise = lr * norms_t[-1] > _NOISE_ULPS * torch.finfo(y.dtype).eps * torch.linalg.vector_norm(y)
+        return y, grew & above_noise
 
 
 class InnerGDLoop:

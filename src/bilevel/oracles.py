@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .problem import BilevelProblem
+from .problem import BilevelProblem, ProblemError
 
 
 @dataclass
@@ -67,6 +67,18 @@ def _grads(out: Tensor, wrt: tuple, **kw) -> tuple:
     return tuple(torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads))
 
 
+def _scalar(out: Any, name: str) -> Tensor:
+    """``out`` if it is a one-element tensor (checked on metadata only: no device sync), else a one-line
+    ``ProblemError``: f and g are checked at (x0, y0) when the problem is built, but may change shape later."""
+    if not isinstance(out, Tensor) or out.numel() != 1:
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+        raise ProblemError(
+            f"{name} must return a scalar at every point; at this (x, y) it returned {got}. Reduce it, e.g. "
+            "with .mean() or .sum()."
+        )
+    return out
+
+
 def _leaf(t: Tensor) -> Tensor:
     """A fresh autograd leaf with the values of ``t``."""
     return t.detach().requires_grad_(True)
@@ -95,7 +107,7 @@ class Oracles:
             return self._cf.grad_x_f(x, y, batch)
         with torch.enable_grad():
             xr = _leaf(x)
-            return _grad(self.problem.f_value(xr, y.detach(), batch), xr)
+            return _grad(_scalar(self.problem.f_value(xr, y.detach(), batch), "f"), xr)
 
     def grad_y_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
         """∇_y f(x, y)  (the right-hand side b of the v-system)."""
@@ -103,7 +115,7 @@ class Oracles:
             return self._cf.grad_y_f(x, y, batch)
         with torch.enable_grad():
             yr = _leaf(y)
-            return _grad(self.problem.f_value(x.detach(), yr, batch), yr)
+            return _grad(_scalar(self.problem.f_value(x.detach(), yr, batch), "f"), yr)
 
     def grad_f(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
         """(∇_x f, ∇_y f) at one point: one backward pass with autodiff (one call of each)."""
@@ -111,7 +123,7 @@ class Oracles:
             return self.grad_x_f(x, y, batch), self.grad_y_f(x, y, batch)
         with torch.enable_grad():
             xr, yr = _leaf(x), _leaf(y)
-            return _grads(self.problem.f_value(xr, yr, batch), (xr, yr))
+            return _grads(_scalar(self.problem.f_value(xr, yr, batch), "f"), (xr, yr))
 
     def grad_y_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
         """∇_y g(x, y)  (one inner step's direction)."""
@@ -119,7 +131,7 @@ class Oracles:
             return self._cf.grad_y_g(x, y, batch)
         with torch.enable_grad():
             yr = _leaf(y)
-            return _grad(self.problem.g_value(x.detach(), yr, batch), yr)
+            return _grad(_scalar(self.problem.g_value(x.detach(), yr, batch), "g"), yr)
 
     def grad_x_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
         """∇_x g(x, y)."""
@@ -127,7 +139,7 @@ class Oracles:
             return self._cf.grad_x_g(x, y, batch)
         with torch.enable_grad():
             xr = _leaf(x)
-            return _grad(self.problem.g_value(xr, y.detach(), batch), xr)
+            return _grad(_scalar(self.problem.g_value(xr, y.detach(), batch), "g"), xr)
 
     def grad_g(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
         """(∇_x g, ∇_y g) at one point (one call of each)."""
@@ -135,7 +147,7 @@ class Oracles:
             return self.grad_x_g(x, y, batch), self.grad_y_g(x, y, batch)
         with torch.enable_grad():
             xr, yr = _leaf(x), _leaf(y)
-            return _grads(self.problem.g_value(xr, yr, batch), (xr, yr))
+            return _grads(_scalar(self.problem.g_value(xr, yr, batch), "g"), (xr, yr))
 
     # ---- second order ----------------------------------------------------------------------------
     def at(self, x: Tensor, y: Tensor, batch: Any = None) -> "Linearization":
@@ -165,7 +177,7 @@ class Linearization:
             self.graph_builds += 1
             with torch.enable_grad():
                 self._xr, self._yr = _leaf(self.x), _leaf(self.y)
-                out = self.problem.g_value(self._xr, self._yr, self.batch)
+                out = _scalar(self.problem.g_value(self._xr, self._yr, self.batch), "g")
                 (self._gy,) = torch.autograd.grad(out, self._yr, create_graph=True)
         return self._gy
 
@@ -174,7 +186,7 @@ class Linearization:
             self.graph_builds += 1
             with torch.enable_grad():
                 xr, yr = _leaf(self.x), _leaf(self.y)
-                out = self.problem.g_value(xr, yr, self.batch)
+                out = _scalar(self.problem.g_value(xr, yr, self.batch), "g")
                 (self._gx,) = torch.autograd.grad(out, xr, create_graph=True, allow_unused=True)
                 if self._gx is None or not self._gx.requires_grad:  # g linear or constant in x
                     self._gx = torch.zeros_like(self.x)
@@ -376,3 +388,84 @@ class CountingPoint(PointWrapper):
 
     def cross_t(self, w: Tensor) -> Tensor:
         return self._call("cross_t", self.inner.cross_t, w)
+
+
+# ---- finding the source of a non-finite value ----------------------------------------------------------
+#: what each oracle computes, for messages
+ORACLE_TEXT = {
+    "grad_x_f": "∇_x f", "grad_y_f": "∇_y f", "grad_f": "∇f = (∇_x f, ∇_y f)", "grad_y_g": "∇_y g (inner steps)",
+    "grad_x_g": "∇_x g", "grad_g": "∇g = (∇_x g, ∇_y g)", "point.grad_y_g": "∇_y g",
+    "hvp": "the Hessian-vector product ∇²_yy g·u", "cross": "the cross product ∇²_xy g·v",
+    "cross_t": "the cross product ∇²_yx g·w",
+}
+
+
+def _all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if isinstance(t, Tensor))
+
+
+@dataclass
+class NonFinite:
+    """The first oracle call that returned a non-finite value: its name, its rank among the calls of that
+    name (1-based), whether its inputs were finite, and the point (x, y) it was evaluated at."""
+
+    oracle: str
+    call: int
+    inputs_finite: bool
+    x: Tensor
+    y: Tensor
+
+
+class NonFiniteProbe(OracleWrapper):
+    """Records the first call whose result is not finite (``first``).  Every result is read back to the
+    host, so this wrapper is for replaying one step after a divergence, never for a run."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.first: Optional[NonFinite] = None
+        self._calls: dict[str, int] = {}
+
+    def check(self, name: str, x: Tensor, y: Tensor, inputs: tuple, out: Any) -> Any:
+        n = self._calls[name] = self._calls.get(name, 0) + 1
+        if self.first is None and not _all_finite(out if isinstance(out, tuple) else (out,)):
+            self.first = NonFinite(name, n, _all_finite((x, y, *inputs)), x.detach(), y.detach())
+        return out
+
+    def grad_x_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.check("grad_x_f", x, y, (), self.inner.grad_x_f(x, y, batch))
+
+    def grad_y_f(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.check("grad_y_f", x, y, (), self.inner.grad_y_f(x, y, batch))
+
+    def grad_f(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
+        return self.check("grad_f", x, y, (), self.inner.grad_f(x, y, batch))
+
+    def grad_y_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.check("grad_y_g", x, y, (), self.inner.grad_y_g(x, y, batch))
+
+    def grad_x_g(self, x: Tensor, y: Tensor, batch: Any = None) -> Tensor:
+        return self.check("grad_x_g", x, y, (), self.inner.grad_x_g(x, y, batch))
+
+    def grad_g(self, x: Tensor, y: Tensor, batch: Any = None) -> tuple[Tensor, Tensor]:
+        return self.check("grad_g", x, y, (), self.inner.grad_g(x, y, batch))
+
+    def at(self, x: Tensor, y: Tensor, batch: Any = None) -> "_ProbePoint":
+        return _ProbePoint(self.inner.at(x, y, batch), self)
+
+
+class _ProbePoint(PointWrapper):
+    def __init__(self, inner: Any, probe: NonFiniteProbe) -> None:
+        super().__init__(inner)
+        self._probe = probe
+
+    def grad_y_g(self) -> Tensor:
+        return self._probe.check("point.grad_y_g", self.x, self.y, (), self.inner.grad_y_g())
+
+    def hvp(self, u: Tensor) -> Tensor:
+        return self._probe.check("hvp", self.x, self.y, (u,), self.inner.hvp(u))
+
+    def cross(self, u: Tensor) -> Tensor:
+        return self._probe.check("cross", self.x, self.y, (u,), self.inner.cross(u))
+
+    def cross_t(self, w: Tensor) -> Tensor:
+        return self._probe.check("cross_t", self.x, self.y, (w,), self.inner.cross_t(w))

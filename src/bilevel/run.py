@@ -3,7 +3,13 @@
 The loop times only the solver's steps (the device is synchronised before the clock is read) and
 evaluates metrics between steps with uncounted oracles, so time and oracle counts never include
 evaluation.  A non-finite iterate ends the run with status ``diverged`` and keeps the last finite
-iterate and the history so far.
+iterate and the history so far; the failing step is then replayed once with oracles that check every
+result, to name the oracle that produced the first non-finite value (never in the hot path).
+
+Curvature.  AID solvers report the v-solver's curvature evidence per step (``state.curvature``: a Ritz
+value, pᵀAp, SubBiO's 2×2 system, a Rayleigh quotient ≤ 0, or below ``mu_lb``) and whether the v of the
+evaluated iterate is trusted (``state.trusted``).  ``solve`` decides: ``converged`` only on a trusted
+estimate, and ``not_strongly_convex`` when the evidence persists (see ``solve``'s ``curvature_patience``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import warnings
 from typing import Any, Callable, Optional
 
 import torch
+from torch import Tensor
 
 from ._validation import check_int, check_positive
 from .history import History
@@ -23,6 +30,7 @@ from .problem import BilevelProblem
 from .result import Result
 from .sampling import BatchSource, FullBatch
 from .solvers.base import Solver, SolverState
+from .truth import GroundTruthError
 
 
 def _sync(device: torch.device) -> None:
@@ -30,10 +38,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _finite(*tensors) -> bool:
-    # one device sync: a sum is non-finite iff some entry is (or the values are astronomically large)
-    total = sum(t.sum() for t in tensors if t is not None)
-    return math.isfinite(float(total))
+def _read_step(state: Any, x: Tensor, y: Tensor, v: Optional[Tensor]) -> tuple[bool, bool]:
+    """(the iterate is finite, the inner gradient norm grew at every inner step) in one device read-back:
+    a sum is non-finite iff some entry is (or the values are astronomically large)."""
+    total = sum(t.sum() for t in (x, y, v) if t is not None)
+    grew = getattr(state, "inner_growth", None)
+    if grew is None:
+        return math.isfinite(float(total)), False
+    finite, flag = torch.stack([total.to(torch.float64), grew.to(torch.float64)]).tolist()
+    return math.isfinite(finite), bool(flag)
+
+
+#: dtypes whose rounding (about 3 and 2 significant digits) ruins second-order quantities
+_LOW_PRECISION = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def _describe(value: Any) -> str:
@@ -56,8 +73,14 @@ def solve(
     progress: bool = False,
     oracles: Any = None,
     batches: Optional[BatchSource] = None,
+    curvature_patience: Optional[int] = 5,
 ) -> Result:
     """Run ``solver`` on ``problem``.
+
+    Supported dtypes: float32 and float64 (the problem's).  float16 and bfloat16 run but warn once per call:
+    with 3 or 2 significant digits the HVPs and v-system solves are too inexact (measured on the quadratic,
+    synthetic and digits hyper-cleaning problems with y and v solved exactly: relative hypergradient error
+    about 1e-2 in bfloat16, 1e-3 in float16, 1e-7 in float32), so metrics and statuses are unreliable.
 
     Args:
         max_iter: outer iterations K.   max_time: stop after this much solver time (seconds).
@@ -73,6 +96,20 @@ def solve(
         oracles: the oracles the solver calls, e.g. a user's ``OracleWrapper`` around
             ``Oracles(problem)`` (default: ``Oracles(problem)``); ``solve`` counts on top of it.
         batches: the batch source (default ``FullBatch()``: every oracle call sees the full data set).
+        curvature_patience: end the run with status ``not_strongly_convex`` once the solver reports
+            curvature evidence (``state.curvature``: ∇²_yy g not positive definite, or below the v-solver's
+            ``mu_lb``) in this many consecutive iterations (default 5; None: record it, never stop).
+            Evidence that does not persist is transient: a dynamic Lanczos basis mixing the Hessians of
+            several iterates, or an iterate crossing a region of negative curvature of a non-convex g
+            (the hyper-cleaning MLP), is handled by the v-solver's fallback (Lanczos: minimal-residual
+            solve, restart next iteration), after which the next solves are clean; on a lower level that is
+            not strongly convex where the iterates are, every solve meets it.  Either way ``converged`` is
+            only reported on an estimate whose solve saw no evidence, and the message says how often the
+            fallback was used.
+
+    Statuses: ``converged`` (tol met on a trusted estimate), ``max_iter``, ``max_time``, ``stopped``
+    (callback or Ctrl-C), ``diverged`` (a non-finite iterate or evaluation; the message names the oracle
+    that produced the first non-finite value), ``not_strongly_convex`` (see ``curvature_patience``).
 
     The path of one run: ``bound = solver.bind(problem)`` (options resolved and checked once), the batch
     stream is started with the solver's ``batch_roles``, then each iteration
@@ -90,6 +127,8 @@ def solve(
         check_positive("solve", "max_time", max_time)
     if tol is not None:
         check_positive("solve", "tol", tol)
+    if curvature_patience is not None:
+        check_int("solve", "curvature_patience", curvature_patience, 1)
     if callback is not None and not callable(callback):
         raise TypeError(f"solve: callback must be callable(row) -> bool; got {type(callback).__name__}.")
     if oracles is None:
@@ -117,10 +156,21 @@ def solve(
             problem.info.get("ground_truth") or cf.hypergradient is not None or cf.y_star is not None
         )
 
+    if problem.dtype in _LOW_PRECISION:
+        name = _LOW_PRECISION[problem.dtype]
+        warnings.warn(
+            f"bilevel.solve: problem {problem.name!r} is in {name}; supported dtypes are float32 and float64. "
+            f"In {name} the HVPs and the v-system solves keep 2-3 significant digits: even with y and v solved "
+            "exactly the hypergradient estimate keeps a relative error of about 1e-2 in bfloat16 and 1e-3 in "
+            "float16 (1e-7 in float32), so metrics and statuses are unreliable. Build the problem in float32 or "
+            "float64.",
+            UserWarning, stacklevel=2,
+        )
     device = problem.device
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     counts = Counts()
+    user_oracles = oracles
     oracles = CountingOracles(oracles, counts)
     bound = solver.bind(problem)
     # the batch stream draws from a generator of its own, so sampling never shifts the solver's draws
@@ -143,11 +193,13 @@ def solve(
     status, message, done = "max_iter", "", 0
     last_good = state
     interrupted = False
+    watch = _CurvatureWatch(curvature_patience)
     for k in range(max_iter):
         _sync(device)
         start = time.perf_counter()
+        batches_k = stream(k)
         try:
-            new_state = bound.step(state, oracles, stream(k))
+            new_state = bound.step(state, oracles, batches_k)
             _sync(device)
         except KeyboardInterrupt:
             # Ctrl-C: keep everything done so far (the interrupted step is dropped) and return normally
@@ -162,31 +214,49 @@ def solve(
             break
         elapsed += time.perf_counter() - start
         x_k, y_k, v_k = new_state.iterate
-        if not _finite(new_state.x, y_k, v_k):
+        finite, grew = _read_step(new_state, new_state.x, y_k, v_k)
+        if not finite:
             status = "diverged"
-            message = _diverged_message(k, bound)
+            message = _diverged_message(k, bound, problem, last_good, batches_k, user_oracles)
             break
+        watch.record(k, new_state, grew)
         state, last_good, done = new_state, new_state, k + 1
         if bar is not None:
             bar.update(1)
         last = k == max_iter - 1
-        if k % eval_every == 0 or last:
-            row = {"iteration": k, "time": elapsed, **counts.as_dict(), **evaluate(x_k, y_k, v_k)}
+        evaluated = k % eval_every == 0 or last
+        if evaluated:
+            try:
+                row = {"iteration": k, "time": elapsed, **counts.as_dict(), **evaluate(x_k, y_k, v_k)}
+            except GroundTruthError as err:
+                if err.kind == "convergence":
+                    raise
+                status = "not_strongly_convex" if err.kind == "curvature" else "diverged"
+                message = (f"the ground-truth solve for the evaluation at iteration {k} failed: {err} "
+                           "(true_hypergradient=False skips it).")
+                break
             history.append(row)
             if bar is not None:
                 bar.set_postfix(_postfix(row), refresh=False)
             if not all(math.isfinite(val) for val in row.values() if isinstance(val, float)):
                 status = "diverged"
-                message = f"the evaluation at iteration {k} is not finite; {_step_hint(bound)}"
+                message = _evaluation_message(k, row, problem, x_k, y_k, bound)
                 break
             metric = row.get("hypergrad_norm", row.get("hypergrad_est_norm"))
             if tol is not None and metric is not None and metric <= tol:
-                status = "converged"
-                message = f"hypergradient norm {metric:.3e} <= tol {tol:g} at iteration {k}."
-                break
+                if getattr(new_state, "trusted", True):
+                    status = "converged"
+                    message = f"hypergradient norm {metric:.3e} <= tol {tol:g} at iteration {k}."
+                    break
+                watch.untrusted_below_tol.append(k)
             if callback is not None and callback(dict(row)):
                 status, message = "stopped", f"the callback asked to stop at iteration {k}."
                 break
+        if watch.persistent:
+            status, message = "not_strongly_convex", watch.stop_message(bound)
+            if not evaluated:
+                history.append({"iteration": k, "time": elapsed, **counts.as_dict(), **evaluate(x_k, y_k, v_k)})
+            break
         if max_time is not None and elapsed >= max_time:
             status = "max_time"
             message = f"solver time {elapsed:.3f} s reached max_time={max_time:g} at iteration {k}."
@@ -204,13 +274,18 @@ def solve(
         else:
             shown = ""
         message = f"ran max_iter={max_iter} iterations{shown}. Raise max_iter (or set tol) to go further."
+    events = dict(last_good.events)
+    if status != "not_strongly_convex":
+        message = " ".join(t for t in (message, watch.note(bound, done, status, events)) if t)
+    if watch.inner_growth:
+        events["inner_growth"] = watch.inner_growth
 
     return Result(
         x=last_good.x, y=last_good.y,
         v=last_good.v, status=status, message=message, iterations=done, counts=counts, time=elapsed,
         history=history, solver=bound.name, problem=problem.name,
         options=_plain(bound.resolved_options()),
-        events=dict(last_good.events), seed=seed,
+        events=events, seed=seed,
         x_tree=problem.unflatten_x(last_good.x), y_tree=problem.unflatten_y(last_good.y),
         interrupted=interrupted,
     )
@@ -228,11 +303,175 @@ def _step_hint(bound: Any) -> str:
     return f"the step sizes are likely too large ({steps}); try smaller ones." if steps else "try smaller step sizes."
 
 
-def _diverged_message(k: int, bound: Any) -> str:
-    return (
-        f"non-finite values appeared at iteration {k}; the last finite iterate (after {k} iterations) is "
-        f"returned. {_step_hint(bound)}"
-    )
+class _CurvatureWatch:
+    """The curvature evidence of a run: iterations with v-solver evidence (and the current streak of
+    consecutive ones), iterations whose inner gradient norm grew at every step, and evaluations that met
+    tol on an untrusted estimate."""
+
+    def __init__(self, patience: Optional[int]) -> None:
+        self.patience = patience
+        self.streak = 0
+        self.longest = 0
+        self.iterations = 0
+        self.last: Optional[tuple[int, Any]] = None
+        self.inner_growth = 0
+        self.last_growth: Optional[int] = None
+        self.untrusted_below_tol: list[int] = []
+
+    def record(self, k: int, state: Any, grew: bool) -> None:
+        evidence = getattr(state, "curvature", None)
+        if evidence is None:
+            if getattr(state, "probed", True):  # a solve without products tells nothing either way
+                self.streak = 0
+        else:
+            self.streak += 1
+            self.longest = max(self.longest, self.streak)
+            self.iterations += 1
+            self.last = (k, evidence)
+        if grew:
+            self.inner_growth += 1
+            self.last_growth = k
+
+    @property
+    def persistent(self) -> bool:
+        return self.patience is not None and self.streak >= self.patience
+
+    def _growth_text(self) -> str:
+        if not self.inner_growth:
+            return ""
+        return (f" ‖∇_y g‖ grew at every inner step in {self.inner_growth} iteration(s) (last at "
+                f"{self.last_growth}): lr_y is too large for g's curvature or g(x, ·) is not convex.")
+
+    def stop_message(self, bound: Any) -> str:
+        k, evidence = self.last
+        first = k - self.streak + 1
+        below = evidence.bound > 0
+        seen = (f"the lower level is not {'mu_lb-' if below else ''}strongly convex in y where the iterates are: "
+                f"the v-solver saw curvature evidence in {self.streak} consecutive iterations ({first}–{k}; "
+                f"curvature_patience={self.patience}); last: {evidence.describe()}.")
+        damping = ("pass damping=δ to the solver (it then solves (∇²_yy g + δI) v = ∇_y f: a biased "
+                   "hypergradient), " if "damping" in bound.option_names() else "")
+        what = (" Implicit hypergradients need ∇²_yy g positive definite at the iterates. Regularise g (add "
+                f"½μ‖y‖² to it), {damping}or check the model (is g convex in y?); solve(curvature_patience=None) "
+                "records the evidence without stopping.")
+        if below:
+            what = f" The bound mu_lb={evidence.bound:g} given to the v-solver is too large: lower it, or regularise g."
+        return seen + what + self._growth_text()
+
+    def note(self, bound: Any, done: int, status: str, events: Any) -> str:
+        """How often curvature evidence (and the fallback) was met, for the final message of any status."""
+        parts = []
+        if self.iterations:
+            k, evidence = self.last
+            fallback = _fallback_text(bound, events, self.iterations)
+            limit = f"at most {self.longest} in a row" + (
+                f", curvature_patience={self.patience}" if self.patience is not None else "")
+            parts.append(
+                f"The v-solver saw curvature evidence (∇²_yy g not positive definite{' or below mu_lb' if evidence.bound else ''}) "
+                f"in {self.iterations} of {done} iterations ({limit}; last at iteration {k}: {evidence.describe()})"
+                f"{fallback}.")
+        if self.untrusted_below_tol:
+            ks = self.untrusted_below_tol
+            parts.append(f"The hypergradient norm met tol at iteration(s) {', '.join(map(str, ks[:5]))}"
+                         f"{', …' if len(ks) > 5 else ''}, but on an estimate whose v-solve saw curvature evidence, "
+                         "so that did not count as converged.")
+        text = " ".join(parts) + self._growth_text()
+        return text.strip()
+
+
+def _fallback_text(bound: Any, events: Any, n: int) -> str:
+    describe = getattr(getattr(bound, "v_solver", None), "curvature_fallback", None)
+    return f"; {describe(events, n)}" if callable(describe) else ""
+
+
+def _values_at(problem: BilevelProblem, x: Tensor, y: Tensor) -> dict[str, float]:
+    out = {}
+    with torch.no_grad():
+        for name, fn in (("f", problem.f_value), ("g", problem.g_value)):
+            try:
+                out[name] = float(fn(x, y))
+            except Exception:  # a problem that fails outside its domain: no value to report
+                out[name] = math.nan
+    return out
+
+
+def _largest(t: Tensor) -> float:
+    return float(t.abs().max()) if t.numel() else 0.0
+
+
+def _growth(problem: BilevelProblem, x: Tensor, y: Tensor) -> float:
+    """How many times larger (largest entry) than at the start, or than 1, the iterate is."""
+    return max(_largest(x) / max(1.0, _largest(problem.x0)), _largest(y) / max(1.0, _largest(problem.y0)))
+
+
+#: an iterate this many times larger than the initial point means the run was diverging
+_RUNAWAY = 1e6
+
+
+def _blame(problem: BilevelProblem, oracle: str, call: int, x: Tensor, y: Tensor, bound: Any) -> str:
+    """The sentence that blames an oracle evaluated at a finite point (x, y)."""
+    from .oracles import ORACLE_TEXT
+
+    level = "f" if oracle.endswith("_f") else "g"
+    scale = _growth(problem, x, y)
+    point = f"max|x| = {_largest(x):.3g}, max|y| = {_largest(y):.3g}"
+    text = (f"the first non-finite value came from {ORACLE_TEXT.get(oracle, oracle)}, call {call} of that kind "
+            f"in the step, at a finite point ({point}); ")
+    if scale > _RUNAWAY:
+        return text + (f"the iterates had grown {scale:.1e}× beyond their start, so the run was diverging before "
+                       f"the overflow: {_step_hint(bound)}")
+    values = _values_at(problem, x, y)
+    if not math.isfinite(values[level]):
+        text += (f"{level}(x, y) itself is {values[level]} there, so the problem's {level} returns non-finite "
+                 f"values at this point (a log or sqrt outside its domain, a division by zero, an overflow?): "
+                 f"check {level}, or keep the iterates in its domain.")
+    else:
+        text += (f"{level}(x, y) = {values[level]:.6g} is finite there but its derivative is not: {level} is not "
+                 "differentiable at this point (e.g. sqrt or abs at 0) or overflows in the backward pass.")
+    return text
+
+
+def _diverged_message(k: int, bound: Any, problem: BilevelProblem, last_good: Any, batches: Any,
+                      user_oracles: Any) -> str:
+    """Replays step k from the last finite state with every oracle result checked, to say which oracle
+    produced the first non-finite value (after the divergence, never during the run)."""
+    from .oracles import NonFiniteProbe
+
+    head = (f"non-finite values appeared at iteration {k}; the last finite iterate (after {k} iterations) is "
+            "returned.")
+    probe = NonFiniteProbe(user_oracles)
+    try:
+        replayed = bound.step(last_good, probe, batches)
+    except Exception:  # the replay is a diagnosis only: any failure leaves the generic message
+        replayed = None
+    first = probe.first
+    if first is not None and first.inputs_finite:
+        return f"{head} Replaying it: {_blame(problem, first.oracle, first.call, first.x, first.y, bound)}"
+    if first is not None or replayed is not None:
+        return (f"{head} Replaying it: every oracle returned finite values from finite inputs; the update itself "
+                f"overflowed. {_step_hint(bound)}")
+    return f"{head} {_step_hint(bound)}"
+
+
+#: evaluation columns computed from the solver's own oracles at the iterate (the rest come from ground truth)
+_ORACLE_COLUMNS = ("f", "grad_y_g_norm", "residual", "hypergrad_est_norm")
+
+
+def _evaluation_message(k: int, row: dict, problem: BilevelProblem, x: Tensor, y: Tensor, bound: Any) -> str:
+    bad = [key for key, val in row.items() if isinstance(val, float) and not math.isfinite(val)]
+    head = f"the evaluation at iteration {k} is not finite ({', '.join(bad)}) at a finite iterate"
+    scale = _growth(problem, x, y)
+    if scale > _RUNAWAY:
+        return (f"{head} that had grown {scale:.1e}× beyond its start: the run was diverging; {_step_hint(bound)}")
+    values = _values_at(problem, x, y)
+    for level in ("f", "g"):
+        if not math.isfinite(values[level]):
+            return (f"{head}: {level}(x_k, y_k) = {values[level]} there, so the problem's {level} returns non-finite "
+                    f"values at this point (a log or sqrt outside its domain, a division by zero, an overflow?): "
+                    f"check {level}, or keep the iterates in its domain.")
+    if any(c in ("hypergrad_norm", "hypergrad_rel_error", "phi") for c in bad) and not any(c in _ORACLE_COLUMNS for c in bad):
+        return f"{head}: the ground-truth solve for y*(x_k) and v* failed (is g strongly convex in y?)."
+    return f"{head}. {_step_hint(bound)}"
 
 
 def _plain(opts: dict) -> dict:

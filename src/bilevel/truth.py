@@ -22,9 +22,19 @@ from torch import Tensor
 from .oracles import Oracles
 from .problem import BilevelProblem
 
-__all__ = ["Truth", "solve_lower", "solve_adjoint", "true_hypergradient"]
+__all__ = ["GroundTruthError", "Truth", "solve_lower", "solve_adjoint", "true_hypergradient"]
 
 MatVec = Callable[[Tensor], Tensor]
+
+
+class GroundTruthError(RuntimeError):
+    """A ground-truth solve failed.  ``kind``: "nonfinite" (g, ∇_y g or a product returned NaN/Inf),
+    "curvature" (∇²_yy g is not positive definite: pᵀAp ≤ 0), or "convergence" (no convergence within
+    the iteration limit, or the line search failed)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,7 @@ def _pcg(
         ap = matvec(p)
         pap = float(torch.dot(p, ap))
         if not math.isfinite(pap):
-            raise RuntimeError("CG produced a non-finite value: the Hessian product returned NaN or Inf.")
+            raise GroundTruthError("CG produced a non-finite value: the Hessian product returned NaN or Inf.", "nonfinite")
         if pap <= 0.0:
             return x, it - 1, rnorm, True
         a = rz / pap
@@ -151,7 +161,7 @@ def solve_lower(
     accepts ‖∇_y g‖ ≤ max(target, floor): y is then as accurate as the dtype allows.  So a tiny
     ``tol`` means "to working precision".
 
-    Raises RuntimeError (with the achieved and the wanted tolerance) when it does not converge
+    Raises ``GroundTruthError`` (a RuntimeError; with the achieved and the wanted tolerance) when it does not converge
     within ``max_iter`` Newton steps or the line search fails.
     """
     x = _as_flat(problem, x, "x")
@@ -174,7 +184,8 @@ def solve_lower(
         target = tol * max(1.0, gnorm0)
         gval = float(problem.g_value(x, y))
     if not math.isfinite(gnorm0) or not math.isfinite(gval):
-        raise RuntimeError(f"solve_lower: g or ∇_y g is not finite at the starting point (‖∇_y g‖ = {gnorm0}).")
+        raise GroundTruthError(
+            f"solve_lower: g or ∇_y g is not finite at the starting point (‖∇_y g‖ = {gnorm0}).", "nonfinite")
     scale = max(1.0, gnorm0)
     gnorm = gnorm0
     best_y, best = y, gnorm
@@ -216,17 +227,17 @@ def solve_lower(
                     gy_new = None
                 t *= 0.5
                 if t < 1e-12:
-                    raise RuntimeError(
+                    raise GroundTruthError(
                         f"solve_lower: the Armijo line search failed at Newton step {it}: "
                         f"‖∇_y g‖ = {gnorm:.3e}, wanted ≤ {target:.3e}. Is g strongly convex in y "
-                        "and are its gradients consistent with its values?"
+                        "and are its gradients consistent with its values?", "convergence"
                     )
             previous = gnorm
             y, gval = y_new, g_new
             gy = grad(y) if gy_new is None else gy_new
             gnorm = _norm(gy)
             if not math.isfinite(gnorm):
-                raise RuntimeError(f"solve_lower: ∇_y g became non-finite after Newton step {it}.")
+                raise GroundTruthError(f"solve_lower: ∇_y g became non-finite after Newton step {it}.", "nonfinite")
             if gnorm < best:
                 best_y, best = y, gnorm
             if gnorm > 0.5 * previous:
@@ -237,10 +248,10 @@ def solve_lower(
             floor = _noise_floor(grad, best_y)
     if best <= max(target, floor):
         return best_y
-    raise RuntimeError(
+    raise GroundTruthError(
         f"solve_lower: Newton–CG did not converge in {max_iter} iterations: achieved "
         f"‖∇_y g‖ = {best:.3e}, wanted ≤ {target:.3e} (tol={tol:g} × max(1, ‖∇_y g(x, y_init)‖ = {gnorm0:.3e}); "
-        f"round-off floor ≈ {floor:.1e}). Increase max_iter or check that g is strongly convex in y."
+        f"round-off floor ≈ {floor:.1e}). Increase max_iter or check that g is strongly convex in y.", "convergence"
     )
 
 
@@ -261,7 +272,7 @@ def solve_adjoint(
     Stops when the *true* residual ‖A v − b‖ ≤ rtol·‖b‖ (CG's recursive residual drifts, so on its
     convergence the true residual is recomputed and CG restarted from v if needed).  ``max_iter``
     caps the total number of CG iterations (HVPs).  If restarts stall, the residual is accepted at
-    the round-off floor of A v (as in ``solve_lower``), about eps·‖A‖‖v‖.  Raises RuntimeError with
+    the round-off floor of A v (as in ``solve_lower``), about eps·‖A‖‖v‖.  Raises ``GroundTruthError`` with
     the achieved and the wanted relative residual when it fails.
     """
     x = _as_flat(problem, x, "x")
@@ -286,13 +297,13 @@ def solve_adjoint(
             used += its
             res = _norm(b - lin.hvp(v))
             if not math.isfinite(res):
-                raise RuntimeError("solve_adjoint: CG produced a non-finite residual.")
+                raise GroundTruthError("solve_adjoint: CG produced a non-finite residual.", "nonfinite")
             if res <= max(target, floor):
                 return v
             if negative:
-                raise RuntimeError(
+                raise GroundTruthError(
                     f"solve_adjoint: A = ∇²_yy g is not positive definite at (x, y) (pᵀAp ≤ 0 in CG); "
-                    f"relative residual {res / bnorm:.3e}, wanted ≤ {rtol:g}."
+                    f"relative residual {res / bnorm:.3e}, wanted ≤ {rtol:g}.", "curvature"
                 )
             if res > 0.5 * best and floor == 0.0:
                 floor = _noise_floor(lin.hvp, v)  # restarts stall: measure the attainable level
@@ -302,10 +313,10 @@ def solve_adjoint(
             restarts += 1
             if used >= max_iter or restarts > 5:
                 break
-    raise RuntimeError(
+    raise GroundTruthError(
         f"solve_adjoint: CG did not converge in {used} iterations (max_iter={max_iter}): achieved relative "
         f"residual ‖A v − b‖/‖b‖ = {res / bnorm:.3e}, wanted ≤ {rtol:g}. Increase max_iter, give the "
-        "problem a preconditioner, or loosen rtol (the attainable accuracy is about eps·κ(A))."
+        "problem a preconditioner, or loosen rtol (the attainable accuracy is about eps·κ(A)).", "convergence"
     )
 
 

@@ -40,6 +40,21 @@ def ldl_solve(alpha: Sequence[float], beta: Sequence[float], rhs: Sequence[float
     return z
 
 
+def positive_pivots(alpha: Sequence[float], beta: Sequence[float], eps_pivot: float, shift: float = 0.0) -> bool:
+    """Whether every LDLᵀ pivot of T − shift·I is finite and > eps_pivot · max|α| (Sylvester's law of
+    inertia: the number of pivots ≤ 0 is the number of eigenvalues of T ≤ shift, so with eps_pivot = 0 this
+    is exactly λ_min(T) > shift).  O(j), no solve."""
+    threshold = eps_pivot * max(abs(a) for a in alpha)
+    d = alpha[0] - shift
+    if not (d > threshold and math.isfinite(d)):
+        return False
+    for i in range(1, len(alpha)):
+        d = alpha[i] - shift - beta[i - 1] * beta[i - 1] / d
+        if not (d > threshold and math.isfinite(d)):
+            return False
+    return True
+
+
 def minres_solve(
     alpha: Sequence[float], beta: Sequence[float], beta_next: float, rhs: Sequence[float], rhs_next: float
 ) -> Optional[tuple[list, float]]:

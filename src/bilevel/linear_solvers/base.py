@@ -21,6 +21,7 @@ Presettable options.  Some options are normally filled by a bilevel algorithm fr
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Optional
@@ -37,17 +38,45 @@ MatVec = Callable[[Tensor], Tensor]
 LINEAR_SOLVERS = Registry("v-solver", package="bilevel.linear_solvers", skip=("base",))
 
 @dataclass(frozen=True)
+class Curvature:
+    """Evidence, seen by a v-solver in the course of its work (no extra products), that A is not positive
+    definite, or not ⪰ μ_lb·I when a lower bound μ_lb is given.
+
+    what: the quantity measured (e.g. "the smallest Ritz value of T_3", "pᵀAp/‖p‖² along a CG direction");
+    value: its value; bound: the bound it failed (0 for positive definiteness, μ_lb otherwise).
+    A Rayleigh quotient uᵀAu/‖u‖² ≤ 0 (and a Ritz value of one Hessian, which lies in [λ_min, λ_max]) proves
+    that A is not positive definite; in the dynamic Lanczos basis T_j mixes the Hessians of several iterates,
+    so there the evidence concerns those Hessians together.
+    """
+
+    what: str
+    value: float
+    bound: float = 0.0
+
+    def describe(self) -> str:
+        if self.bound:
+            return f"{self.what} = {self.value:.3g} < mu_lb = {self.bound:g}"
+        if self.value > 0:
+            return f"{self.what} = {self.value:.3g} (positive but below the solver's pivot tolerance: singular)"
+        return f"{self.what} = {self.value:.3g}"
+
+
+@dataclass(frozen=True)
 class SolveInfo:
     """What one ``solve`` call did.
 
     matvecs: products with A made by this call (the HVP count inside a bilevel loop).
     events: notable things, e.g. ``"restart"``, ``"breakdown"``, ``"indefinite"``, ``"nonfinite"``.
     epoch_step: for epoch-based solvers (``has_epochs``: Lanczos), the basis size j after this call, else None.
+    curvature: ``Curvature`` evidence that A is not positive definite (or below ``mu_lb``) seen by this call,
+    else None.  The estimate of a call with evidence is not trusted (``solve`` never reports ``converged``
+    on it), and evidence in several consecutive iterations ends a run as ``not_strongly_convex``.
     """
 
     matvecs: int
     events: tuple[str, ...] = ()
     epoch_step: Optional[int] = None
+    curvature: Optional[Curvature] = None
 
 
 class LinearSolver(Part, ABC):
@@ -104,6 +133,29 @@ class LinearSolver(Part, ABC):
     def budget_warnings(self, max_iter: int) -> list[str]:
         """Configuration problems that only show with a run length (the caller prefixes its label)."""
         return []
+
+    def curvature_fallback(self, events: Mapping[str, int], n: int) -> str:
+        """What this solver did in the ``n`` calls with curvature evidence (``events``: the run's event
+        counts), as a clause for run messages."""
+        return f"its estimate was used as computed in those {n} iterations (no fallback)"
+
+
+def rayleigh(u: Tensor, au: Tensor) -> Tensor:
+    """uᵀAu/‖u‖² as a 0-dim tensor, +inf when u = 0: no host sync (callers keep the smallest and read it
+    with the one read-back they already make).  ≤ 0 proves that A is not positive definite."""
+    u, au = u.reshape(-1), au.reshape(-1)
+    uu = torch.dot(u, u)
+    return torch.where(uu > 0, torch.dot(u, au) / uu, torch.full((), math.inf, dtype=u.dtype, device=u.device))
+
+
+def read_back(v: Tensor, smallest: Optional[Tensor]) -> tuple[bool, bool, Optional[float]]:
+    """One host read of (v finite, v ≠ 0, the smallest Rayleigh quotient if it is ≤ 0 else None)."""
+    parts = [torch.isfinite(v).all(), torch.any(v != 0)]
+    if smallest is not None:
+        parts += [smallest <= 0, smallest]
+    vals = torch.stack([t.to(torch.float64) for t in parts]).tolist()
+    curv = vals[3] if smallest is not None and vals[2] else None
+    return bool(vals[0]), bool(vals[1]), curv
 
 
 def known_zero(v0: Optional[Tensor]) -> bool:

@@ -13,6 +13,8 @@ Oracle cost per call: Q + 1 matvecs (Q when starting from zero: the first call o
 v0, and every call with ``warm_start=False``).  Early stops make fewer: ``rtol`` (‖r‖ ≤ rtol‖b‖), an
 exactly zero residual (event ``"converged"``), a non-positive or non-finite curvature pᵀz (event
 ``"indefinite"``) or a non-finite residual (event ``"nonfinite"``); the last two keep the last good v.
+A finite pᵀz ≤ 0 is a Rayleigh quotient of A ≤ 0: it proves A is not positive definite and is reported
+as ``SolveInfo.curvature`` (pᵀAp/‖p‖², one extra dot product on that event only).
 
 Reference defaults of the LancBiO experiments (Yang, Gao & Yuan, ICLR 2025), Q = ``steps``:
 
@@ -34,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_int, check_positive
-from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
+from .base import LINEAR_SOLVERS, Curvature, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
 
 
 def _dot(a: Tensor, b: Tensor) -> float:
@@ -75,6 +77,9 @@ class CG(LinearSolver):
         if options["rtol"] is not None:
             object.__setattr__(self, "rtol", check_positive("CG", "rtol", options["rtol"]))
         check_bool("CG", "warm_start", options["warm_start"])
+
+    def curvature_fallback(self, events: Mapping[str, int], n: int) -> str:
+        return f"CG stopped at the non-positive curvature and kept its last v ({n} times)"
 
     def init(self, b: Tensor, v0: Optional[Tensor] = None) -> CGState:
         self.require_resolved()
@@ -124,6 +129,7 @@ class CG(LinearSolver):
         rr = _dot(r, r)
         stop = self.rtol * float(torch.linalg.vector_norm(b)) if self.rtol is not None else 0.0
         moved = False
+        curvature = None
         if not math.isfinite(rr):
             events.append("nonfinite")
         elif rr == 0.0 or math.sqrt(rr) <= stop:
@@ -136,6 +142,10 @@ class CG(LinearSolver):
                 pz = _dot(p, z)
                 if not (math.isfinite(pz) and pz > 0.0):
                     events.append("indefinite")  # A is not SPD along p: keep the last good v
+                    if math.isfinite(pz):
+                        pp = _dot(p, p)
+                        curvature = Curvature("CG: the curvature pᵀAp/‖p‖² along a search direction",
+                                              pz / pp if pp > 0 else pz)
                     break
                 a = rr / pz
                 r_new = r - a * z
@@ -153,7 +163,7 @@ class CG(LinearSolver):
         new_state = replace(
             state, v=v, v_is_zero=from_zero and not moved, residual_norm=math.sqrt(rr) if math.isfinite(rr) else rr
         )
-        return v, new_state, SolveInfo(matvecs=matvecs, events=tuple(events))
+        return v, new_state, SolveInfo(matvecs=matvecs, events=tuple(events), curvature=curvature)
 
 
 def cg(**options: Any) -> CG:

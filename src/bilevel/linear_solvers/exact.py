@@ -4,7 +4,8 @@ Per call::
 
     A ← [A e_1, …, A e_n]            (n = dy matvecs with the unit vectors; symmetrised (A + Aᵀ)/2)
     v ← A⁻¹ b                        (Cholesky; if A is not numerically SPD, a general LU solve,
-                                      event "indefinite"; if A is singular, the pseudo-inverse, "singular")
+                                      event "indefinite"; if A is singular, the pseudo-inverse, "singular";
+                                      ``SolveInfo.curvature`` = λ_min(A) in both cases)
 
 The dense matrix and its factorisation are formed in float64 whatever b's dtype (then cast back), so
 the answer is as accurate as the products allow.  Cost per call: dy matvecs, O(dy²) memory and O(dy³)
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_int
-from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v
+from .base import LINEAR_SOLVERS, Curvature, LinearSolver, MatVec, SolveInfo, initial_v
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Exact(LinearSolver):
 
     def validate(self, options: Mapping[str, Any]) -> None:
         check_int("Exact", "max_dim", options["max_dim"], minimum=1)
+
+    def curvature_fallback(self, events: Mapping[str, int], n: int) -> str:
+        return f"the dense solve used LU (or the pseudo-inverse) instead of Cholesky ({n} times)"
 
     def init(self, b: Tensor, v0: Optional[Tensor] = None) -> ExactState:
         return ExactState(v=initial_v(b, v0))
@@ -91,9 +95,11 @@ class Exact(LinearSolver):
             # Nothing sensible can be solved: keep the previous answer.
             return state.v, replace(state), SolveInfo(matvecs=n, events=("nonfinite",))
         chol, info = torch.linalg.cholesky_ex(a)
+        curvature = None
         if int(info) == 0:
             x = torch.cholesky_solve(rhs, chol)
         else:
+            curvature = Curvature("Exact: the smallest eigenvalue of A", float(torch.linalg.eigvalsh(a)[0]))
             try:
                 x = torch.linalg.solve(a, rhs)
                 events = ("indefinite",)
@@ -101,7 +107,7 @@ class Exact(LinearSolver):
                 x = torch.linalg.pinv(a) @ rhs
                 events = ("indefinite", "singular")
         v = x.reshape(b.shape).to(b.dtype)
-        return v, replace(state, v=v), SolveInfo(matvecs=n, events=events)
+        return v, replace(state, v=v), SolveInfo(matvecs=n, events=events, curvature=curvature)
 
 
 def exact(**options: Any) -> Exact:

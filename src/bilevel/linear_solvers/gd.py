@@ -13,6 +13,9 @@ Oracle cost per call: Q matvecs.  When v is known to be exactly zero (a run star
 call with ``warm_start=False``) the first product is skipped, since A·0 = 0: that call makes Q − 1.
 No product is made after the last step (the reference's discarded extra HVP is not reproduced).
 A non-finite result (η too large for A) is returned as is and reported as event ``"nonfinite"``.
+Curvature evidence: every product gives the Rayleigh quotient vᵀAv/‖v‖² of the iterate it is taken at; a
+quotient ≤ 0 proves A is not positive definite (event ``"indefinite"``, ``SolveInfo.curvature``).  The
+quotients are kept on the device and read with the call's one finiteness read-back.
 
 Reference defaults of the LancBiO experiments (Yang, Gao & Yuan, ICLR 2025) for AmIGO-GD (SOBA uses Q = 1):
 
@@ -33,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool
-from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
+from .base import LINEAR_SOLVERS, Curvature, LinearSolver, MatVec, SolveInfo, initial_v, known_zero, rayleigh, read_back
 
 
 @dataclass(frozen=True)
@@ -106,13 +109,22 @@ class GD(LinearSolver):
         else:
             v = state.v
             first = 0
+        smallest = None  # the smallest vᵀAv/‖v‖² met, kept on the device
         for _ in range(first, self.steps):
-            v = v - eta * (matvec(v).detach() - b)
+            av = matvec(v).detach()
+            quotient = rayleigh(v, av)
+            smallest = quotient if smallest is None else torch.minimum(smallest, quotient)
+            v = v - eta * (av - b)
             matvecs += 1
-        events = () if bool(torch.isfinite(v).all()) else ("nonfinite",)
+        finite, nonzero, curv = read_back(v, smallest)
+        events = () if finite else ("nonfinite",)
+        curvature = None
+        if curv is not None:
+            events += ("indefinite",)
+            curvature = Curvature("GD: the Rayleigh quotient vᵀAv/‖v‖² at an iterate", curv)
         # v = η b ≠ 0 unless b = 0; keep the flag honest in that corner case too.
-        new_state = replace(state, v=v, v_is_zero=not bool(torch.any(v != 0)))
-        return v, new_state, SolveInfo(matvecs=matvecs, events=events)
+        new_state = replace(state, v=v, v_is_zero=not nonzero)
+        return v, new_state, SolveInfo(matvecs=matvecs, events=events, curvature=curvature)
 
 
 def gd(**options: Any) -> GD:

@@ -29,7 +29,13 @@ Guards, recorded as events (a robust-implementation layer of this library, not p
 restart next iteration); ``indefinite`` (an LDLᵀ pivot of T_j ≤ ε_p·max|α|: this iteration uses the
 minimal-residual solve, or clamped eigenvalues with ``fallback="eig"``, and the next one restarts);
 ``discarded`` (non-finite or, with μ_lb, exploding correction: v_k ← v̄, restart next);
-``restart``; ``restart_skipped`` (residual already ≤ ε_r‖b‖: keep v̄).
+``restart``; ``restart_skipped`` (residual already ≤ ε_r‖b‖: keep v̄);  ``below_mu_lb`` (with μ_lb: the
+LDLᵀ pivots of T_j − μ_lb·I are not all positive, i.e. by Sylvester's law of inertia a Ritz value of T_j is
+< μ_lb, which contradicts the bound: the Galerkin solve is kept and the next iteration restarts).
+``indefinite`` and ``below_mu_lb`` carry the smallest Ritz value as ``SolveInfo.curvature`` (curvature
+evidence: Ritz values of one Hessian lie in [λ_min, λ_max], so a negative one proves it indefinite; T_j
+mixes the Hessians of the epoch's iterates).  With ``subproblem="minres"`` the pivots are checked for this
+evidence only (the minimal-residual solve needs no definite T_j; nothing restarts).
 The small tridiagonal problems are solved in float64 whatever the tensor dtype.
 
 States are immutable.  The basis lives in a buffer preallocated for the largest m and shared
@@ -51,8 +57,8 @@ from torch import Tensor
 
 from .._validation import check_bool, check_choice, check_positive
 from ..schedules import DimensionSchedule, as_dimension_schedule
-from ._tridiagonal import ldl_solve, minres_solve
-from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
+from ._tridiagonal import ldl_solve, minres_solve, positive_pivots
+from .base import LINEAR_SOLVERS, Curvature, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
 
 
 class BasisFill:
@@ -203,6 +209,19 @@ class Lanczos(LinearSolver):
             ]
         return []
 
+    def curvature_fallback(self, events: Mapping[str, int], n: int) -> str:
+        indefinite, below = events.get("indefinite", 0), events.get("below_mu_lb", 0)
+        if self.subproblem == "minres":
+            return "the minimal-residual solve, which needs no definite T_j, was used as usual (no restart)"
+        how = ("clamped Ritz values" if self.fallback == "eig" else "the minimal-residual solve")
+        parts = []
+        if indefinite:
+            parts.append(f"the indefinite-pivot fallback ({how} for that iteration, a restart at the next) was "
+                         f"used {indefinite} times")
+        if below:
+            parts.append(f"a Ritz value below mu_lb restarted the basis {below} times")
+        return "; ".join(parts) or f"the basis was restarted after each of those {n} iterations"
+
     # ------------------------------------------------------------------------------------------------
     def init(self, b: Tensor, v0: Optional[Tensor] = None) -> LanczosState:
         v = initial_v(b, v0)
@@ -307,10 +326,12 @@ class Lanczos(LinearSolver):
         c = proj[:j]
         c_next = proj[j] if len(proj) > j else 0.0
         s = None
+        curvature = None
         if self.subproblem == "galerkin":
             s = ldl_solve(st.alpha, st.beta, c, self.eps_pivot)
             if s is None:
                 events.append("indefinite")
+                curvature = self._ritz_evidence(st, 0.0)
                 st.restart_pending = True
                 if self.fallback == "eig":
                     s = self._eig_solve(st, c)
@@ -318,7 +339,18 @@ class Lanczos(LinearSolver):
                     c_next = float(torch.dot(st.Q[j], rk)) if st.has_next else 0.0
                     sol = minres_solve(st.alpha, st.beta, st.beta_next if st.has_next else 0.0, c, c_next)
                     s = sol[0] if sol is not None else None
+            elif self.mu_lb is not None and not positive_pivots(st.alpha, st.beta, 0.0, self.mu_lb):
+                # T_j is positive definite, but a Ritz value < μ_lb contradicts the given bound: keep the
+                # Galerkin solve, restart next iteration (as after an indefinite T_j)
+                events.append("below_mu_lb")
+                curvature = self._ritz_evidence(st, self.mu_lb)
+                st.restart_pending = True
         else:
+            # the minimal-residual solve needs no definite T_j; its pivots are checked for the evidence only
+            shift = self.mu_lb or 0.0
+            if not positive_pivots(st.alpha, st.beta, 0.0 if shift else self.eps_pivot, shift):
+                events.append("below_mu_lb" if shift else "indefinite")
+                curvature = self._ritz_evidence(st, shift)
             sol = minres_solve(st.alpha, st.beta, st.beta_next if st.has_next else 0.0, c, c_next)
             s = sol[0] if sol is not None else None
 
@@ -328,23 +360,32 @@ class Lanczos(LinearSolver):
             st.restart_pending = True
             v = torch.zeros_like(b) if plain else st.vbar
             st.v, st.v_is_zero = v, plain or st.v_is_zero
-            return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j)
+            return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j, curvature)
         dv = st.Q[:j].T @ torch.tensor(s, dtype=b.dtype, device=b.device)
         if self.mu_lb is not None and float(torch.linalg.vector_norm(dv)) > float(torch.linalg.vector_norm(rk)) / self.mu_lb:
             events.append("discarded")
             st.restart_pending = True
             v = torch.zeros_like(b) if plain else st.vbar
             st.v = v
-            return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j)
+            return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j, curvature)
         v = dv if base_v is None else base_v + dv
         st.v, st.v_is_zero = v, False
-        return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j)
+        return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j, curvature)
 
     # ------------------------------------------------------------------------------------------------
     @staticmethod
     def _freeze(st: SimpleNamespace) -> LanczosState:
         fields = vars(st)
         return LanczosState(**{**fields, "alpha": tuple(st.alpha), "beta": tuple(st.beta)})
+
+    @staticmethod
+    def _ritz_evidence(st: SimpleNamespace, bound: float) -> Optional[Curvature]:
+        """The smallest Ritz value of T_j (eigenvalues of a j × j float64 matrix; computed on events only);
+        None when T_j is not finite (a non-finite product is no evidence about curvature)."""
+        if not all(math.isfinite(t) for t in (*st.alpha, *st.beta)):
+            return None
+        lowest = float(torch.linalg.eigvalsh(_tridiagonal(tuple(st.alpha), tuple(st.beta)))[0])
+        return Curvature(f"Lanczos: the smallest Ritz value of T_{st.j}", lowest, bound)
 
     @staticmethod
     def _own(st: SimpleNamespace, rows: int) -> None:

@@ -22,6 +22,10 @@ so that E[v] = η Σ_{i<Q} (I − ηA)^i b.  The drawn p is kept in ``state.last
 ``HybridNeumann`` (compatibility only) is the LancBiO reference code's synthetic TTSA/BSA estimator: the
 randomised sum with c = η (no Q factor) followed by Q GD steps.
 
+Curvature evidence: every product A r gives the Rayleigh quotient rᵀAr/‖r‖² of a series term; a quotient
+≤ 0 proves A is not positive definite, where the series diverges (event ``"indefinite"``,
+``SolveInfo.curvature``); read with the call's one finiteness read-back.
+
 Reference defaults of the LancBiO experiments (Yang, Gao & Yuan, ICLR 2025), Q = ``steps``, η = ``eta``:
 
     ==========================  ===========  ===========  ===========
@@ -42,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool
-from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v
+from .base import LINEAR_SOLVERS, Curvature, LinearSolver, MatVec, SolveInfo, initial_v, rayleigh, read_back
 from .gd import GD, GDState
 
 
@@ -110,23 +114,37 @@ class Neumann(LinearSolver):
         b = b.detach()
         eta = self.eta
         last_p = state.last_p
+        smallest = None  # the smallest rᵀAr/‖r‖² met, kept on the device
+
+        def product(r: Tensor) -> Tensor:
+            nonlocal smallest
+            ar = matvec(r).detach()
+            quotient = rayleigh(r, ar)
+            smallest = quotient if smallest is None else torch.minimum(smallest, quotient)
+            return ar
+
         if self.randomized:
             device = generator.device if generator is not None else None
             p = int(torch.randint(self.steps, (1,), generator=generator, device=device))
             v = b
             for _ in range(p):
-                v = v - eta * matvec(v).detach()
+                v = v - eta * product(v)
             v = (self.steps * eta) * v  # a new tensor even when p = 0: never alias b
             last_p, matvecs = p, p
         else:
             r, total = b, b
             for _ in range(self.steps):
-                r = r - eta * matvec(r).detach()
+                r = r - eta * product(r)
                 total = total + r
             v = eta * total
             matvecs = self.steps
-        events = () if bool(torch.isfinite(v).all()) else ("nonfinite",)
-        return v, replace(state, v=v, last_p=last_p), SolveInfo(matvecs=matvecs, events=events)
+        finite, _, curv = read_back(v, smallest)
+        events = () if finite else ("nonfinite",)
+        curvature = None
+        if curv is not None:
+            events += ("indefinite",)
+            curvature = Curvature("Neumann: the Rayleigh quotient rᵀAr/‖r‖² of a series term", curv)
+        return v, replace(state, v=v, last_p=last_p), SolveInfo(matvecs=matvecs, events=events, curvature=curvature)
 
 
 @LINEAR_SOLVERS.register
@@ -185,7 +203,9 @@ class HybridNeumann(LinearSolver):
         v = v / self.steps
         gd_state = GDState(v=v, v_is_zero=not bool(torch.any(v != 0)))
         v, _, second = GD(eta=self.eta, steps=self.steps).solve(matvec, b, gd_state, k=k)
-        info = SolveInfo(matvecs=first.matvecs + second.matvecs, events=first.events + second.events)
+        events = first.events + tuple(e for e in second.events if e != "indefinite" or e not in first.events)
+        info = SolveInfo(matvecs=first.matvecs + second.matvecs, events=events,
+                         curvature=first.curvature or second.curvature)
         return v, replace(drawn, v=v), info
 
 

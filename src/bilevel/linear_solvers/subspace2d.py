@@ -19,7 +19,8 @@ subspace is one-dimensional because p ∥ b; 1 on a call from v_prev = 0 (the fi
 started without v0); 0 when b = 0, where v = 0 is the exact answer (event "zero_rhs").
 
 Guards: H not positive definite or non-finite → the one-dimensional solve if w1ᵀA w1 > 0, else
-v_prev is kept; event "indefinite" in both cases.  A non-finite b or p keeps v_prev (event "nonfinite").
+v_prev is kept; event "indefinite" in both cases, with ``SolveInfo.curvature`` = λ_min(H) (H = WᵀAW is a
+compression of A, so λ_min(H) ≤ 0 proves A is not positive definite) or bᵀAb/‖b‖².  A non-finite b or p keeps v_prev (event "nonfinite").
 
 Reference defaults of the SubBiO experiments (Yang, Gao & Yuan, ICLR 2025):
 
@@ -41,7 +42,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_positive
-from .base import LINEAR_SOLVERS, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
+from .base import LINEAR_SOLVERS, Curvature, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
 
 
 def _dot64(a: Tensor, b: Tensor) -> float:
@@ -81,6 +82,9 @@ class Subspace2D(LinearSolver):
             object.__setattr__(self, "eta", check_positive("Subspace2D", "eta", options["eta"]))
         object.__setattr__(self, "eps", check_positive("Subspace2D", "eps", options["eps"], allow_zero=True))
 
+    def curvature_fallback(self, events: Mapping[str, int], n: int) -> str:
+        return f"SubBiO fell back to the one-dimensional solve along b, or kept the previous v ({n} times)"
+
     def init(self, b: Tensor, v0: Optional[Tensor] = None) -> Subspace2DState:
         self.require_resolved()
         v = initial_v(b, v0)
@@ -116,6 +120,7 @@ class Subspace2D(LinearSolver):
 
         events: list[str] = []
         matvecs = 0
+        curvature: Optional[Curvature] = None
         p: Optional[Tensor] = None
         if not state.v_is_zero:
             v_prev = state.v
@@ -152,22 +157,28 @@ class Subspace2D(LinearSolver):
                 if all(math.isfinite(t) for t in z):
                     return self._finish(state, z[0] * w1 + z[1] * w2, matvecs, 2, tuple(events))
             events.append("indefinite")
+            if bool(torch.isfinite(h).all()):
+                lowest = float(torch.linalg.eigvalsh(h)[0])  # H = WᵀAW: its eigenvalues lie in [λ_min, λ_max]
+                curvature = Curvature("SubBiO: the smallest eigenvalue of the 2×2 system H = WᵀAW", lowest)
         # One-dimensional solve: the exact line search along b, z = ‖b‖ / (w1ᵀA w1).
         if math.isfinite(h11) and h11 > 0.0:
-            return self._finish(state, (bnorm / h11) * w1, matvecs, 1, tuple(events))
+            return self._finish(state, (bnorm / h11) * w1, matvecs, 1, tuple(events), curvature=curvature)
         if "indefinite" not in events:
             events.append("indefinite")
-        return self._finish(state, state.v, matvecs, 0, tuple(events), keep=True)
+        if curvature is None and math.isfinite(h11):
+            curvature = Curvature("SubBiO: the curvature bᵀAb/‖b‖² along b", h11)
+        return self._finish(state, state.v, matvecs, 0, tuple(events), keep=True, curvature=curvature)
 
     @staticmethod
     def _finish(
-        state: Subspace2DState, v: Tensor, matvecs: int, dim: int, events: tuple[str, ...], keep: bool = False
+        state: Subspace2DState, v: Tensor, matvecs: int, dim: int, events: tuple[str, ...], keep: bool = False,
+        curvature: Optional[Curvature] = None,
     ) -> tuple[Tensor, Subspace2DState, SolveInfo]:
         if keep:
             new_state = replace(state, dim=dim)
         else:
             new_state = replace(state, v=v, v_is_zero=dim == 0, dim=dim)  # only the zero_rhs answer is exactly 0
-        return new_state.v, new_state, SolveInfo(matvecs=matvecs, events=events)
+        return new_state.v, new_state, SolveInfo(matvecs=matvecs, events=events, curvature=curvature)
 
 
 def subspace2d(**options: Any) -> Subspace2D:

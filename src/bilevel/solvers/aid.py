@@ -20,6 +20,10 @@ Options reach the parts by dotted names (``v_solver.m=20``, ``inner.steps=3``) a
 the papers: ``inner_steps`` (T) → ``inner.steps``, ``lr_y`` (θ) → ``inner.lr``, ``v_steps`` (Q) →
 ``v_solver.steps``, and any other option of the v-solver by its own name (``m``, ``eta``, ``rtol``, …).
 
+``damping=δ`` makes every v-solver product (A_k + δI)u (see ``AID``).  Each step exposes the v-solver's
+curvature evidence (``AIDState.curvature``) and whether the evaluated v is trusted; ``solve`` turns them
+into statuses (``not_strongly_convex``, no ``converged`` on an untrusted estimate).
+
 ``freeze_x_first`` implements the LancBiO theorem's variant (no x-step in the first iterations of each
 v-solver epoch); only a v-solver with restart epochs (``has_epochs``) accepts it.
 """
@@ -33,10 +37,10 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_int, suggest
+from .._validation import check_choice, check_int, check_positive, suggest
 from ..inner import GD as InnerGD
 from ..inner import InnerSolver, schedule_value
-from ..linear_solvers.base import LinearSolver, SolveInfo
+from ..linear_solvers.base import Curvature, LinearSolver, SolveInfo
 from ..oracles import point_on
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
@@ -51,7 +55,14 @@ _IDENTITY = {"identity": True}
 @dataclass(frozen=True)
 class AIDState:
     """k: iterations done.  x: x_k (next to update).  y, v: the current lower iterate and v.  v_state: the
-    v-solver's carried state.  iterate: (x_k, y_k, v_k) of the last step.  last_info: its ``SolveInfo``."""
+    v-solver's carried state.  iterate: (x_k, y_k, v_k) of the last step.  last_info: its ``SolveInfo``.
+
+    curvature: the v-solver's curvature evidence in the last step (``SolveInfo.curvature``), else None.
+    probed: whether the last step's v-solve made any product (a solve without one, e.g. a Neumann draw
+    p = 0, can neither show nor clear curvature evidence).
+    trusted: whether the v of ``iterate`` came from a solve without curvature evidence (``solve`` reports
+    ``converged`` only then).  inner_growth: a 0-dim bool tensor, True when ‖∇_y g‖ grew at every inner
+    step of the last iteration (read by ``solve`` with its finiteness check; None when not judged)."""
 
     k: int
     x: Tensor
@@ -62,6 +73,10 @@ class AIDState:
     generator: torch.Generator
     last_info: Optional[SolveInfo] = None
     events: Mapping[str, int] = field(default_factory=dict)
+    curvature: Optional[Curvature] = None
+    probed: bool = False
+    trusted: bool = True
+    inner_growth: Optional[Tensor] = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +87,12 @@ class AID(Solver):
     v_solver: the linear-system solver for v ≈ A⁻¹b (``bilevel.linear_solvers``).
     order: "sequential" or "simultaneous".   freeze_x_first: skip the x-step in the first iterations of
     each v-solver epoch (epoch-based v-solvers only).   v_init: "zeros" (default) or "randn" (v_0 ~ N(0, I)).
+    damping (δ ≥ 0, default None = 0): the v-solver solves (A_k + δI) v = b_k, every product being
+    A_k u + δu (no extra HVP).  For g(x, ·) that is not strongly convex (a singular or indefinite A_k, run
+    status ``not_strongly_convex``) this regularises the v-system; the hypergradient
+    ∇_x f − J_k (A_k + δI)⁻¹ b_k is then biased: for SPD A_k, (A_k + δI)⁻¹b − A_k⁻¹b = −δ (A_k + δI)⁻¹ A_k⁻¹ b,
+    a relative error of v of at most δ / (λ_min(A_k) + δ).  It does not regularise the inner problem: y
+    still follows gradient descent on g (add ½δ‖y‖² to g for that).  Unset or 0: the plain HVP, bit for bit.
 
     Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, the v-solver's HVPs, 1 cross product.
     """
@@ -94,6 +115,7 @@ class AID(Solver):
     order: Optional[str] = None
     freeze_x_first: int = 0
     v_init: str = "zeros"
+    damping: Optional[float] = None
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -114,6 +136,8 @@ class AID(Solver):
             check_choice(owner, "order", opts["order"], ("sequential", "simultaneous"))
         check_int(owner, "freeze_x_first", opts["freeze_x_first"], 0)
         check_choice(owner, "v_init", opts["v_init"], ("zeros", "randn"))
+        if opts.get("damping") is not None:
+            check_positive(owner, "damping", opts["damping"], allow_zero=True)
         if opts["freeze_x_first"] and not getattr(v_solver, "has_epochs", False):
             raise ValueError(
                 f"{owner}: freeze_x_first needs an epoch-based v-solver (Lanczos); {type(v_solver).__name__} "
@@ -202,12 +226,13 @@ class AID(Solver):
         if self.order == "simultaneous":
             return self._step_simultaneous(state, oracles, batches)
         x, k = state.x, state.k
-        y = self.inner.run(oracles, x, state.y, batches, k)
+        y, grew = self.inner.run_watched(oracles, x, state.y, batches, k)
         point = oracles.at(x, y, batches("hvp"))
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
-        v, v_state, info = self.v_solver.solve(point.hvp, b, state.v_state, k=k, generator=state.generator)
+        v, v_state, info = self.v_solver.solve(self._matvec(point), b, state.v_state, k=k,
+                                               generator=state.generator)
         x_new = self._x_step(x, gx_f, point_on(oracles, point, batches("cross")).cross(v), info, k)
-        return self._advance(state, x_new, y, v, v_state, info, (x, y, v))
+        return self._advance(state, x_new, y, v, v_state, info, (x, y, v), grew, info.curvature is None)
 
     def _step_simultaneous(self, state: AIDState, oracles: Any, batches: Any) -> AIDState:
         x, y, v_old, k = state.x, state.y, state.v, state.k
@@ -216,10 +241,20 @@ class AID(Solver):
         d_y = point.grad_y_g()
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
         jv = point_on(oracles, point, batches("cross")).cross(v_old)
-        v, v_state, info = self.v_solver.solve(point.hvp, b, state.v_state, k=k, generator=state.generator)
-        y_new = self.inner.run(oracles, x, y - theta * d_y, batches, k, steps=self.inner.steps - 1, first=1)
+        v, v_state, info = self.v_solver.solve(self._matvec(point), b, state.v_state, k=k,
+                                               generator=state.generator)
+        y_new, grew = self.inner.run_watched(oracles, x, y - theta * d_y, batches, k, steps=self.inner.steps - 1,
+                                             first=1, grad0=d_y)
         x_new = self._x_step(x, gx_f, jv, info, k)
-        return self._advance(state, x_new, y_new, v, v_state, info, (x, y, v_old))
+        # the iterate's v is v_k, made by the previous iteration's solve
+        return self._advance(state, x_new, y_new, v, v_state, info, (x, y, v_old), grew, state.curvature is None)
+
+    def _matvec(self, point: Any) -> Callable[[Tensor], Tensor]:
+        """u ↦ A u, or (A + δI) u with ``damping`` δ > 0."""
+        if not self.damping:
+            return point.hvp
+        delta = float(self.damping)
+        return lambda u: point.hvp(u) + delta * u
 
     def _x_step(self, x: Tensor, gx_f: Tensor, jv: Tensor, info: SolveInfo, k: int) -> Tensor:
         if self.freeze_x_first and info.epoch_step is not None and info.epoch_step <= self.freeze_x_first:
@@ -227,10 +262,12 @@ class AID(Solver):
         return x - schedule_value(self.lr_x, k) * (gx_f - jv)
 
     @staticmethod
-    def _advance(state: AIDState, x, y, v, v_state, info: SolveInfo, iterate) -> AIDState:
+    def _advance(state: AIDState, x, y, v, v_state, info: SolveInfo, iterate, grew, trusted: bool) -> AIDState:
         return dataclasses.replace(
             state, k=state.k + 1, x=x, y=y, v=v, v_state=v_state, iterate=iterate, last_info=info,
-            events=add_events(state.events, info.events),
+            events=add_events(state.events, info.events), curvature=info.curvature, probed=info.matvecs > 0,
+            trusted=trusted,
+            inner_growth=grew,
         )
 
 
@@ -274,7 +311,7 @@ def _route(options: Mapping[str, Any], v_solver: Optional[LinearSolver], inner: 
 def aid(*, inner: Optional[InnerSolver] = None, v_solver: Optional[LinearSolver] = None, **options: Any) -> AID:
     """Assemble an AID algorithm: ``aid(inner=GD(steps=5, lr=0.1), v_solver=lanczos(m=20), lr_x=1.0)``.
 
-    ``options`` are the loop's own (lr_x, order, freeze_x_first, v_init), the identity fields the named
+    ``options`` are the loop's own (lr_x, order, freeze_x_first, v_init, damping), the identity fields the named
     factories set (name, label, defaults, settings, required, default_order, min_inner_steps), and part
     options by dotted or short names (see the module docstring).
     """

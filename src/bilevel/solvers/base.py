@@ -38,6 +38,12 @@ class SolverState(Protocol):
     k: outer iterations done.  x: the next upper iterate x_{k}.  y, v: the current lower iterate and
     linear-system variable (v is None for methods without one).  iterate: the triple (x_k, y_k, v_k) on
     which the last step's update was computed (what evaluation looks at).  events: counts of notable events.
+
+    Optional attributes, read with defaults by ``solve`` (the AID loop and STABLE set them):
+    ``curvature`` (the last step's ``Curvature`` evidence that ∇²_yy g is not positive definite, or None),
+    ``probed`` (the last step made a product that could show it; default True), ``trusted`` (the evaluated
+    v came from a solve without evidence: only then can a run end ``converged``; default True), and
+    ``inner_growth`` (a 0-dim bool tensor: ‖∇_y g‖ grew at every inner step; read with the finiteness check).
     """
 
     k: int

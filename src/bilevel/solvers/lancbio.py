@@ -40,7 +40,14 @@ def lancbio(**options: Any) -> AID:
     "minres"), mode ("residual" | "plain" compatibility), reorth ("none" | "full"), exact_residual
     (diagnostic: recompute w each iteration), mu_lb (optional strong-convexity lower bound),
     eps_breakdown, eps_pivot, eps_restart (every Lanczos option, also as ``v_solver.<name>``), plus the AID
-    options lr_x, lr_y, inner_steps, order, freeze_x_first, v_init.
+    options lr_x, lr_y, inner_steps, order, freeze_x_first, v_init, damping.
+
+    mu_lb: a Ritz value of T_j below it (found by the LDLᵀ pivots of T_j − μ_lb I) is curvature evidence
+    (event ``below_mu_lb``, restart next iteration); damping = δ: the Lanczos process runs on A_k + δI, i.e.
+    v solves (∇²_yy g + δI) v = ∇_y f, a biased hypergradient for lower levels that are not strongly
+    convex.  Curvature evidence in 5 consecutive iterations ends the run ``not_strongly_convex``
+    (``solve(curvature_patience=...)``); isolated events use the indefinite-pivot fallback (minimal-residual
+    solve, restart next iteration), counted in the run's message.
 
     Published settings (``SETTINGS``, looked up by the problem's experiment key):
         synthetic:             T = 5, λ = 1, θ = 1e-5, m = DimensionSchedule(1, 1.1, 20, 80), K = 10000

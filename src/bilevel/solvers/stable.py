@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .._validation import check_int, check_positive
 from ..inner import schedule_value
+from ..linear_solvers.base import Curvature
 from ..linear_solvers.neumann import Neumann
 from ..oracles import point_on
 from ..problem import BilevelProblem
@@ -24,7 +25,9 @@ from .base import Solver, add_events, register
 class StableState:
     """k: iterations done.  x: x_k, y: y_k (the next to update).  v: v_{k−1}, the Neumann estimate used by
     the last x-step (0 before the first).  iterate: (x_{k−1}, y_{k−1}, v_{k−1}) of the last step.
-    correction: z_{k−1} = η Σ_{i=0..Q} (I − ηA)^i Jᵀ(x_k − x_{k−1}), the last y-correction (None before)."""
+    correction: z_{k−1} = η Σ_{i=0..Q} (I − ηA)^i Jᵀ(x_k − x_{k−1}), the last y-correction (None before).
+    curvature: the Neumann sums' curvature evidence in the last step (a Rayleigh quotient ≤ 0), else None;
+    trusted: whether the sum that made v saw none (``solve`` reports ``converged`` only then)."""
 
     k: int
     x: Tensor
@@ -33,6 +36,8 @@ class StableState:
     iterate: tuple
     correction: Optional[Tensor] = None
     events: Mapping[str, int] = field(default_factory=dict)
+    curvature: Optional[Curvature] = None
+    trusted: bool = True
 
 
 @register
@@ -140,6 +145,7 @@ class STABLE(Solver):
         return dataclasses.replace(
             state, k=k + 1, x=x_new, y=y_new, v=v, iterate=(x, y, v), correction=z,
             events=add_events(state.events, info_v.events + info_z.events),
+            curvature=info_v.curvature or info_z.curvature, trusted=info_v.curvature is None,
         )
 
 
