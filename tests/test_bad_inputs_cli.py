@@ -339,9 +339,9 @@ IN_PROCESS = [
     InProcess("f-non-scalar-mid-run",
               _cli(["run", "toy", "-O", "lr_x=0.1", "-O", "lr_y=0.1", "--max-iter", "50", "--eval-every", "1",
                     "--no-progress", "--out", "{tmp}/t.csv"], _toy(turn_bad_after=30)),
-              None, r"^bilevel: the run failed after the evaluation of iteration \d+: RuntimeError: grad can be "
-                    r"implicitly created only for scalar outputs — f or g returned a non-scalar tensor during the "
-                    r"run; make both return a scalar \(e\.g\. \.sum\(\)\); the history so far \(\d+ evaluations\) is in ",
+              None, r"^bilevel: the run failed after the evaluation of iteration \d+: ProblemError: f must return a "
+                    r"scalar at every point; at this \(x, y\) it returned a tensor of shape \(3,\)\. Reduce it, e\.g\. "
+                    r"with \.mean\(\) or \.sum\(\)\. — .*the history so far \(\d+ evaluations\) is in ",
               code=1),
     InProcess("custom-problem-without-steps",
               _cli(["run", "toy", "--max-iter", "2", "--no-progress", "--out", "{tmp}/t.csv"], _toy()),
@@ -375,6 +375,6 @@ def test_in_process_row(case: InProcess, tmp_path, monkeypatch, capsys):
     assert "Traceback" not in err and len([ln for ln in err.splitlines() if ln.startswith("bilevel: ")]) == 1
     if case.id == "f-non-scalar-mid-run":  # what ran before the failure is kept, and says it failed
         meta = json.loads((tmp_path / "t.json").read_text())
-        assert meta["status"] == "failed" and "RuntimeError" in meta["message"] and not meta["interrupted"]
+        assert meta["status"] == "failed" and "ProblemError" in meta["message"] and not meta["interrupted"]
         rows = (tmp_path / "t.csv").read_text().splitlines()
         assert len(rows) - 1 == meta["iterations"] >= 5

@@ -7,7 +7,7 @@
 Errors: every error that reaches the command line is one line on stderr, ``bilevel: <what> — <fix>``, with
 exit code 2 for usage and input errors (a bad option, an unknown name, missing or corrupted data, an
 unusable device) and 1 for a run that failed (an exception raised during the solve, or a run that ended
-``diverged``); ``--traceback`` (or ``BILEVEL_DEBUG=1``) also prints the Python stack.  Ctrl-C exits with
+``diverged`` or ``not_strongly_convex``); ``--traceback`` (or ``BILEVEL_DEBUG=1``) also prints the Python stack.  Ctrl-C exits with
 code 130; ``bilevel run`` then writes the history so far (status ``stopped``, ``interrupted: true``).
 """
 
@@ -351,8 +351,6 @@ def _close_progress_bars() -> None:
 
 def _failure_hint(err: Exception) -> str:
     text = str(err)
-    if "implicitly created only for scalar outputs" in text:
-        return "f or g returned a non-scalar tensor during the run; make both return a scalar (e.g. .sum())"
     if "device" in text.lower():
         return "tensors on different devices met during the run; keep the problem's data and x0, y0 on one device"
     return "rerun with --traceback for the stack"
@@ -536,7 +534,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bilevel", description="Bilevel optimisation with Krylov hypergradients.",
                      epilog="Errors are one line; --traceback (or BILEVEL_DEBUG=1) adds the Python stack. Exit "
-                     "codes: 0 done, 1 the run failed or diverged, 2 a usage or input error, 130 interrupted.")
+                     "codes: 0 done, 1 the run failed, diverged or found g not strongly convex, 2 a usage or input error, 130 interrupted.")
     parser.add_argument("--version", action="version",
                         version=f"bilevel {__version__} (torch {_torch_version()}, Python {sys.version.split()[0]})")
     parser.add_argument("--traceback", action="store_true", help="on an error, also print the Python stack")
@@ -546,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run one solver on one problem", formatter_class=_HelpFormatter,
         description="Run one solver on one problem: progress bar, summary, CSV history and JSON metadata.",
         epilog="Ctrl-C stops the run: the history so far and the metadata (status stopped, interrupted: true) "
-               "are written, exit code 130. Exit codes: 0 done, 1 failed or diverged, 2 usage or input error.")
+               "are written, exit code 130. Exit codes: 0 done, 1 failed, diverged or not strongly convex, 2 usage or input error.")
     run.add_argument("problem", help="problem name (see `bilevel list problems`)")
     run.add_argument("--solver", default="lancbio", help="solver name (see `bilevel list solvers`)")
     run.add_argument("--max-iter", type=_count(0), default=1000, metavar="K", help="outer iterations")
