@@ -17,7 +17,7 @@ of user wrappers (``solve(..., oracles=...)``).  Evaluation code uses a bare, un
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -306,6 +306,12 @@ class PointWrapper:
 def _batch_size(problem: BilevelProblem, batch: Any, level: str) -> int:
     if batch is None:
         return (problem.n_samples_f if level == "f" else problem.n_samples) or 0
+    if isinstance(batch, Mapping):  # collated samples of a Dataset: the leading size of the first field
+        batch = next(iter(batch.values()), None)
+    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        batch = batch[0]
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
     try:
         return len(batch)
     except TypeError:

@@ -63,7 +63,7 @@ class Result:
             per = self.counts.hvp / self.iterations
             lines.append(f"  HVPs per iteration: {per:.3f}")
         if last:
-            skip = {"iteration", "time", *self.counts.as_dict()}
+            skip = {"iteration", "time", "epochs_f", "epochs_g", *self.counts.as_dict()}
             shown = {k: v for k, v in last.items() if k not in skip}
             lines.append("  last evaluation: " + ", ".join(_fmt(k, v) for k, v in shown.items()))
         if self.events:

@@ -170,13 +170,24 @@ def solve(
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     counts = Counts()
+    n_f, n_g = problem.n_samples_f, problem.n_samples
+
+    def counted() -> dict:
+        # oracle calls and samples seen; epochs = samples seen / data-set size, per level (passes over the data)
+        row = counts.as_dict()
+        if n_f:
+            row["epochs_f"] = counts.samples_f / n_f
+        if n_g:
+            row["epochs_g"] = counts.samples_g / n_g
+        return row
+
     user_oracles = oracles
     oracles = CountingOracles(oracles, counts)
     bound = solver.bind(problem)
     # the batch stream draws from a generator of its own, so sampling never shifts the solver's draws
     batch_generator = torch.Generator(device=device)
     batch_generator.manual_seed(seed)
-    stream = batches.start(getattr(bound, "batch_roles", {}), batch_generator)
+    stream = batches.start(getattr(bound, "batch_roles", {}), batch_generator, problem)
     evaluate = Evaluator(problem, true_hypergradient)
     history = History()
     state: SolverState = bound.init(problem, oracles, generator)
@@ -209,7 +220,7 @@ def solve(
                        "iterations and their history are kept.")
             if done and (not len(history) or history.last().get("iteration") != done - 1):
                 x_k, y_k, v_k = last_good.iterate
-                history.append({"iteration": done - 1, "time": elapsed, **counts.as_dict(),
+                history.append({"iteration": done - 1, "time": elapsed, **counted(),
                                 **evaluate(x_k, y_k, v_k)})
             break
         elapsed += time.perf_counter() - start
@@ -227,7 +238,7 @@ def solve(
         evaluated = k % eval_every == 0 or last
         if evaluated:
             try:
-                row = {"iteration": k, "time": elapsed, **counts.as_dict(), **evaluate(x_k, y_k, v_k)}
+                row = {"iteration": k, "time": elapsed, **counted(), **evaluate(x_k, y_k, v_k)}
             except GroundTruthError as err:
                 if err.kind == "convergence":
                     raise
@@ -255,13 +266,13 @@ def solve(
         if watch.persistent:
             status, message = "not_strongly_convex", watch.stop_message(bound)
             if not evaluated:
-                history.append({"iteration": k, "time": elapsed, **counts.as_dict(), **evaluate(x_k, y_k, v_k)})
+                history.append({"iteration": k, "time": elapsed, **counted(), **evaluate(x_k, y_k, v_k)})
             break
         if max_time is not None and elapsed >= max_time:
             status = "max_time"
             message = f"solver time {elapsed:.3f} s reached max_time={max_time:g} at iteration {k}."
             if not (k % eval_every == 0 or last):
-                history.append({"iteration": k, "time": elapsed, **counts.as_dict(), **evaluate(x_k, y_k, v_k)})
+                history.append({"iteration": k, "time": elapsed, **counted(), **evaluate(x_k, y_k, v_k)})
             break
     if bar is not None:
         bar.close()
