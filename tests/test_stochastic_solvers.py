@@ -27,22 +27,23 @@ F64 = torch.float64
 
 
 class _Point:
-    """Second-order oracles of the finite-sum quadratic at (x, y) on one batch (the batch's means)."""
+    """Second-order oracles of the finite-sum quadratic at (x, y) on one batch: ``mean(name)`` is the
+    batch's mean of A_i, B_i or d_i."""
 
-    def __init__(self, A, B, d, x, y):
-        self.A, self.B, self.d, self.x, self.y = A, B, d, x, y
+    def __init__(self, mean, x, y):
+        self.mean, self.x, self.y = mean, x, y
 
     def grad_y_g(self):
-        return self.A @ self.y - self.B @ self.x - self.d
+        return self.mean("A") @ self.y - self.mean("B") @ self.x - self.mean("d")
 
     def hvp(self, u):
-        return self.A @ u
+        return self.mean("A") @ u
 
     def cross(self, u):
-        return -(self.B.T @ u)
+        return -(self.mean("B").T @ u)
 
     def cross_t(self, w):
-        return -(self.B @ w)
+        return -(self.mean("B") @ w)
 
 
 def finite_sum_quadratic(n=200, n_f=100, dx=4, dy=8, condition=10.0, noise=0.3, alpha=1.0, seed=0,
@@ -57,8 +58,8 @@ def finite_sum_quadratic(n=200, n_f=100, dx=4, dy=8, condition=10.0, noise=0.3, 
     E = E - E.mean(0)
     E = E * (noise / torch.linalg.matrix_norm(E, ord=2).max())  # ‖E_i‖ ≤ noise < λ_min(Ā) = 1: A_i SPD
     As = A_bar + E
-    Bs = torch.randn(n, dy, dx, generator=gen, dtype=F64) / math.sqrt(dx) + torch.randn(dy, dx, generator=gen,
-                                                                                        dtype=F64)
+    Bs = (torch.randn(dy, dx, generator=gen, dtype=F64) + noise * torch.randn(n, dy, dx, generator=gen, dtype=F64)
+          ) / math.sqrt(dx)
     ds = torch.randn(n, dy, generator=gen, dtype=F64)
     cs = torch.randn(n_f, dy, generator=gen, dtype=F64)
     x0 = torch.randn(dx, generator=gen, dtype=F64)
@@ -92,7 +93,7 @@ def finite_sum_quadratic(n=200, n_f=100, dx=4, dy=8, condition=10.0, noise=0.3, 
         grad_y_f=lambda x, y, batch: y - (c if batch is None else mean(cs, batch)),
         grad_y_g=lambda x, y, batch: (lambda Ab, Bb, db: Ab @ y - Bb @ x - db)(*means(batch)),
         grad_x_g=lambda x, y, batch: -(means(batch)[1].T @ y),
-        linearize=lambda x, y, batch: _Point(*means(batch), x, y),
+        linearize=lambda x, y, batch: _Point(lambda name: means(batch)["ABd".index(name)], x, y),
         y_star=lambda x, y_init=None: A_inv @ (B @ x + d),
         hypergradient=hypergradient,
     )

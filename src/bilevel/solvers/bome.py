@@ -62,8 +62,11 @@ class BOME(InnerGDLoop, Solver):
     y_k), so it keeps converging to y*(x) across iterations instead of being re-solved from the moving upper
     copy; its cost is then T gradients whatever the distance.
 
-    Batches: the ŷ steps take the ``inner`` draws; the joint ∇g at (x_k, y_k) and ∇_x g at (x_k, ŷ_k) share
-    the ``lower`` draw; the joint ∇f the ``upper`` draw.
+    Mini-batches (the paper's stochastic BOME evaluates every gradient on a sampled batch): ŷ-step t draws
+    ``inner`` t; the joint ∇g at (x_k, y_k) and ∇_x g at (x_k, ŷ_k) share one ``lower`` draw (∇q̂ is the
+    gradient of one sampled q(x, y) = g(x, y) − g(x, ŷ)); the joint ∇f one ``upper`` draw.  Draws per
+    iteration: T inner, 1 lower, 1 upper.  Samples per iteration: (T + 3)·B on g (the joint ∇g counts
+    one ∇_x g and one ∇_y g), 2·B_upper on f.
 
     Options: lr_x (ξ_x), lr_y_outer (ξ_y; default None = lr_y), lr_y (θ, inner steps), eta_b (η, default
     0.5), inner_steps (T, default 10), eps (relative threshold for "‖∇q̂‖ ≈ 0", default 1e-12).

@@ -57,8 +57,11 @@ class HJFBiO(Solver):
     Totals over K ≥ 1 iterations (b_0 ≠ 0, so v stays non-zero after the first): ∇_y g 3K − 2,
     ∇_x g 2K − 2, ∇_y f K, ∇_x f K.
 
-    Batches: the two joint gradients (they stand in for A v and J v) share the ``hvp`` draw; the y-step
-    takes the ``inner`` draw of step 0; ∇_y f and ∇_x f the ``upper`` draw.
+    Mini-batches (the paper's analysis is deterministic; this is the natural stochastic form): the two
+    joint gradients of a central difference share one ``hvp`` draw (a difference of two batches would not
+    be a derivative); the y-step the ``inner`` draw 0; ∇_y f and ∇_x f one ``upper`` draw.  Draws per
+    iteration: 1 hvp (none while v = 0), 1 inner, 1 upper.  Samples per iteration: 5·B on g (1·B in the
+    first), 2·B_upper on f.
 
     η is the v-step, separate from the inner step θ (the reference used θ for both); lr_x and lr_y accept
     schedules.  There is no inner_steps: one y-step per iteration.  Step sizes and η come from the

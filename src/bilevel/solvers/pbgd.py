@@ -52,8 +52,11 @@ class PBGD(InnerGDLoop, Solver):
     ŷ contracts faster than y and γ(∇_x g(x, y) − ∇_x g(x, ŷ)) is O(γ) until y catches up: on
     ill-conditioned g a large γ then needs a small lr_x and many iterations (T = 1 avoids the imbalance).
 
-    Batches: the ŷ steps take the ``inner`` draws; the joint ∇g at (x_k, y_k) and ∇_x g at (x_k, ŷ_k) share
-    the ``lower`` draw; the joint ∇f the ``upper`` draw.
+    Mini-batches (the stochastic V-PBGD of the paper replaces every gradient by a sampled one): ŷ-step t
+    draws ``inner`` t; the joint ∇g at (x_k, y_k) and ∇_x g at (x_k, ŷ_k) share one ``lower`` draw (the
+    penalty's g(x, y) − g(x, ŷ) on one batch); the joint ∇f one ``upper`` draw.  Draws per iteration:
+    T inner, 1 lower, 1 upper.  Samples per iteration: (T + 3)·B on g (the joint ∇g counts one ∇_x g
+    and one ∇_y g), 2·B_upper on f.
 
     Options: lr_x (α_x: taken as given; the curvature of F_γ in x grows like γ, so raise γ with a smaller
     lr_x), lr_y (θ, the ŷ steps), lr_y_penalized (α_y; default None = θ_k / max(γ_k, 1):

@@ -8,7 +8,12 @@ from typing import Any
 from ..linear_solvers.neumann import Neumann
 from .aid import AID, aid, algorithm
 
-SETTINGS = {"synthetic": {"inner_steps": 10, "v_steps": 10}, "hyperclean": {"inner_steps": 10, "v_steps": 10}}
+SETTINGS = {
+    "synthetic": {"inner_steps": 10, "v_steps": 10},
+    "hyperclean": {"inner_steps": 10, "v_steps": 10},
+    # §3.5 / §4.3 "Stoc": T = Q = 9, λ = 100, θ = 0.1, η = 0.1, B = 256 (the batch size is the sampler's)
+    "stochastic/hyperclean": {"inner_steps": 9, "v_steps": 9, "lr_x": 100.0, "lr_y": 0.1, "eta": 0.1},
+}
 
 
 @algorithm("stocbio", "stocBiO", checks={
@@ -34,10 +39,17 @@ def stocbio(**options: Any) -> AID:
     Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, **Q HVPs**, 1 cross product (no wasted
     backward pass; the reference's HC one is not made).  Total over K iterations: Q·K HVPs.
 
+    Mini-batches, as in the paper's Algorithm 2: y-step t draws ``inner`` t (S_t); b = ∇_y f and ∇_x f
+    share one ``upper`` draw (D_F, validation data); the Neumann term i draws its own ``hvp`` batch
+    (``hessian_batch="product"``: r_i = r_{i−1} − η A^(i) r_{i−1} with A^(i) on ``hvp`` i, the paper's
+    B_j), so E[v_k] = η Σ_{i=0..Q} (I − ηĀ_k)^i b_k (the full-batch truncated series); J v one ``cross``
+    draw (D_G).  Draws per iteration: T inner, 1 upper, Q hvp, 1 cross.  Samples per iteration:
+    (T + Q + 1)·B on g, 2·B_upper on f.
+
     lr_x and lr_y accept schedules; η is a constant.  Step sizes come from the problem's scales or the
     user; the library only defaults T = 10, Q = 10.
 
-    Published settings (T, Q from ``SETTINGS``):
+    Published settings (T, Q from ``SETTINGS``; Stoc: ``"stochastic/hyperclean"``):
 
         ======  =======  =====  ===========  ====
                 T / Q    η      λ / θ        B
@@ -47,4 +59,5 @@ def stocbio(**options: Any) -> AID:
         ======  =======  =====  ===========  ====
     """
     return aid(name="stocbio", label="stocBiO", v_solver=Neumann(randomized=False),
-               defaults={"inner_steps": 10, "v_steps": 10}, settings=SETTINGS, **options)
+               defaults={"inner_steps": 10, "v_steps": 10, "hessian_batch": "product"}, settings=SETTINGS,
+               **options)
