@@ -9,7 +9,7 @@ import torch
 
 import bilevel
 from bilevel.oracles import Oracles
-from bilevel.problems import quadratic
+from bilevel.problems import quadratic, synthetic, synthetic_data
 from bilevel.sampling import MiniBatch
 from bilevel.testing import check_oracles
 from bilevel.truth import true_hypergradient
@@ -171,3 +171,99 @@ def test_quadratic_runs_on_mini_batches(quad):
 def test_quadratic_bad_finite_sum_options(kwargs, match):
     with pytest.raises((TypeError, ValueError), match=match):
         quadratic(3, 4, **kwargs)
+
+
+# ---- synthetic ---------------------------------------------------------------------------------------
+
+
+def _autodiff_twin(problem):
+    """The same f and g with no closed forms: every oracle by autodiff of f/g on the batch."""
+    return bilevel.BilevelProblem(problem.f, problem.g, problem.x0, problem.y0, n_samples=problem.n_samples,
+                                  n_samples_f=problem.n_samples_f, name="autodiff-twin")
+
+
+@pytest.fixture(scope="module")
+def syn():
+    return synthetic(n=25, condition=100.0, seed=2, n_samples=9, n_samples_f=4)
+
+
+def test_synthetic_declares_its_data_and_keeps_the_instance(syn):
+    plain = synthetic(n=25, condition=100.0, seed=2)
+    assert (syn.n_samples, syn.n_samples_f) == (9, 4) and plain.n_samples is None
+    assert (synthetic(n=25, condition=100.0, seed=2, n_samples=3).n_samples_f,
+            synthetic(n=25, condition=100.0, seed=2, n_samples_f=3).n_samples) == (1, 1)
+    assert torch.equal(syn.x0, plain.x0) and torch.equal(syn.y0, plain.y0)
+    info = syn.info
+    assert info["sin_weights"].shape == (9, 25) and info["targets"].shape == (4, 25)
+    ones = torch.ones(25, dtype=torch.float64)
+    torch.testing.assert_close(info["sin_weights"].mean(0), ones, **TIGHT)
+    torch.testing.assert_close(info["d3_samples"].mean(0), synthetic_data(25, 100.0, 2).d3, **TIGHT)
+    torch.testing.assert_close(info["tilts"].mean(0), 0 * ones, **TIGHT)
+    torch.testing.assert_close(info["targets"].mean(0), 0 * ones, **TIGHT)
+    assert (info["sin_weights"] - 1).abs().max() <= info["noise"] + 1e-15 and (info["d3_samples"] >= 0).all()
+    # on the full data the finite-sum problem is the paper's problem: same values, oracles, ground truth
+    x, y, u, w = _point(syn, seed=1, scale=0.3)
+    _assert_same(_oracle_values(syn, x, y, u, w, None, None), _oracle_values(plain, x, y, u, w, None, None),
+                 rtol=0, atol=0)
+    torch.testing.assert_close(true_hypergradient(syn, x).grad, true_hypergradient(plain, x).grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("which", range(4))
+def test_synthetic_closed_forms_equal_autodiff_on_a_batch(syn, which):
+    x, y, u, w = _point(syn, seed=which, scale=0.3)
+    batch_g = _index_sets(9, seed=which)[which]
+    batch_f = _index_sets(4, seed=which + 10)[which]
+    _assert_same(_oracle_values(syn, x, y, u, w, batch_g, batch_f),
+                 _oracle_values(_autodiff_twin(syn), x, y, u, w, batch_g, batch_f))
+
+
+def test_synthetic_batch_values_are_per_sample_means(syn):
+    x, y, u, w = _point(syn, seed=4, scale=0.3)
+    single_g = [_oracle_values(syn, x, y, u, w, torch.tensor([k]), None) for k in range(9)]
+    single_f = [_oracle_values(syn, x, y, u, w, None, torch.tensor([j])) for j in range(4)]
+    full = _oracle_values(syn, x, y, u, w, None, None)
+    for name in ("g", "grad_y_g", "grad_x_g", "point.grad_y_g", "hvp", "cross", "cross_t"):
+        torch.testing.assert_close(torch.stack([s[name] for s in single_g]).mean(0), full[name], **TIGHT)
+    for name in ("f", "grad_x_f", "grad_y_f"):
+        torch.testing.assert_close(torch.stack([s[name] for s in single_f]).mean(0), full[name], **TIGHT)
+    _assert_same(_oracle_values(syn, x, y, u, w, torch.arange(9), torch.arange(4)), full)
+
+
+def test_synthetic_per_sample_lower_levels_are_strongly_convex(syn):
+    x, y, _, _ = _point(syn, seed=6, scale=1.0)
+    o, eye = Oracles(syn), torch.eye(25, dtype=torch.float64)
+    bound = 1 - abs(syn.info["c0"]) * (1 + syn.info["noise"])
+    for k in range(9):
+        point = o.at(x, y, torch.tensor([k]))
+        H = torch.stack([point.hvp(e) for e in eye], 1)
+        assert float(torch.linalg.eigvalsh(0.5 * (H + H.T)).min()) >= bound - 1e-10
+
+
+def test_synthetic_full_batch_hypergradient_equals_the_ground_truth(syn):
+    """AID with every oracle on the batch of all samples (the per-sample path), y* and v* solved densely,
+    equals bilevel.truth's ∇φ of the full problem."""
+    x = syn.x0 + 0.2
+    truth = true_hypergradient(syn, x)
+    o, everything, all_f = Oracles(syn), torch.arange(9), torch.arange(4)
+    point = o.at(x, truth.y_star, everything)
+    torch.testing.assert_close(point.grad_y_g(), torch.zeros(25, dtype=torch.float64), rtol=0, atol=1e-6)
+    H = torch.stack([point.hvp(e) for e in torch.eye(25, dtype=torch.float64)], 1)
+    v = torch.linalg.solve(H, o.grad_y_f(x, truth.y_star, all_f))
+    aid = o.grad_x_f(x, truth.y_star, all_f) - point.cross(v)
+    torch.testing.assert_close(aid, truth.grad, rtol=1e-8, atol=1e-10)
+
+
+def test_synthetic_runs_on_mini_batches(syn):
+    res = bilevel.solve(syn, bilevel.solvers.soba(), max_iter=4, eval_every=2, batches=MiniBatch(3))
+    assert res.status == "max_iter", res.message
+    assert res.history.last()["samples_f"] > 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n_samples": 4, "noise": 1.0}, "noise must be in"),
+    ({"n_samples": 4, "c0": 0.9, "noise": 0.2}, r"\|c0\|·\(1 \+ noise\) < 1"),
+    ({"n_samples": -1}, "n_samples must be >= 1"),
+])
+def test_synthetic_bad_finite_sum_options(kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        synthetic(n=10, condition=10.0, **kwargs)
