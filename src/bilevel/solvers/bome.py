@@ -98,6 +98,15 @@ class BOME(InnerGDLoop, Solver):
     # k ≈ 2500 ‖∇φ‖ oscillates in about [4e-4, 6e-3] around the γ = 133 penalty floor 1.8e-3; measured
     # reduction 620 at K = 3000, hence the bound 200.  Synthetic, presets: measured 1.8e4 at K = 500.
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        # mini-batches (tests/test_stochastic_solvers.py): quadratic(dx=5, dy=20, κ=10) and
+        # synthetic(n=100, κ=100), both n_samples=200, n_samples_f=100, MiniBatch(32), seed 0; reduction:
+        # ‖∇φ(x_0)‖ / the mean of the last 5 of 21 evaluations (the noise floor); [measured: quadratic seeds 0–2,
+        #  synthetic seeds 0–1]
+        # quadratic floor: BOME's ω-capped penalty neighbourhood with the presets' steps (as without noise)
+        # [11.2, 12.2]
+        "stochastic/quadratic": {"max_iter": 500, "reduction": 5, "batch_size": 32, "options": {"lr_x": 0.1}},
+        # [97, 99]
+        "stochastic/synthetic": {"max_iter": 500, "reduction": 40, "batch_size": 32, "options": {"lr_x": 0.2}},
         "quadratic": {"max_iter": 3000, "reduction": 200,
                       "options": {"lr_x": 0.02, "lr_y_outer": 1.5e-4, "eta_b": 1.0}},
         "synthetic": {"max_iter": 500, "reduction": 1e3},

@@ -18,6 +18,15 @@ SETTINGS = {
 
 
 @algorithm("bsa", "BSA", checks={
+    # mini-batches (tests/test_stochastic_solvers.py): quadratic(dx=5, dy=20, κ=10) and
+    # synthetic(n=100, κ=100), both n_samples=200, n_samples_f=100, MiniBatch(32), seed 0; reduction:
+    # ‖∇φ(x_0)‖ / the mean of the last 5 of 21 evaluations (the noise floor); [measured: quadratic seeds 0–2,
+    #  synthetic seeds 0–1]
+    # quadratic floor: the truncation bias and the variance of the random truncation p
+    # [6.3, 10.4]
+    "stochastic/quadratic": {"max_iter": 500, "reduction": 3, "batch_size": 32, "options": {"lr_x": 0.1}},
+    # [165, 184]
+    "stochastic/synthetic": {"max_iter": 500, "reduction": 80, "batch_size": 32, "options": {"lr_x": 0.2}},
     # floor: E[v] is the Q = 5 term Neumann sum, whose truncation bias at κ = 100 with η = 1/L (plus the
     # estimator's variance) stalls ‖∇φ‖ near 0.33 from 1.6 (measured reduction 4.9)
     "quadratic": {"max_iter": 300, "reduction": 3.0},

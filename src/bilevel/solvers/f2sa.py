@@ -112,6 +112,15 @@ class F2SA(InnerGDLoop, Solver):
     # ‖∇φ‖ = 2.28e-4 (measured reduction 7.0e3 at K = 300).  Synthetic: the reference schedule itself,
     # measured reduction 1.4e5 at K = 400.
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        # mini-batches (tests/test_stochastic_solvers.py): quadratic(dx=5, dy=20, κ=10) and
+        # synthetic(n=100, κ=100), both n_samples=200, n_samples_f=100, MiniBatch(32), seed 0; reduction:
+        # ‖∇φ(x_0)‖ / the mean of the last 5 of 21 evaluations (the noise floor); [measured: quadratic seeds 0–2,
+        #  synthetic seeds 0–1]
+        # μ = 10 constant (an O(1/μ) floor; a larger μ multiplies the noise of y − z), ξ_k ∝ k^(−1/2)
+        "stochastic/quadratic": {"max_iter": 500, "reduction": 25, "batch_size": 32, "options": {
+            "mu0": 10.0, "mu_growth": False, "lr_x": PowerDecay(0.2, 0.5)}},  # [53, 54]
+        # [41, 41]
+        "stochastic/synthetic": {"max_iter": 500, "reduction": 20, "batch_size": 32, "options": {"lr_x": 0.2}},
         "quadratic": {"max_iter": 300, "reduction": 1e3, "options": {"mu0": 1e3, "mu_growth": False}},
         "synthetic": {"max_iter": 400, "reduction": 1e4},
         "counts": {"options": {"inner_steps": 3}},
