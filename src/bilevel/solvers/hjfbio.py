@@ -94,8 +94,8 @@ class HJFBiO(Solver):
         # ‖∇φ(x_0)‖ / the mean of the last 5 of 21 evaluations (the noise floor); [measured: quadratic seeds 0–2,
         #  synthetic seeds 0–1]
         # SOBA's decaying steps (λ_k ∝ k^(−3/5), θ_k ∝ k^(−2/5)); synthetic: λ_k = k^(−0.4), K = 1000
-        "stochastic/quadratic": {"max_iter": 500, "reduction": 800, "batch_size": 32, "options": {
-            "lr_x": PowerDecay(0.5, 0.6), "lr_y": PowerDecay(0.1, 0.4)}},  # [1777, 2452]
+        "stochastic/quadratic": {"max_iter": 500, "reduction": 600, "batch_size": 32, "options": {
+            "lr_x": PowerDecay(0.5, 0.6), "lr_y": PowerDecay(0.1, 0.4)}},  # [1377, 1735]
         # [500, 502]
         "stochastic/synthetic": {"max_iter": 1000, "reduction": 200, "batch_size": 32,
             "options": {"lr_x": PowerDecay(1.0, 0.4)}},
