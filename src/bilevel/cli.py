@@ -689,8 +689,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     plt = sub.add_parser("plot", help="plot a metric from a results folder (median and 20-80%% band over seeds)")
     plt.add_argument("dir", help="results folder written by `bilevel bench`")
-    plt.add_argument("--x", choices=("time", "iteration", "hvp"), default="time",
-                     help="x axis: solver time, outer iteration or Hessian-vector products (default: time)")
+    plt.add_argument("--x", choices=("time", "iteration", "hvp", "samples", "epochs_g", "epochs_f"), default="time",
+                     help="x axis: solver time, outer iteration, Hessian-vector products, samples seen (both "
+                          "levels), or epochs: passes over the lower (epochs_g) or upper (epochs_f) level's data "
+                          "(default: time)")
     plt.add_argument("--y", default=None,
                      help="metric column, e.g. hypergrad_norm, residual, test_accuracy (default: per problem: "
                           "test_accuracy for hyperclean, hypergrad_norm otherwise)")
@@ -725,7 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="final metrics to tabulate (default: those of hypergrad_norm, residual, "
                           "test_accuracy that the runs logged)")
     rep.add_argument("--plots", nargs="*", default=None, metavar="X:METRIC",
-                     help="figures as X:METRIC pairs, X one of time, iteration, hvp (default: time against "
+                     help="figures as X:METRIC pairs, X one of time, iteration, hvp, samples, epochs_g, "
+                          "epochs_f (default: time against "
                           "the target metric and the residual, where logged)")
     rep.add_argument("--title", default=None, help="report title (default: the experiment name)")
     rep.add_argument("--notes", default=None, help="Markdown file inserted after the header (default: none)")

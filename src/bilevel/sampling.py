@@ -297,9 +297,17 @@ class MiniBatch:
                 example = "{upper: 128}" if key == "sizes" else "{cross: hvp}"
                 raise TypeError(f"{where}: {key} must be a mapping of roles, e.g. {example}; got "
                                 f"{type(spec[key]).__name__} ({spec[key]!r}).")
+        if size is None:
+            missing = [r for r in ROLES if r not in (spec.get("sizes") or {})]
+            if missing:
+                raise ValueError(f"{where}: give size (B for every role) or sizes for each role; missing sizes for "
+                                 f"{', '.join(missing)}. E.g. {{size: 256, sizes: {{upper: 128}}}}.")
         mode = spec.get("mode")
-        return cls(size, sizes=spec.get("sizes"), share=spec.get("share"),
-                   mode="permutation" if mode is None else mode)
+        try:
+            return cls(size, sizes=spec.get("sizes"), share=spec.get("share"),
+                       mode="permutation" if mode is None else mode)
+        except (TypeError, ValueError) as err:  # the constructor names itself; say where the values came from
+            raise type(err)(f"{where}: {str(err).removeprefix('MiniBatch: ')}") from None
 
     def _key(self) -> tuple:
         data = tuple((k, id(v)) for k, v in sorted((self.data or {}).items()))
