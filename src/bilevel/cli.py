@@ -301,19 +301,6 @@ def _batches(args: argparse.Namespace) -> Any:
         raise CLIError(_one_line(err)) from None
 
 
-def _bind(solver: Any, problem: Any, stochastic: bool) -> Any:
-    """``solver.bind(problem)``, with ``stochastic=True`` for a mini-batch run where ``bind`` takes it (the
-    solvers' stochastic settings); ``solve`` binds the same way, and binding a bound solver is a no-op."""
-    if stochastic:
-        try:
-            takes = "stochastic" in inspect.signature(solver.bind).parameters
-        except (TypeError, ValueError):
-            takes = False
-        if takes:
-            return solver.bind(problem, stochastic=True)
-    return solver.bind(problem)
-
-
 def _one_line(err: BaseException) -> str:
     """An exception as "<what> — <fix>" on one line."""
     what, fix = getattr(err, "what", None), getattr(err, "fix", None)
@@ -439,7 +426,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             solver = get_solver(args.solver, **sopts)  # option errors before a possibly slow problem build
             batches = _batches(args)
             problem = get_problem(args.problem, **popts)
-            bound = _bind(solver, problem, stochastic=batches is not None)
+            bound = solver.bind(problem, stochastic=batches is not None)  # as solve() binds it
             if batches is not None:  # the sampler's own checks (data sizes, shared draws) before the run
                 batches.start(getattr(bound, "batch_roles", {}), torch.Generator(), problem)
         except KeyboardInterrupt:
