@@ -448,3 +448,29 @@ def test_hyperclean_stochastic_mnist_split():
         label = int(F.abs().sum(1).argmax())
         assert label == ds.train_labels[val[j]]
         torch.testing.assert_close(F[label] / (0.1 - 1), features(ds.train_images[val[j]]), rtol=1e-12, atol=1e-12)
+
+
+# ---- user problems -----------------------------------------------------------------------------------
+
+
+def test_the_user_problem_example_in_the_docstring_runs():
+    """The mini-batch example of BilevelProblem's docstring, run as written (indexing its own tensors)."""
+    import inspect
+    import textwrap
+
+    doc = inspect.getdoc(bilevel.BilevelProblem)
+    block = doc.split("per feature::\n", 1)[1].split("\n\n    Index with", 1)[0].split("\nIndex with", 1)[0]
+    code = textwrap.dedent(block)
+    torch.manual_seed(0)
+    scope = {"torch": torch, "bilevel": bilevel, "BilevelProblem": bilevel.BilevelProblem}
+    exec(compile(code, "BilevelProblem example", "exec"), scope)
+    problem, result = scope["problem"], scope["result"]
+    assert (problem.n_samples, problem.n_samples_f) == (1000, 200)
+    assert result.status == "max_iter", result.message
+    last = result.history.last()
+    assert last["samples_g"] > 0 and last["samples_f"] > 0
+    # a batch is the mean of its samples: equal batches average to the full value
+    y = torch.randn(20)
+    parts = torch.arange(1000).view(10, 100)
+    mean = torch.stack([problem.g_value(problem.x0, y, b) for b in parts]).mean()
+    torch.testing.assert_close(mean, problem.g_value(problem.x0, y), rtol=1e-5, atol=1e-6)
