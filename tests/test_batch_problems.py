@@ -386,6 +386,28 @@ def test_hyperclean_batch_oracles_stay_on_the_device(hc):
     assert not log.ops & _HOST_OPS, log.ops & _HOST_OPS
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hyperclean_batch_oracles_do_not_synchronise_on_cuda():
+    """On a GPU, the batch oracles (indices drawn on the device by MiniBatch) run without a host sync."""
+    prob = hyperclean("digits", corruption=0.6, seed=0, n_train=200, n_val=300, device="cuda")
+    stream = MiniBatch(16).start({}, torch.Generator().manual_seed(0), prob)
+    batches = stream(0)
+    batch_g, batch_f = batches("hvp"), batches("upper")
+    assert batch_g.device.type == "cuda"
+    x, y = prob.x0 + 0.1, prob.y0
+    o = Oracles(prob)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        point = o.at(x, y, batch_g)
+        v = point.hvp(y)
+        point.cross(v), point.cross_t(x), point.grad_y_g()
+        o.grad_y_g(x, y, batch_g), o.grad_x_g(x, y, batch_g), o.grad_y_f(x, y, batch_f)
+        prob.g_value(x, y, batch_g), prob.f_value(x, y, batch_f)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_hyperclean_mlp_on_a_batch():
     mlp = hyperclean("digits", corruption=0.5, seed=0, n_train=60, n_val=40, model="mlp", hidden=8)
     assert (mlp.n_samples, mlp.n_samples_f) == (60, 40)
