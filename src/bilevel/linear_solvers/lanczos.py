@@ -107,6 +107,7 @@ class LanczosState:
     restart_pending: bool = True
     restarts: int = 0
     m: int = 0
+    epoch_steps: int = 0  # Lanczos steps since the current operator epoch began (see ``Lanczos.starts_epoch``)
 
     @property
     def rows(self) -> int:
@@ -236,6 +237,25 @@ class Lanczos(LinearSolver):
             fill=BasisFill(0),
         )
 
+    def starts_epoch(self, state: LanczosState, k: int) -> bool:
+        """Whether ``solve(state, k=k)`` begins a new operator epoch, so that a caller holding the Hessian
+        batch fixed within an epoch (``aid(hessian_batch="epoch")``) draws a fresh one now.
+
+        Residual mode: exactly when that call restarts (a pending restart: the first call, after a
+        breakdown, an indefinite T_j, a discarded or skipped correction; the basis already holding m(k)
+        vectors; the schedule's ``switch_at``), so every product of an epoch — w = A v̄ and the Lanczos
+        steps that build Q_j and T_j — uses one batch and T_j is the projection of one operator.
+        Plain mode (no periodic restart: a sliding window of the last m vectors): at a restart (the first
+        call, a breakdown, ``switch_at``) and then after every m(k) Lanczos steps, so each batch serves m
+        consecutive products and the window spans at most two batches.  A pure function of (state, k).
+        """
+        self.require_resolved()
+        sched = self.schedule
+        if state.restart_pending or (sched.switch_at is not None and k == sched.switch_at):
+            return True
+        steps = state.epoch_steps if self.mode == "plain" else state.j
+        return steps >= sched(k)
+
     def _eps(self, dtype: torch.dtype) -> tuple[float, float]:
         double = dtype == torch.float64
         eps_b = self.eps_breakdown if self.eps_breakdown is not None else (1e-10 if double else 1e-5)
@@ -256,6 +276,8 @@ class Lanczos(LinearSolver):
         st.m = m
         switch = self.schedule.switch_at is not None and k == self.schedule.switch_at
         plain = self.mode == "plain"
+        if self.starts_epoch(state, k):
+            st.epoch_steps = 0
 
         if st.restart_pending or switch or (not plain and st.j >= m):
             if plain:
@@ -294,6 +316,7 @@ class Lanczos(LinearSolver):
         q = st.Q[j]
         u = matvec(q)
         matvecs += 1
+        st.epoch_steps += 1
         if j > 0:
             u = u - st.beta_next * st.Q[j - 1]
         a = float(torch.dot(q, u))
