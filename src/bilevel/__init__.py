@@ -13,14 +13,14 @@ from .oracles import CountingOracles, Counts, Linearization, Oracles, OracleWrap
 from .problem import BilevelProblem, ClosedForms, ProblemError
 from .result import Result
 from .run import solve
-from .sampling import Batches, FullBatch
+from .sampling import Batches, FullBatch, MiniBatch
 from .schedules import Constant, DimensionSchedule, Piecewise, PowerDecay
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Batches", "BilevelProblem", "ClosedForms", "Constant", "CountingOracles", "Counts", "DimensionSchedule",
-    "FullBatch", "History", "Linearization", "OracleWrapper", "Oracles", "Piecewise", "PointWrapper",
+    "FullBatch", "MiniBatch", "History", "Linearization", "OracleWrapper", "Oracles", "Piecewise", "PointWrapper",
     "PowerDecay", "ProblemError", "Result", "inner", "linear_solvers", "problems", "sampling", "schedules",
     "solve", "solvers", "testing", "truth",
 ]

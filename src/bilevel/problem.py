@@ -166,6 +166,35 @@ class BilevelProblem:
         n_samples_f: size of the upper-level data set (default: ``n_samples``).
         info: free-form metadata recorded in results.
         validate: evaluate f and g once at (x0, y0) and check their outputs (default True).
+
+    Data and mini-batches: a problem whose levels are means over data sets declares their sizes
+    (``n_samples``, ``n_samples_f``) and lets ``f``/``g`` evaluate the batch they receive.  With
+    ``solve(..., batches=MiniBatch(B))`` a batch is a 1-D ``torch.long`` tensor of sample indices on the
+    problem's device (``f`` gets indices into its own data, ``g`` into its own); ``None`` means all the data
+    (full-batch runs, evaluation, ground truth).  Return the batch *mean*, so that a batch is an unbiased
+    estimate of the full value.  For example, ridge regression with one learned weight decay per feature::
+
+        X, t = torch.randn(1000, 20), torch.randn(1000)      # lower level: 1000 training samples
+        Xv, tv = torch.randn(200, 20), torch.randn(200)      # upper level: 200 validation samples
+
+        def rows(batch, *data):                              # the batch's rows (all rows for None)
+            return data if batch is None else tuple(d.index_select(0, batch) for d in data)
+
+        def g(x, y, batch):                                  # (1/|B|) Σ_{i∈B} ½(aᵢᵀy − tᵢ)² + ½ Σⱼ e^{xⱼ} yⱼ²
+            A, b = rows(batch, X, t)
+            return 0.5 * (A @ y - b).square().mean() + 0.5 * (x.exp() * y.square()).sum()
+
+        def f(x, y, batch):                                  # validation loss on the batch
+            A, b = rows(batch, Xv, tv)
+            return 0.5 * (A @ y - b).square().mean()
+
+        problem = BilevelProblem(f, g, torch.zeros(20), torch.zeros(20), n_samples=1000, n_samples_f=200)
+        result = bilevel.solve(problem, bilevel.solvers.soba(lr_x=0.1, lr_y=0.1, eta=0.1), max_iter=300,
+                               batches=bilevel.sampling.MiniBatch(64))
+
+    Index with ``index_select`` (or ``data[batch]``) on the device: never convert the batch to a list or a
+    number, which would copy it to the host every call.  Data held in a ``torch.utils.data.Dataset``
+    instead: ``MiniBatch(64, data={"f": val_set, "g": train_set})`` hands ``f``/``g`` the collated samples.
     """
 
     def __init__(

@@ -24,7 +24,9 @@ class Result:
     see ``solve``'s ``curvature_patience``); ``success`` is False for ``diverged`` and ``not_strongly_convex``.
     message: what happened and what to try.   iterations: outer steps completed.
     counts: oracle calls (``Counts``).   time: solver wall time in seconds, evaluation excluded.
-    history: the evaluation rows.   options: the solver's resolved options.   events: v-solver events.
+    history: the evaluation rows.   options: the solver's resolved options, and ``"stochastic"``: whether
+    the run drew mini-batches (any batch source but ``FullBatch``; the solver was then bound with its
+    ``"stochastic/…"`` settings first).   events: v-solver events.
     interrupted: the run was stopped by Ctrl-C (KeyboardInterrupt; status ``stopped``): ``solve`` returns what
     it had instead of raising, and the CLI exits with code 130.
     """

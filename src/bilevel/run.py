@@ -95,7 +95,10 @@ def solve(
         progress: show a tqdm progress bar.
         oracles: the oracles the solver calls, e.g. a user's ``OracleWrapper`` around
             ``Oracles(problem)`` (default: ``Oracles(problem)``); ``solve`` counts on top of it.
-        batches: the batch source (default ``FullBatch()``: every oracle call sees the full data set).
+        batches: the batch source (default ``FullBatch()``: every oracle call sees the full data set).  Any
+            other source (``MiniBatch``) makes the run stochastic: the solver is bound with
+            ``stochastic=True`` (its ``"stochastic/<experiment>"`` settings first) and ``Result.options``
+            records ``"stochastic": True``.
         curvature_patience: end the run with status ``not_strongly_convex`` once the solver reports
             curvature evidence (``state.curvature``: ∇²_yy g not positive definite, or below the v-solver's
             ``mu_lb``) in this many consecutive iterations (default 5; None: record it, never stop).
@@ -111,7 +114,7 @@ def solve(
     (callback or Ctrl-C), ``diverged`` (a non-finite iterate or evaluation; the message names the oracle
     that produced the first non-finite value), ``not_strongly_convex`` (see ``curvature_patience``).
 
-    The path of one run: ``bound = solver.bind(problem)`` (options resolved and checked once), the batch
+    The path of one run: ``bound = solver.bind(problem, stochastic=...)`` (options resolved and checked once), the batch
     stream is started with the solver's ``batch_roles``, then each iteration
     ``state = bound.step(state, counting_oracles, stream(k))``.
     """
@@ -183,7 +186,8 @@ def solve(
 
     user_oracles = oracles
     oracles = CountingOracles(oracles, counts)
-    bound = solver.bind(problem)
+    stochastic = not isinstance(batches, FullBatch)
+    bound = solver.bind(problem, stochastic=stochastic)
     # the batch stream draws from a generator of its own, so sampling never shifts the solver's draws
     batch_generator = torch.Generator(device=device)
     batch_generator.manual_seed(seed)
@@ -295,7 +299,7 @@ def solve(
         x=last_good.x, y=last_good.y,
         v=last_good.v, status=status, message=message, iterations=done, counts=counts, time=elapsed,
         history=history, solver=bound.name, problem=problem.name,
-        options=_plain(bound.resolved_options()),
+        options={**_plain(bound.resolved_options()), "stochastic": stochastic},
         events=events, seed=seed,
         x_tree=problem.unflatten_x(last_good.x), y_tree=problem.unflatten_y(last_good.y),
         interrupted=interrupted,

@@ -134,6 +134,13 @@ class LinearSolver(Part, ABC):
         """Configuration problems that only show with a run length (the caller prefixes its label)."""
         return []
 
+    def starts_epoch(self, state: Any, k: int) -> bool:
+        """Whether the call ``solve(…, state, k=k)`` starts a new epoch on a new operator: with mini-batches
+        and ``hessian_batch="epoch"`` the AID loop draws a new HVP batch exactly then and holds it for the
+        epoch's other calls.  Default True: every call is its own epoch (a Krylov solver with restarts
+        overrides it, so that its basis is built on one operator)."""
+        return True
+
     def curvature_fallback(self, events: Mapping[str, int], n: int) -> str:
         """What this solver did in the ``n`` calls with curvature evidence (``events``: the run's event
         counts), as a clause for run messages."""

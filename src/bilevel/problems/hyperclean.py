@@ -10,6 +10,18 @@ training set does well on a clean validation set:
 
 The linear model has closed-form gradients, HVPs and cross products (fast path).  Any ``nn.Module``
 (``model="mlp"`` or a module instance) works through the generic autodiff oracles.
+
+Mini-batches (Yang, Gao & Yuan, ICLR 2025, the stochastic experiment): the problem declares
+``n_samples = N`` (training) and ``n_samples_f = N_val`` (validation), and f, g and every closed form take a
+batch of sample indices (a 1-D long tensor on the problem's device; None = all data).  On a training batch 𝓑
+
+    g_𝓑(x, P) = (1/|𝓑|) Σ_{i∈𝓑} σ(x_i) CE(P x̃_i, ỹ_i) + ρ ‖P‖²,       f_𝓑'(P) = (1/|𝓑'|) Σ_{j∈𝓑'} CE(P x̃_j, y_j)
+
+on a validation batch 𝓑'.  The closed forms are those of the full data with X̃, Y, x restricted to the
+batch's rows (gathered on the device with ``index_select``; other rows are never read) and 1/N → 1/|𝓑|;
+∇_x g and J·V are non-zero only on the batch's coordinates of x (the full-size vector is built by
+``index_add``, so a repeated index counts as often as it was drawn), and Jᵀ·u reads only those
+coordinates of u.  The MLP and user modules evaluate the batch's rows through autodiff.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ from torch.func import functional_call
 from .._validation import check_choice, check_int, check_positive, suggest
 from ..problem import BilevelProblem, ClosedForms, ProblemError
 from ._registry import PROBLEMS
-from .quadratic import _check_dtype_device
+from .quadratic import _check_dtype_device, batch_index
 
 #: default sizes (train, validation, test) per dataset; None = everything available
 SIZES = {"mnist": (5000, 5000, None), "fashion_mnist": (5000, 5000, None), "kmnist": (5000, 5000, None),
@@ -104,9 +116,14 @@ def detection_scores(weights_logit: Tensor, corrupted: Tensor) -> dict[str, floa
 
 
 class _LinearPoint:
-    """Per-point quantities of the linear model shared by A·V, J·V and Jᵀ·u (closed forms derived in the module docstring)."""
+    """Per-point quantities of the linear model shared by A·V, J·V and Jᵀ·u (closed forms derived in the module
+    docstring), on the training rows ``idx`` (None: all of them)."""
 
-    def __init__(self, X: Tensor, Y: Tensor, reg: float, x: Tensor, y: Tensor, shape) -> None:
+    def __init__(self, X: Tensor, Y: Tensor, reg: float, x: Tensor, y: Tensor, shape,
+                 idx: Optional[Tensor] = None) -> None:
+        self.idx, self.N = idx, x.shape[0]
+        if idx is not None:  # only the batch's rows of X̃, Y and coordinates of x are read
+            X, Y, x = X.index_select(0, idx), Y.index_select(0, idx), x.index_select(0, idx)
         self.X, self.reg, self.shape = X, reg, shape
         P = y.view(shape)
         self.Pi = torch.softmax(X @ P.T, dim=1)
@@ -126,11 +143,20 @@ class _LinearPoint:
         W = PU - self.Pi * PU.sum(1, keepdim=True)
         return ((self.s[:, None] * W).T @ self.X / self.n + 2 * self.reg * V).reshape(-1)
 
+    def spread(self, values: Tensor) -> Tensor:
+        """Per-row values as a vector of R^N: themselves on the full data, else zero but on the batch's
+        coordinates (summed over repeated indices)."""
+        if self.idx is None:
+            return values
+        return values.new_zeros(self.N).index_add_(0, self.idx, values)
+
     def cross(self, v: Tensor) -> Tensor:
         U = self.X @ v.view(self.shape).T
-        return self.sp * (self.R * U).sum(1) / self.n
+        return self.spread(self.sp * (self.R * U).sum(1) / self.n)
 
     def cross_t(self, w: Tensor) -> Tensor:
+        if self.idx is not None:
+            w = w.index_select(0, self.idx)
         return (((w * self.sp)[:, None] * self.R).T @ self.X / self.n).reshape(-1)
 
 
@@ -177,7 +203,18 @@ def hyperclean(
     ``problem.metrics`` gives test accuracy and loss, validation loss and accuracy, and the detection
     quality of corrupted samples (precision/recall/F1 of σ(x_i) < 0.5, AUC); ``problem.info`` records the
     split, the corrupted samples (``corrupted_indices``), the realised corruption rate and any deviation
-    (KMNIST offline).  Presets: the reference's
+    (KMNIST offline) and where the validation images come from (``val_train_indices``,
+    ``val_test_indices``).
+
+    Split: training = the first n_train training-split images, in order; validation = n_val drawn (seeded,
+    without replacement) from the training-split images n_train … end, disjoint from training; test = the
+    test split.  The stochastic experiment (§4.3 of the reference) is ``hyperclean("mnist", corruption=0.5,
+    n_train=20000, n_val=5000)``: training images 0–19999, 5000 validation images from 20000–59999, the
+    10000 test images; the deterministic one (5000 / 5000) follows the same rule.
+
+    Mini-batches: ``n_samples = n_train`` and ``n_samples_f = n_val`` are declared; f, g and the closed forms
+    evaluate a batch of indices as the batch mean (module docstring), touching only the batch's rows.
+    Presets: the reference's
     deterministic hyper-cleaning settings for every solver (λ = 500, θ = 0.1, η = 0.05, T and Q per solver,
     LancBiO m from 1 ×1.3 every 50 iterations up to 10).
     """
@@ -239,9 +276,16 @@ def hyperclean(
 
         def g(x, params, batch):
             reg_term = sum((p ** 2).sum() for p in params.values())
+            if batch is not None:
+                idx = batch_index(batch, device)
+                X_b, y_b, x_b = Xt_.index_select(0, idx), yt.index_select(0, idx), x.index_select(0, idx)
+                return (torch.sigmoid(x_b) * ce(logits(params, X_b), y_b, reduction="none")).mean() + reg * reg_term
             return (torch.sigmoid(x) * ce(logits(params, Xt_), yt, reduction="none")).mean() + reg * reg_term
 
         def f(x, params, batch):
+            if batch is not None:
+                idx = batch_index(batch, device)
+                return ce(logits(params, Xv_.index_select(0, idx)), yv.index_select(0, idx))
             return ce(logits(params, Xv_), yv)
 
         inputs = {"val": Xv_, "test": Xs_}
@@ -259,9 +303,16 @@ def hyperclean(
             return X @ P.T
 
         def g(x, P, batch):
+            if batch is not None:
+                idx = batch_index(batch, device)
+                X_b, y_b, x_b = Xt.index_select(0, idx), yt.index_select(0, idx), x.index_select(0, idx)
+                return (torch.sigmoid(x_b) * ce(X_b @ P.T, y_b, reduction="none")).mean() + reg * (P ** 2).sum()
             return (torch.sigmoid(x) * ce(Xt @ P.T, yt, reduction="none")).mean() + reg * (P ** 2).sum()
 
         def f(x, P, batch):
+            if batch is not None:
+                idx = batch_index(batch, device)
+                return ce(Xv.index_select(0, idx) @ P.T, yv.index_select(0, idx))
             return ce(Xv @ P.T, yv)
 
         inputs = {"val": Xv, "test": Xs}
@@ -271,19 +322,32 @@ def hyperclean(
             nv = Xv.shape[0]
 
             def grad_y_f(x, y, batch):
+                if batch is not None:
+                    idx = batch_index(batch, device)
+                    X_b = Xv.index_select(0, idx)
+                    Pi = torch.softmax(X_b @ y.view(shape).T, dim=1)
+                    return ((Pi - Yv.index_select(0, idx)).T @ X_b / X_b.shape[0]).reshape(-1)
                 Pi = torch.softmax(Xv @ y.view(shape).T, dim=1)
                 return ((Pi - Yv).T @ Xv / nv).reshape(-1)
 
             def grad_x_g(x, y, batch):
+                if batch is not None:
+                    idx = batch_index(batch, device)
+                    s = torch.sigmoid(x.index_select(0, idx))
+                    loss = ce(Xt.index_select(0, idx) @ y.view(shape).T, yt.index_select(0, idx), reduction="none")
+                    return x.new_zeros(N).index_add_(0, idx, s * (1 - s) * loss / idx.shape[0])
                 s = torch.sigmoid(x)
                 return s * (1 - s) * ce(Xt @ y.view(shape).T, yt, reduction="none") / N
+
+            def point(x, y, batch):
+                return _LinearPoint(Xt, Yt, reg, x, y, shape, None if batch is None else batch_index(batch, device))
 
             cf = ClosedForms(
                 grad_x_f=lambda x, y, batch: torch.zeros_like(x),
                 grad_y_f=grad_y_f,
-                grad_y_g=lambda x, y, batch: _LinearPoint(Xt, Yt, reg, x, y, shape).grad_y_g(),
+                grad_y_g=lambda x, y, batch: point(x, y, batch).grad_y_g(),
                 grad_x_g=grad_x_g,
-                linearize=lambda x, y, batch: _LinearPoint(Xt, Yt, reg, x, y, shape),
+                linearize=point,
             )
 
     def metrics(x, y) -> dict[str, float]:
@@ -301,6 +365,9 @@ def hyperclean(
         "n_test": int(Xs.shape[0]), "realised_corruption": float(is_corrupted.double().mean()),
         "split_note": note, "dataset_notes": ds.notes, "reg": reg,
         "corrupted_indices": corrupted_idx.tolist(),  # which training samples got a wrong label (sorted)
+        # where the samples come from: training = training-split images 0 … N−1 (in order); validation =
+        # these training-split images (sorted), then these test-split images (KMNIST offline only)
+        "val_train_indices": va_tr.tolist(), "val_test_indices": va_te.tolist(),
     }
     return BilevelProblem(
         f, g, torch.zeros(N, **cast), y0, name=f"hyperclean-{dataset}", closed_forms=cf,

@@ -26,6 +26,24 @@ into statuses (``not_strongly_convex``, no ``converged`` on an untrusted estimat
 
 ``freeze_x_first`` implements the LancBiO theorem's variant (no x-step in the first iterations of each
 v-solver epoch); only a v-solver with restart epochs (``has_epochs``) accepts it.
+
+Mini-batches (``bilevel.sampling``).  Each oracle call names the role of its data: the y-steps
+``batches("inner", t)`` (a fresh draw per inner step t), b and ∇_x f one ``batches("upper")`` draw (one
+joint ∇f call), the cross product ``batches("cross")``, the v-solver's products ``batches("hvp", i)`` as
+``hessian_batch`` says:
+
+    "iteration"  (default) every product of iteration k on one draw, batches("hvp"): one operator A_k per
+                 v-solve (AmIGO-CG: CG keeps its conjugacy; SOBA; SubBiO's three products)
+    "product"    the i-th product of iteration k on batches("hvp", i): each product an independent
+                 estimate of A_k (AmIGO-GD, stocBiO, TTSA, BSA, whose papers sample every HVP afresh)
+    "epoch"      one draw per restart epoch of the v-solver, held in ``AIDState.hvp_batch``: drawn at the
+                 iterations where ``v_solver.starts_epoch(v_state, k)`` is True (every iteration by
+                 default; a Krylov solver's restarts), so a basis is built on one operator
+
+A solver's ``batch_roles`` (set by its factory) groups roles that share a draw (SOBA: the y-step, the HVP
+and the cross product on one training batch).  With ``FullBatch`` every mode gives the same products,
+bit for bit (the point is reused whenever the batch is the same object), and no draw is made that no
+oracle call uses.
 """
 
 from __future__ import annotations
@@ -77,6 +95,12 @@ class AIDState:
     probed: bool = False
     trusted: bool = True
     inner_growth: Optional[Tensor] = None
+    #: hessian_batch="epoch": (batch,), the HVP draw held for the current v-solver epoch (None before the first)
+    hvp_batch: Optional[tuple] = None
+
+
+#: where the v-solver's products take their batch (see the module docstring)
+HESSIAN_BATCH = ("iteration", "product", "epoch")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,8 +117,13 @@ class AID(Solver):
     ∇_x f − J_k (A_k + δI)⁻¹ b_k is then biased: for SPD A_k, (A_k + δI)⁻¹b − A_k⁻¹b = −δ (A_k + δI)⁻¹ A_k⁻¹ b,
     a relative error of v of at most δ / (λ_min(A_k) + δ).  It does not regularise the inner problem: y
     still follows gradient descent on g (add ½δ‖y‖² to g for that).  Unset or 0: the plain HVP, bit for bit.
+    hessian_batch: "iteration" (default), "product" or "epoch": which draw of the ``hvp`` role each of the
+    v-solver's products takes under mini-batches (module docstring); no effect with ``FullBatch``.
 
     Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, the v-solver's HVPs, 1 cross product.
+    Samples per iteration with mini-batches (B_r: the batch size of role r): T·B_inner + (HVPs)·B_hvp +
+    B_cross on g, 2·B_upper on f (∇_x f and ∇_y f are one call on one batch, counted once each); an
+    autodiff graph build (``linearize``, none on problems with closed-form products) adds its batch again.
     """
 
     # identity: which algorithm this configures (set by the named factories, not options)
@@ -107,6 +136,7 @@ class AID(Solver):
     required: tuple[str, ...] = field(default=("lr_x",), metadata=_IDENTITY, repr=False)
     default_order: str = field(default="sequential", metadata=_IDENTITY, repr=False)
     min_inner_steps: int = field(default=0, metadata=_IDENTITY, repr=False)
+    batch_roles: Mapping[str, str] = field(default_factory=dict, metadata=_IDENTITY, repr=False, compare=False)
 
     # options
     lr_x: Optional[ScheduleLike] = None
@@ -116,6 +146,7 @@ class AID(Solver):
     freeze_x_first: int = 0
     v_init: str = "zeros"
     damping: Optional[float] = None
+    hessian_batch: Optional[str] = None
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -138,6 +169,8 @@ class AID(Solver):
         check_choice(owner, "v_init", opts["v_init"], ("zeros", "randn"))
         if opts.get("damping") is not None:
             check_positive(owner, "damping", opts["damping"], allow_zero=True)
+        if opts.get("hessian_batch") is not None:
+            check_choice(owner, "hessian_batch", opts["hessian_batch"], HESSIAN_BATCH)
         if opts["freeze_x_first"] and not getattr(v_solver, "has_epochs", False):
             raise ValueError(
                 f"{owner}: freeze_x_first needs an epoch-based v-solver (Lanczos); {type(v_solver).__name__} "
@@ -155,12 +188,15 @@ class AID(Solver):
             raise ValueError(f"{owner}: order='simultaneous' needs inner_steps >= 1; got 0.")
 
     # ---- binding -----------------------------------------------------------------------------------------
-    def _resolved_fields(self, problem: BilevelProblem) -> dict[str, Any]:
-        """The base resolution, then the order's default and each part's ``None`` options, looked up by
-        dotted and short name (``inner.steps`` / ``inner_steps``, ``v_solver.m`` / ``m``)."""
-        opts = super()._resolved_fields(problem)
+    def _resolved_fields(self, problem: BilevelProblem, stochastic: bool = False) -> dict[str, Any]:
+        """The base resolution, then the order's and hessian_batch's defaults and each part's ``None``
+        options, looked up by dotted and short name (``inner.steps`` / ``inner_steps``, ``v_solver.m`` /
+        ``m``)."""
+        opts = super()._resolved_fields(problem, stochastic)
         if opts["order"] is None:
             opts["order"] = self.default_order
+        if opts["hessian_batch"] is None:
+            opts["hessian_batch"] = "iteration"
         for part in ("inner", "v_solver"):
             obj = opts[part]
             if obj is None:
@@ -170,7 +206,7 @@ class AID(Solver):
                 if value is None:
                     short = short_name(part, option)
                     keys = (f"{part}.{option}",) + ((short,) if short else ())
-                    found = self.lookup(problem, keys)
+                    found = self.lookup(problem, keys, stochastic)
                     if found is not None:
                         values[option] = found
             try:
@@ -227,27 +263,29 @@ class AID(Solver):
             return self._step_simultaneous(state, oracles, batches)
         x, k = state.x, state.k
         y, grew = self.inner.run_watched(oracles, x, state.y, batches, k)
-        point = oracles.at(x, y, batches("hvp"))
+        hessian = _Hessian(self, oracles, x, y, batches, state)
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
-        v, v_state, info = self.v_solver.solve(self._matvec(point), b, state.v_state, k=k,
+        v, v_state, info = self.v_solver.solve(hessian.matvec, b, state.v_state, k=k,
                                                generator=state.generator)
-        x_new = self._x_step(x, gx_f, point_on(oracles, point, batches("cross")).cross(v), info, k)
-        return self._advance(state, x_new, y, v, v_state, info, (x, y, v), grew, info.curvature is None)
+        x_new = self._x_step(x, gx_f, hessian.on(batches("cross")).cross(v), info, k)
+        return self._advance(state, x_new, y, v, v_state, info, (x, y, v), grew, info.curvature is None,
+                             hessian.kept())
 
     def _step_simultaneous(self, state: AIDState, oracles: Any, batches: Any) -> AIDState:
         x, y, v_old, k = state.x, state.y, state.v, state.k
         theta = schedule_value(self.inner.lr, k)
-        point = oracles.at(x, y, batches("hvp"))
-        d_y = point.grad_y_g()
+        hessian = _Hessian(self, oracles, x, y, batches, state)
+        d_y = hessian.point().grad_y_g()
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
-        jv = point_on(oracles, point, batches("cross")).cross(v_old)
-        v, v_state, info = self.v_solver.solve(self._matvec(point), b, state.v_state, k=k,
+        jv = hessian.on(batches("cross")).cross(v_old)
+        v, v_state, info = self.v_solver.solve(hessian.matvec, b, state.v_state, k=k,
                                                generator=state.generator)
         y_new, grew = self.inner.run_watched(oracles, x, y - theta * d_y, batches, k, steps=self.inner.steps - 1,
                                              first=1, grad0=d_y)
         x_new = self._x_step(x, gx_f, jv, info, k)
         # the iterate's v is v_k, made by the previous iteration's solve
-        return self._advance(state, x_new, y_new, v, v_state, info, (x, y, v_old), grew, state.curvature is None)
+        return self._advance(state, x_new, y_new, v, v_state, info, (x, y, v_old), grew, state.curvature is None,
+                             hessian.kept())
 
     def _matvec(self, point: Any) -> Callable[[Tensor], Tensor]:
         """u ↦ A u, or (A + δI) u with ``damping`` δ > 0."""
@@ -262,13 +300,67 @@ class AID(Solver):
         return x - schedule_value(self.lr_x, k) * (gx_f - jv)
 
     @staticmethod
-    def _advance(state: AIDState, x, y, v, v_state, info: SolveInfo, iterate, grew, trusted: bool) -> AIDState:
+    def _advance(state: AIDState, x, y, v, v_state, info: SolveInfo, iterate, grew, trusted: bool,
+                 held: Optional[tuple]) -> AIDState:
         return dataclasses.replace(
             state, k=state.k + 1, x=x, y=y, v=v, v_state=v_state, iterate=iterate, last_info=info,
             events=add_events(state.events, info.events), curvature=info.curvature, probed=info.matvecs > 0,
             trusted=trusted,
-            inner_growth=grew,
+            inner_growth=grew, hvp_batch=held,
         )
+
+
+class _Hessian:
+    """The second-order oracles of one AID iteration at (x_k, y_k), on the ``hvp`` draws that
+    ``hessian_batch`` prescribes.  The point is built lazily, so a solve without products (a Neumann draw
+    p = 0) draws no HVP batch; ``on(batch)`` reuses the point when ``batch`` is its own (``point_on``)."""
+
+    __slots__ = ("aid", "oracles", "x", "y", "batches", "held", "_point", "_products", "_delta", "_draw")
+
+    def __init__(self, aid: AID, oracles: Any, x: Tensor, y: Tensor, batches: Any, state: AIDState) -> None:
+        self.aid, self.oracles, self.x, self.y, self.batches = aid, oracles, x, y, batches
+        self._point = None
+        self._products = 0
+        self._delta = float(aid.damping) if aid.damping else 0.0
+        self.held = state.hvp_batch
+        self._draw = True
+        if aid.hessian_batch == "epoch":
+            # a new epoch (or nothing held yet): draw the operator's batch; else keep the held one
+            self._draw = state.hvp_batch is None or bool(aid.v_solver.starts_epoch(state.v_state, state.k))
+
+    def _hvp_batch(self, index: int = 0) -> Any:
+        if self.aid.hessian_batch == "epoch":
+            if self._draw:
+                self.held, self._draw = (self.batches("hvp"),), False
+            return self.held[0]
+        return self.batches("hvp", index)
+
+    def point(self) -> Any:
+        """The point on the iteration's first ``hvp`` draw (the held one in ``"epoch"`` mode)."""
+        if self._point is None:
+            self._point = self.oracles.at(self.x, self.y, self._hvp_batch())
+        return self._point
+
+    def on(self, batch: Any) -> Any:
+        """The second-order oracles at (x_k, y_k) on ``batch`` (the point itself when it is its batch)."""
+        if self._point is None:
+            return self.oracles.at(self.x, self.y, batch)
+        return point_on(self.oracles, self._point, batch)
+
+    def kept(self) -> Optional[tuple]:
+        """The held draw for the next iteration: None when a new epoch's draw was due but no product was made
+        (so the next iteration draws)."""
+        return None if self._draw and self.aid.hessian_batch == "epoch" else self.held
+
+    def matvec(self, u: Tensor) -> Tensor:
+        """A u (plus δu with ``damping``): the i-th product of the iteration on its draw."""
+        i = self._products
+        self._products += 1
+        if self.aid.hessian_batch == "product" and i > 0:
+            out = point_on(self.oracles, self.point(), self._hvp_batch(i)).hvp(u)
+        else:
+            out = self.point().hvp(u)
+        return out + self._delta * u if self._delta else out
 
 
 _IDENTITY_NAMES = frozenset(f.name for f in dataclasses.fields(AID) if f.metadata.get("identity"))

@@ -1,11 +1,15 @@
 """The solver contract and the option machinery shared by every algorithm.
 
 A solver is an immutable configuration (a frozen dataclass with keyword-only options).  Options left
-``None`` are *presettable*.  ``solver.bind(problem)`` returns a frozen copy with every option resolved and
-checked once, in this order: the user's value, the solver's published ``settings`` for the problem's
-experiment, the problem's solver-neutral scales (``presets["*"]``), the solver's ``defaults``.  A run is
+``None`` are *presettable*.  ``solver.bind(problem, stochastic=False)`` returns a frozen copy with every
+option resolved and checked once, in this order: the user's value, the solver's published ``settings``
+for the problem's experiment (with ``stochastic=True``, a mini-batch run, the ``"stochastic/<key>"``
+tables first, e.g. ``"stochastic/hyperclean/mnist"``, ``"stochastic/hyperclean"``, then the deterministic
+``"hyperclean/mnist"``, ``"hyperclean"``), the problem's solver-neutral scales (``presets["*"]``), the
+solver's ``defaults``.  ``solve`` binds with ``stochastic=True`` whenever its batch source is not
+``FullBatch``.  A run is
 
-    bound = solver.bind(problem)
+    bound = solver.bind(problem, stochastic=...)
     state = bound.init(problem, oracles, generator)
     state = bound.step(state, oracles, batches)        # repeatedly; batches: sampling.Batches
 
@@ -74,7 +78,9 @@ class Solver(ABC, metaclass=CheckedOptions):
     label: ClassVar[str] = ""
     #: library defaults of presettable options (used when nothing else sets one)
     defaults: ClassVar[Mapping[str, Any]] = {}
-    #: published settings per experiment key (``BilevelProblem.experiment``): {"synthetic": {...}, ...}
+    #: published settings per experiment key (``BilevelProblem.experiment``): {"synthetic": {...}, ...};
+    #: ``"stochastic/<key>"`` tables hold the settings of the mini-batch experiments (looked up first when
+    #: the solver is bound with ``stochastic=True``)
     settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: budgets of the shared registry-driven tests, kept next to the algorithm so they stay honest:
     #: {"quadratic": {"max_iter": K, "reduction": r, "options": {...}}, "synthetic": {...},
@@ -89,6 +95,9 @@ class Solver(ABC, metaclass=CheckedOptions):
 
     # True on the copy that ``bind`` returns (an instance attribute set there)
     _bound: ClassVar[bool] = False
+    # on a bound copy: whether it was bound for a mini-batch run, and the configuration it was bound from
+    _stochastic: ClassVar[bool] = False
+    _unbound: ClassVar[Any] = None
 
     # ---- the run --------------------------------------------------------------------------------------
     @abstractmethod
@@ -130,24 +139,36 @@ class Solver(ABC, metaclass=CheckedOptions):
     def bound(self) -> bool:
         return self._bound
 
-    def lookup(self, problem: BilevelProblem, keys: Iterable[str]) -> Any:
-        """The first value found for any of ``keys`` in: the settings for the problem's experiment, the
-        problem's scales, ``defaults``; None if none has one."""
+    @property
+    def stochastic(self) -> bool:
+        """Whether this (bound) copy was bound for a mini-batch run (``"stochastic/…"`` settings first)."""
+        return self._stochastic
+
+    def setting_tables(self, problem: BilevelProblem, stochastic: bool = False) -> list[Mapping[str, Any]]:
+        """The tables an option's value is looked up in, in order: with ``stochastic``, the settings under
+        ``"stochastic/" + key`` for every key of ``problem.experiment_keys()``; then the settings under each
+        key; the problem's scales; ``defaults``."""
+        keys = problem.experiment_keys()
+        tables = [self.settings.get("stochastic/" + e, {}) for e in keys] if stochastic else []
+        tables += [self.settings.get(e, {}) for e in keys]
+        return tables + [problem.presets.get("*", {}), self.defaults]
+
+    def lookup(self, problem: BilevelProblem, keys: Iterable[str], stochastic: bool = False) -> Any:
+        """The first value found for any of ``keys`` in ``setting_tables(problem, stochastic)``; None if none
+        has one."""
         keys = tuple(keys)
-        tables = [self.settings.get(e, {}) for e in problem.experiment_keys()]
-        tables += [problem.presets.get("*", {}), self.defaults]
-        for table in tables:
+        for table in self.setting_tables(problem, stochastic):
             for key in keys:
                 if key in table and table[key] is not None:
                     return table[key]
         return None
 
-    def _resolved_fields(self, problem: BilevelProblem) -> dict[str, Any]:
+    def _resolved_fields(self, problem: BilevelProblem, stochastic: bool = False) -> dict[str, Any]:
         """Every field with its ``None`` filled (see the module docstring), checked complete; what ``bind``
         builds the bound copy from.  Solvers with parts extend it."""
         out = {}
         for name, value in self.options().items():
-            out[name] = self.lookup(problem, (name,)) if value is None else value
+            out[name] = self.lookup(problem, (name,), stochastic) if value is None else value
         for name in self.required:
             if out.get(name) is None:
                 raise ValueError(
@@ -156,19 +177,27 @@ class Solver(ABC, metaclass=CheckedOptions):
                 )
         return out
 
-    def bind(self, problem: BilevelProblem):
-        """A frozen copy resolved for ``problem`` and validated once; binding a bound solver is a no-op."""
+    def bind(self, problem: BilevelProblem, stochastic: bool = False):
+        """A frozen copy resolved for ``problem`` and validated once.  ``stochastic=True`` (a mini-batch run)
+        looks up the ``"stochastic/<key>"`` settings first.  Binding a bound solver is a no-op, unless it
+        was bound with the other ``stochastic`` flag: then its configuration is bound again with this one."""
+        if not isinstance(stochastic, bool):
+            raise TypeError(f"{type(self).__name__}.bind: stochastic must be True or False; got {stochastic!r}.")
         if self._bound:
-            return self
-        opts = self._resolved_fields(problem)
+            if stochastic == self._stochastic or self._unbound is None:
+                return self
+            return self._unbound.bind(problem, stochastic=stochastic)
+        opts = self._resolved_fields(problem, stochastic)
         self.validate(opts)
         bound = dataclasses.replace(self, **opts)  # type: ignore[type-var]
         object.__setattr__(bound, "_bound", True)
+        object.__setattr__(bound, "_stochastic", stochastic)
+        object.__setattr__(bound, "_unbound", self)
         return bound
 
-    def resolve(self, problem: BilevelProblem) -> dict[str, Any]:
+    def resolve(self, problem: BilevelProblem, stochastic: bool = False) -> dict[str, Any]:
         """The options resolved for ``problem``, as recorded in results (``resolved_options``)."""
-        return self.bind(problem).resolved_options()
+        return self.bind(problem, stochastic).resolved_options()
 
     def resolved_options(self) -> dict[str, Any]:
         """A flat record of the options (results, metadata); solvers with parts flatten them."""

@@ -103,11 +103,11 @@ class HJFBiO(Solver):
         if opts.get("scaled_shift") is not None:
             check_bool(owner, "scaled_shift", opts["scaled_shift"])
 
-    def lookup(self, problem: BilevelProblem, keys: Iterable[str]) -> Any:
+    def lookup(self, problem: BilevelProblem, keys: Iterable[str], stochastic: bool = False) -> Any:
         """The base lookup, then the defaults that depend on the problem's dtype: float64 δ = 1e-5 unscaled,
         lower precision δ = 1e-3 scaled."""
         keys = tuple(keys)
-        found = super().lookup(problem, keys)
+        found = super().lookup(problem, keys, stochastic)
         if found is not None:
             return found
         wide = problem.dtype == torch.float64
