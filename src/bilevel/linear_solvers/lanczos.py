@@ -25,6 +25,13 @@ Options (paper symbol → name): m (subspace dimension = restart period) → ``m
 ``DimensionSchedule``); ε_b → ``eps_breakdown``; ε_p → ``eps_pivot``; ε_r → ``eps_restart``;
 μ_lb → ``mu_lb``.
 
+``rescale_base=True`` (residual mode; a library option for mini-batches, not in the paper): at a restart,
+after w = A_k v̄, scale the base point by the exact line search of the model along it, shrink only:
+t = clip(b_kᵀv̄ / v̄ᵀw, 0, 1), v̄ ← t v̄, w ← t w (two dot products, no HVP; event ``base_rescaled`` when
+t < 1).  Under noise v̄ = v_{k−1} can be worse than 0 for the new batch's system (a Galerkin solve on a
+near-singular T_j, an over-long step along directions the batch barely curves); the scaling keeps such an
+error from being carried into every later epoch.
+
 Guards, recorded as events (a robust-implementation layer of this library, not part of the paper): ``breakdown`` (β_{j+1} ≤ ε_b·max(|α_j|, ‖u‖): no normalisation,
 restart next iteration); ``indefinite`` (an LDLᵀ pivot of T_j ≤ ε_p·max|α|: this iteration uses the
 minimal-residual solve, or clamped eigenvalues with ``fallback="eig"``, and the next one restarts);
@@ -37,6 +44,13 @@ evidence: Ritz values of one Hessian lie in [λ_min, λ_max], so a negative one 
 mixes the Hessians of the epoch's iterates).  With ``subproblem="minres"`` the pivots are checked for this
 evidence only (the minimal-residual solve needs no definite T_j; nothing restarts).
 The small tridiagonal problems are solved in float64 whatever the tensor dtype.
+
+Operator epochs (mini-batches).  ``starts_epoch(state, k)`` says whether ``solve(state, k=k)`` begins a new
+epoch: in residual mode exactly when it restarts, in plain mode at a restart and after every m(k) Lanczos
+steps.  With ``aid(hessian_batch="epoch")`` the AID loop draws the HVP batch only then and holds it for
+the epoch, so w = A v̄ and every Lanczos step of the epoch use one batch's Hessian (T_j the projection of
+one operator, up to the drift of (x, y) within the epoch); with ``"iteration"`` each call's products use
+that iteration's batch and T_j mixes the Hessians of several batches.
 
 States are immutable.  The basis lives in a buffer preallocated for the largest m and shared
 copy-on-write by consecutive states: a state owns rows ``Q[:rows]`` (q_1 … q_j, plus q_{j+1} when
@@ -107,6 +121,7 @@ class LanczosState:
     restart_pending: bool = True
     restarts: int = 0
     m: int = 0
+    epoch_steps: int = 0  # Lanczos steps since the current operator epoch began (see ``Lanczos.starts_epoch``)
 
     @property
     def rows(self) -> int:
@@ -133,7 +148,7 @@ class Lanczos(LinearSolver):
 
     name: ClassVar[str] = "lanczos"
     presettable: ClassVar[tuple[str, ...]] = ("m",)
-    defaults: ClassVar[Mapping[str, Any]] = {"m": 10}
+    defaults: ClassVar[Mapping[str, Any]] = {"m": 10, "rescale_base": False}
     has_epochs: ClassVar[bool] = True
 
     m: Optional[Union[int, DimensionSchedule]] = None
@@ -141,6 +156,7 @@ class Lanczos(LinearSolver):
     subproblem: str = "galerkin"
     reorth: str = "none"
     exact_residual: bool = False
+    rescale_base: Optional[bool] = None  # None: the library default False (settable by published settings)
     fallback: str = "minres"
     eps_breakdown: Optional[float] = None
     eps_pivot: float = 1e-10
@@ -160,12 +176,24 @@ class Lanczos(LinearSolver):
         check_choice(owner, "reorth", options["reorth"], ("none", "full"))
         check_choice(owner, "fallback", options["fallback"], ("minres", "eig"))
         check_bool(owner, "exact_residual", options["exact_residual"])
-        if options["exact_residual"] and options["mode"] == "plain":
-            raise ValueError(f"{owner}: exact_residual applies to mode='residual' only; got mode='plain'.")
+        if options["rescale_base"] is not None:
+            check_bool(owner, "rescale_base", options["rescale_base"])
+        for name in ("exact_residual", "rescale_base"):
+            if options[name] and options["mode"] == "plain":
+                raise ValueError(f"{owner}: {name} applies to mode='residual' only (plain mode has no base point); "
+                                 "got mode='plain'.")
         check_positive(owner, "eps_pivot", options["eps_pivot"], allow_zero=True)
         for name in ("eps_breakdown", "eps_restart", "mu_lb"):
             if options[name] is not None:
                 check_positive(owner, name, options[name], allow_zero=(name != "mu_lb"))
+
+    def resolved(self, values: Mapping[str, Any] = {}) -> "Lanczos":
+        """``LinearSolver.resolved``, except that a value of ``rescale_base`` found in published settings is not
+        taken in plain mode, which has no base point (a ``rescale_base=True`` given in plain mode is still an
+        error)."""
+        if self.mode == "plain" and "rescale_base" in values:
+            values = {k: v for k, v in values.items() if k != "rescale_base"}
+        return super().resolved(values)
 
     @property
     def schedule(self) -> DimensionSchedule:
@@ -236,6 +264,25 @@ class Lanczos(LinearSolver):
             fill=BasisFill(0),
         )
 
+    def starts_epoch(self, state: LanczosState, k: int) -> bool:
+        """Whether ``solve(state, k=k)`` begins a new operator epoch, so that a caller holding the Hessian
+        batch fixed within an epoch (``aid(hessian_batch="epoch")``) draws a fresh one now.
+
+        Residual mode: exactly when that call restarts (a pending restart: the first call, after a
+        breakdown, an indefinite T_j, a discarded or skipped correction; the basis already holding m(k)
+        vectors; the schedule's ``switch_at``), so every product of an epoch — w = A v̄ and the Lanczos
+        steps that build Q_j and T_j — uses one batch and T_j is the projection of one operator.
+        Plain mode (no periodic restart: a sliding window of the last m vectors): at a restart (the first
+        call, a breakdown, ``switch_at``) and then after every m(k) Lanczos steps, so each batch serves m
+        consecutive products and the window spans at most two batches.  A pure function of (state, k).
+        """
+        self.require_resolved()
+        sched = self.schedule
+        if state.restart_pending or (sched.switch_at is not None and k == sched.switch_at):
+            return True
+        steps = state.epoch_steps if self.mode == "plain" else state.j
+        return steps >= sched(k)
+
     def _eps(self, dtype: torch.dtype) -> tuple[float, float]:
         double = dtype == torch.float64
         eps_b = self.eps_breakdown if self.eps_breakdown is not None else (1e-10 if double else 1e-5)
@@ -256,6 +303,8 @@ class Lanczos(LinearSolver):
         st.m = m
         switch = self.schedule.switch_at is not None and k == self.schedule.switch_at
         plain = self.mode == "plain"
+        if self.starts_epoch(state, k):
+            st.epoch_steps = 0
 
         if st.restart_pending or switch or (not plain and st.j >= m):
             if plain:
@@ -267,6 +316,8 @@ class Lanczos(LinearSolver):
                 else:
                     st.w, st.w_is_zero = matvec(st.vbar), False
                     matvecs += 1
+                    if self.rescale_base:
+                        self._rescale_base(st, b, events)
                 base = b if st.w_is_zero else b - st.w
                 base_norm = float(torch.linalg.vector_norm(base))
             st.j, st.alpha, st.beta, st.beta_next, st.has_next = 0, [], [], 0.0, False
@@ -275,6 +326,8 @@ class Lanczos(LinearSolver):
                 st.restart_pending = True
                 if plain:
                     st.v, st.v_is_zero = torch.zeros_like(b), True
+                else:
+                    st.v = st.vbar  # v̄ itself (rescale_base may have scaled it)
                 events.append("restart_skipped")
                 return st.v, self._freeze(st), SolveInfo(matvecs, tuple(events), 0)
             if state.rows or state.fill.rows:  # the old buffer holds rows of a live state: start a fresh one
@@ -294,6 +347,7 @@ class Lanczos(LinearSolver):
         q = st.Q[j]
         u = matvec(q)
         matvecs += 1
+        st.epoch_steps += 1
         if j > 0:
             u = u - st.beta_next * st.Q[j - 1]
         a = float(torch.dot(q, u))
@@ -373,6 +427,16 @@ class Lanczos(LinearSolver):
         return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j, curvature)
 
     # ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _rescale_base(st: SimpleNamespace, b: Tensor, events: list) -> None:
+        """``rescale_base``: v̄ ← t v̄ and w ← t w with t = clip(bᵀv̄ / v̄ᵀw, 0, 1), the exact line search of the
+        model ½vᵀA v − bᵀv along v̄ (w = A v̄ is the restart's product: no extra HVP), shrink only."""
+        num, den = torch.stack([torch.dot(b, st.vbar), torch.dot(st.vbar, st.w)]).tolist()
+        t = min(max(num / den, 0.0), 1.0) if den > 0 and math.isfinite(num / den) else 0.0
+        if t < 1.0:
+            st.vbar, st.w = t * st.vbar, t * st.w
+            events.append("base_rescaled")
+
     @staticmethod
     def _freeze(st: SimpleNamespace) -> LanczosState:
         fields = vars(st)

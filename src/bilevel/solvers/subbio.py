@@ -6,9 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from ..linear_solvers.subspace2d import Subspace2D
+from ..schedules import Piecewise
 from .aid import AID, aid, algorithm
 
-SETTINGS = {"synthetic": {"inner_steps": 5}, "hyperclean": {"inner_steps": 5}}
+SETTINGS = {
+    "synthetic": {"inner_steps": 5},
+    "hyperclean": {"inner_steps": 5},
+    # §2.3 / §4.3 "Stoc": η = 0.1, T = 3, λ = 100 → 50 and θ = 0.1 → 0.05 from iteration 500, B = 256 (the
+    # sampler's); the three HVPs of an iteration on one Hessian batch (defect §6.8: H = WᵀAW symmetric)
+    "stochastic/hyperclean": {"inner_steps": 3, "eta": 0.1, "lr_x": Piecewise((100.0, 50.0), (500,)),
+                              "lr_y": Piecewise((0.1, 0.05), (500,)), "hessian_batch": "iteration"},
+}
 
 
 @algorithm("subbio", "SubBiO", checks={
@@ -29,8 +37,17 @@ def subbio(**options: Any) -> AID:
     Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, **3 HVPs** (2 while v_{k−1} = 0),
     1 cross product.  All HVPs use the Hessian at (x_k, y_k).
 
+    Mini-batches (the stochastic experiment of Yang, Gao & Yuan, ICLR 2025): the three HVPs of an iteration
+    (p = (I − ηA)v_{k−1} and A W) share one ``hvp`` draw (``hessian_batch="iteration"``, the default), so
+    the 2 × 2 matrix H = WᵀA_k W is the compression of one symmetric operator (the reference's defect §6.8:
+    independent batches make H non-symmetric); ``hessian_batch="product"`` draws one per product, as an
+    option.  y-step t draws ``inner`` t; b and ∇_x f one ``upper`` draw (validation data); J v one ``cross``
+    draw.  Draws per iteration: T inner, 1 upper, 1 hvp, 1 cross.  Samples per iteration: (T + 3 + 1)·B on g
+    (T + 1 + 1 in the first, which makes one HVP), 2·B_upper on f.
+
     Published settings: synthetic η = 1e-5, T = 5, λ = 1, θ = 1e-5; hyper-cleaning η = 0.05, T = 5,
-    λ = 500, θ = 0.1; stochastic η = 0.1, T = 3, λ = 100 → 50 and θ = 0.1 → 0.05 from k = 500.
+    λ = 500, θ = 0.1; stochastic (``SETTINGS["stochastic/hyperclean"]``, looked up for mini-batch runs) η = 0.1,
+    T = 3, λ = 100 → 50 and θ = 0.1 → 0.05 from k = 500, B = 256 (the sampler's ``MiniBatch(256)``).
     Options: eta, eps (Subspace2D's), plus the AID options.  Library default T = 5.
     """
     return aid(name="subbio", label="SubBiO", v_solver=Subspace2D(), defaults={"inner_steps": 5},

@@ -1,0 +1,76 @@
+"""Time per outer iteration of stochastic LancBiO (its ``stochastic/hyperclean`` settings) against SOBA at the
+same batch size, on mini-batch MNIST hyper-cleaning (N = 20000, 5000 validation, p = 0.5, B = 256 for every
+role), one torch thread.  The solvers run in interleaved repeats (LancBiO, SOBA, SOBA, LancBiO, …) so that a
+drift of the machine's speed hits both alike; the time is ``solve``'s solver time (evaluation excluded), per
+iteration, and the ratio of the medians is printed (target: LancBiO ≤ 1.2 × SOBA).
+
+    python benchmarks/stochastic_speed.py --data-dir ../shared/data          # or BILEVEL_DATA_DIR
+    python benchmarks/stochastic_speed.py --iters 20 --repeats 1             # a quick check that it runs
+
+Skips with a message (exit status 0) when the MNIST files are not available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import warnings
+
+import torch
+
+import bilevel
+from bilevel.sampling import MiniBatch
+
+
+def per_iteration(problem, solver, iters: int, batch: int, seed: int) -> float:
+    """Solver seconds per iteration of one run (evaluated once, at the end: nothing else is timed)."""
+    res = bilevel.solve(problem, solver, max_iter=iters, eval_every=iters, seed=seed, batches=MiniBatch(batch),
+                        true_hypergradient=False)
+    return res.history.last()["time"] / iters
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="folder holding mnist/ (default: BILEVEL_DATA_DIR)")
+    parser.add_argument("--iters", type=int, default=300, help="outer iterations per timed run")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per solver (interleaved)")
+    parser.add_argument("--batch-size", type=int, default=256, help="B for every role, both solvers")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")  # the m-schedule cap warning of short runs
+
+    from bilevel.datasets import DatasetError
+
+    try:
+        problem = bilevel.problems.hyperclean(dataset="mnist", n_train=20000, n_val=5000, corruption=0.5, seed=1,
+                                              data_dir=args.data_dir)
+    except DatasetError as err:
+        print(f"skipped: MNIST is not available ({err}); pass --data-dir or set BILEVEL_DATA_DIR.")
+        return 0
+
+    solvers = {"LancBiO": bilevel.solvers.lancbio(), "SOBA": bilevel.solvers.soba()}
+    for solver in solvers.values():  # warm-up (allocator, first-call costs), not timed
+        per_iteration(problem, solver, min(args.iters, 20), args.batch_size, seed=0)
+    times: dict[str, list[float]] = {name: [] for name in solvers}
+    names = list(solvers)
+    for r in range(args.repeats):
+        for name in names if r % 2 == 0 else names[::-1]:  # interleaved, alternating order
+            times[name].append(per_iteration(problem, solvers[name], args.iters, args.batch_size, seed=r + 1))
+
+    bound = solvers["LancBiO"].bind(problem, stochastic=True)
+    print(f"mini-batch hyper-cleaning MNIST (N={problem.dx}, dy={problem.dy}), B={args.batch_size} for every role, "
+          f"{args.iters} iterations × {args.repeats} interleaved repeats; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s)")
+    print(f"LancBiO options: {bound.resolved_options()}")
+    print(f"{'solver':<9} {'median ms/iter':>15} {'min':>8} {'max':>8}")
+    for name, ts in times.items():
+        print(f"{name:<9} {statistics.median(ts) * 1e3:>15.3f} {min(ts) * 1e3:>8.3f} {max(ts) * 1e3:>8.3f}")
+    ratio = statistics.median(times["LancBiO"]) / statistics.median(times["SOBA"])
+    print(f"LancBiO ÷ SOBA (median time per iteration): {ratio:.2f}  (target ≤ 1.2)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
