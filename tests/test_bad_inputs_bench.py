@@ -220,7 +220,7 @@ ROWS = [
         r"^bilevel: no run in '\S+' logged metric 'nonexistent'\. Metrics available: [^\n]*hypergrad_norm", proc=True),
     Row("report-plot-did-you-mean", ("report", "{out}", "--plots", "time:residul"), 2, r"Did you mean 'residual'\?"),
     Row("report-unknown-x-axis", ("report", "{out}", "--plots", "tme:residual"), 2,
-        r"unknown x axis 'tme'\. Did you mean 'time'\? Choose one of time, iteration, hvp\."),
+        r"unknown x axis 'tme'\. Did you mean 'time'\? Choose one of time, iteration, hvp, samples, epochs_g, epochs_f\."),
     Row("report-plot-without-colon", ("report", "{out}", "--plots", "residual"), 2,
         r"--plots takes X:METRIC pairs .*got 'residual'\."),
     Row("report-unknown-metric", ("report", "{out}", "--metrics", "residul"), 2,

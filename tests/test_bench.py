@@ -425,3 +425,108 @@ def test_git_commit_takes_no_index_lock(tmp_path):
     assert (os.stat(index).st_mtime_ns, index.read_bytes()) == before
     subprocess.run(["git", "status", "--porcelain"], cwd=repo, env=env, check=True, capture_output=True)
     assert index.read_bytes() != before[1]  # the premise: a plain status would have rewritten (locked) it
+
+
+# ---------------------------------------------------------------------------------------------- mini-batches
+
+DIGITS_MB = {
+    "name": "digits-mb",
+    "problem": {"name": "hyperclean", "options": {"dataset": "digits", "n_train": 200, "n_val": 100}},
+    "batches": {"size": 32, "sizes": {"upper": 16}},
+    "solvers": [
+        "lancbio",
+        {"name": "soba", "batches": {"size": 8}},
+        {"name": "subbio", "batches": "full"},
+        {"name": "amigo_gd", "batches": {"sizes": {"hvp": [4, 8]}, "mode": "fixed_slices"}},
+    ],
+    "seeds": [1],
+    "run": {"max_iter": 3, "eval_every": 1},
+}
+
+
+def test_batches_sections_merge_sweep_and_identify_runs():
+    e = parse(DIGITS_MB)
+    by_label = {s.label: s for s in e}
+    assert sorted(by_label) == ["AmIGO-GD (B_hvp=4)", "AmIGO-GD (B_hvp=8)", "LancBiO", "SOBA", "SubBiO"]
+    assert by_label["LancBiO"].batches == {"size": 32, "sizes": {"upper": 16}, "share": {}, "mode": "permutation"}
+    # a solver's own section merges over the top-level one, key by key and role by role
+    assert by_label["SOBA"].batches == {"size": 8, "sizes": {"upper": 16}, "share": {}, "mode": "permutation"}
+    assert by_label["AmIGO-GD (B_hvp=4)"].batches == {"size": 32, "sizes": {"upper": 16, "hvp": 4}, "share": {},
+                                                      "mode": "fixed_slices"}
+    assert by_label["SubBiO"].batches is None  # `full`: the full data set
+    # the sampler is part of the run's identity and of the experiment's spec
+    assert "batches" in by_label["LancBiO"].key() and "batches" not in by_label["SubBiO"].key()
+    assert e.spec["batches"] == {"size": 32, "sizes.upper": 16} and e.spec["solvers"][1]["batches"] == {"size": 8}
+    other = parse(dict(DIGITS_MB, batches={"size": 64, "sizes": {"upper": 16}}))
+    ids = {s.label: s.run_id for s in other}
+    assert ids["LancBiO"] != by_label["LancBiO"].run_id and ids["SubBiO"] == by_label["SubBiO"].run_id
+    assert other.hash != e.hash
+    # a config without the section keeps the ids and hash it had before samplers existed
+    plain = parse(TINY)
+    assert [s.run_id for s in plain][:3] == ["lancbio-6a1f82e424-seed0", "lancbio-7d987bb549-seed1",
+                                             "lancbio-bb327dd8b3-seed0"] and plain.hash == "bb792bc82a01"
+    assert parse(dict(TINY, batches=None)).hash == plain.hash
+    # top-level `full`: every solver full-batch unless it has its own section
+    e = parse(dict(DIGITS_MB, batches="full", solvers=DIGITS_MB["solvers"][:3]))
+    assert {s.label: s.batches for s in e}["LancBiO"] is None
+    assert {s.label: s.batches["size"] for s in e if s.batches} == {"SOBA": 8}
+    # a sweep over the top-level size labels every solver that inherits it
+    e = parse(dict(DIGITS_MB, batches={"size": [16, 32]}, solvers=["lancbio"]))
+    assert [s.label for s in e] == ["LancBiO (B=16)", "LancBiO (B=32)"]
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"batches": {"sise": 8}}, r"<config>: batches: unknown key 'sise'\. Did you mean 'size'\? Valid keys: size, sizes, "
+                               r"share, mode\."),
+    ({"batches": {"size": 8, "sizes": {"uper": 4}}}, r"<config>: batches\.sizes: unknown batch role 'uper'\. Did you "
+                                                     r"mean 'upper'\?"),
+    ({"batches": {"size": 8, "share": {"cross": "hessian"}}}, r"<config>: batches: .*unknown batch role 'hessian'"),
+    ({"batches": {"size": 8, "mode": "fixed"}}, r"Did you mean 'fixed_slices'\?"),
+    ({"batches": {"size": 0}}, r"<config>: batches: size must be >= 1; got 0"),
+    ({"batches": {"size": "big"}}, r"<config>: batches: size must be an integer >= 1; got str"),
+    ({"batches": {"sizes": {"upper": 8}}}, r"<config>: batches: give size \(B for every role\) or sizes for each role; "
+                                           r"missing sizes for inner, hvp, cross, lower\. E\.g\. \{size: 256"),
+    ({"batches": {"size": 8, "share": {"upper": "hvp"}}}, r"joins roles that read different levels' data"),
+    ({"batches": 256}, r"<config>: batches must be a mapping like \{size: 256, .*or 'full'; got int"),
+    ({"batches": {"size": 8, "sizes": [4]}}, r"batches\.sizes must be a mapping of roles, e\.g\. \{upper: 128\}"),
+    ({"batches": {"size": []}}, r"option 'size' sweeps over an empty list"),
+    ({"solvers": [{"name": "lancbio", "batch": {"size": 8}}]}, r"unknown key 'batch'\. Did you mean 'batches'\?"),
+    ({"solvers": [{"name": "soba", "batches": {"size": -1}}]},
+     r"solvers\[0\]\.batches \(merged over the top-level batches\): size must be >= 1; got -1"),
+    ({"batch": {"size": 8}}, r"unknown key 'batch'\. Did you mean 'batches'\?"),
+])
+def test_batches_config_errors_are_clear(change, match):
+    raw = {**DIGITS_MB, **change}
+    with pytest.raises(ConfigError, match=match) as info:
+        parse(raw)
+    assert "\n" not in str(info.value)
+
+
+def test_minibatch_sweep_end_to_end(tmp_path):
+    """The runner builds each run's MiniBatch: sample counts are the batch sizes times the calls, the
+    sampler is in meta.json, and a full-batch entry in the same sweep sees the whole data set."""
+    raw = dict(DIGITS_MB, solvers=DIGITS_MB["solvers"][:3])
+    out = str(tmp_path / "mb")
+    summary = run_sweep(parse(raw), out, backend="sequential", progress=False)
+    assert summary.statuses == {"max_iter": 3}, summary
+    metas = {m["label"]: m for m in (storage.read_meta(f) for f in glob.glob(os.path.join(out, "runs", "*")))}
+    for label, (b_f, b_g) in {"LancBiO": (16, 32), "SOBA": (16, 8), "SubBiO": (100, 200)}.items():
+        c = metas[label]["counts"]
+        assert c["samples_f"] == b_f * (c["grad_x_f"] + c["grad_y_f"]) > 0, label
+        g_calls = sum(c[k] for k in ("grad_y_g", "grad_x_g", "hvp", "cross", "cross_t", "linearize"))
+        assert c["samples_g"] == b_g * g_calls > 0, label
+    assert metas["SOBA"]["batches"]["size"] == 8 and metas["SubBiO"]["batches"] is None
+    record = json.load(open(os.path.join(out, "experiment.json")))
+    assert json.dumps(record).count('"batches"') >= 2
+    # resuming: the same spec, nothing rerun
+    assert run_sweep(parse(raw), out, backend="sequential", progress=False).ran == 0
+    # samples and epochs as x axes
+    for x in ("samples", "epochs_g", "epochs_f"):
+        assert main(["plot", out, "--x", x, "--y", "test_accuracy", "--out", str(tmp_path / f"{x}.png")]) == 0
+    path = report(out, plots=["samples:test_accuracy"])
+    text = open(path).read()
+    assert "figures/test_accuracy_vs_samples.png" in text
+    assert "- batches: LancBiO B=32 (upper 16); SOBA B=8 (upper 16); SubBiO full" in text
+    assert "| iterations | HVPs | samples seen | epochs | solver time (s) |" in text
+    soba = next(line for line in text.splitlines() if line.startswith("| SOBA |"))
+    assert f"| {metas['SOBA']['counts']['samples']} |" in soba

@@ -2,6 +2,7 @@
 
     bilevel run synthetic --solver lancbio --max-iter 500            # progress bar, summary, CSV history
     bilevel run synthetic --solver subbio -P n=300 -P condition=1e3 -O lr_x=0.5
+    bilevel run hyperclean --dataset mnist -P n_train=20000 --corruption 0.5 --batch-size 256   # mini-batches
     bilevel list solvers            bilevel show lancbio            bilevel --version
 
 Errors: every error that reaches the command line is one line on stderr, ``bilevel: <what> — <fix>``, with
@@ -257,11 +258,47 @@ def _usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_threads(problem: Any) -> int:
-    """One thread when dy·N < ``SMALL_PROBLEM`` (N: the lower level's training samples; dy² for problems
-    without a data set), else every core this process may use (``os.sched_getaffinity``)."""
-    work = problem.dy * (problem.n_samples or problem.dy)
+def default_threads(problem: Any, batch: int | None = None) -> int:
+    """One thread when dy·N < ``SMALL_PROBLEM`` (N: the lower level's training samples, or the largest
+    lower-level batch size ``batch`` of a mini-batch run when smaller; dy² for problems without a data
+    set), else every core this process may use (``os.sched_getaffinity``)."""
+    n = problem.n_samples or problem.dy
+    if batch is not None:
+        n = min(n, batch)
+    work = problem.dy * n
     return 1 if work < SMALL_PROBLEM else _usable_cores()
+
+
+def _batch_assignment(text: str) -> tuple[str, int]:
+    """argparse type of --batch: ``ROLE=B`` with ROLE a batch role and B an integer >= 1."""
+    from .sampling import ROLES
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected ROLE=B; got {text!r} (e.g. upper=128; roles: {', '.join(ROLES)})")
+    role, raw = (part.strip() for part in text.split("=", 1))
+    if role not in ROLES:
+        raise argparse.ArgumentTypeError(f"unknown batch role {role!r}.{suggest(role, ROLES)} Roles: {', '.join(ROLES)}")
+    return role, _count(1)(raw)
+
+
+def _batches(args: argparse.Namespace) -> Any:
+    """The MiniBatch that --batch-size / --batch / --batch-mode ask for, None for full-batch runs."""
+    from .sampling import ROLES, MiniBatch
+
+    sizes = dict(args.batch or ())
+    if args.batch_size is None and not sizes:
+        if args.batch_mode is not None:
+            raise CLIError(f"--batch-mode {args.batch_mode} needs mini-batches — add --batch-size B (every role), "
+                           "e.g. --batch-size 256")
+        return None
+    missing = [r for r in ROLES if r not in sizes]
+    if args.batch_size is None and missing:
+        raise CLIError(f"--batch sets the size of one role, and {', '.join(missing)} have none — add --batch-size B "
+                       "for the others (e.g. --batch-size 256 --batch upper=128), or --batch for every role")
+    try:
+        return MiniBatch(args.batch_size, sizes=sizes, mode=args.batch_mode or "permutation")
+    except (TypeError, ValueError) as err:  # pragma: no cover - the parser checked every value
+        raise CLIError(_one_line(err)) from None
 
 
 def _one_line(err: BaseException) -> str:
@@ -387,14 +424,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             if seeded and "seed" not in popts:  # --seed seeds the instance too, unless -P seed=... is given
                 popts["seed"] = args.seed
             solver = get_solver(args.solver, **sopts)  # option errors before a possibly slow problem build
+            batches = _batches(args)
             problem = get_problem(args.problem, **popts)
-            bound = solver.bind(problem)
+            bound = solver.bind(problem, stochastic=batches is not None)  # as solve() binds it
+            if batches is not None:  # the sampler's own checks (data sizes, shared draws) before the run
+                batches.start(getattr(bound, "batch_roles", {}), torch.Generator(), problem)
         except KeyboardInterrupt:
             print("bilevel: interrupted while building the problem — nothing was written", file=sys.stderr)
             return 130
+        except CLIError:
+            raise
         except Exception as err:
             raise _input_error(err, f"building the problem {args.problem!r}") from err
-        threads = args.threads or default_threads(problem)
+        largest = None
+        if batches is not None:
+            largest = max(batches.size(r) for r in ("inner", "hvp", "cross", "lower"))
+        threads = args.threads or default_threads(problem, largest)
         torch.set_num_threads(threads)
         out = args.out or os.path.join("results", f"{problem.name}_{solver.name}_seed{args.seed}.csv")
         _check_out(out)
@@ -402,6 +447,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "problem": problem.name, "problem_options": popts, "problem_seed": popts.get("seed"),
             "problem_info": {k: v for k, v in problem.info.items() if isinstance(v, (int, float, str, bool))},
             "solver": solver.name, "options": bound.resolved_options(), "seed": args.seed, "threads": threads,
+            "batches": batches.to_dict() if batches is not None else None,
             "limits": {"max_iter": args.max_iter, "max_time": args.max_time, "eval_every": args.eval_every,
                        "tol": args.tol},
             "torch": torch.__version__, "bilevel": __version__,
@@ -411,6 +457,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = solve(
                 problem, bound, max_iter=args.max_iter, max_time=args.max_time, eval_every=args.eval_every,
                 seed=args.seed, tol=args.tol, progress=not args.no_progress, callback=rows.append,
+                batches=batches,
             )
         except (KeyboardInterrupt, Exception) as err:
             _close_progress_bars()
@@ -573,14 +620,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hyperclean: data root holding mnist/, fashion_mnist/, kmnist/ (default: "
                           "$BILEVEL_DATA_DIR, else ~/.cache/bilevel/datasets; missing files are downloaded "
                           "and verified unless BILEVEL_OFFLINE=1)")
+    run.add_argument("--batch-size", type=_count(1), default=None, metavar="B",
+                     help="mini-batches of B samples for every batch role (MiniBatch(B): the lower level's "
+                          "inner steps, HVPs, cross products, and the upper level's gradients on validation "
+                          "batches); the problem must declare its data, e.g. hyperclean (default: none, every "
+                          "oracle call sees the full data set)")
+    run.add_argument("--batch", action="append", type=_batch_assignment, metavar="ROLE=B",
+                     help="batch size of one role, repeatable, over --batch-size: ROLE one of inner, upper, "
+                          "hvp, cross, lower, e.g. --batch upper=128 (default: --batch-size for every role)")
+    run.add_argument("--batch-mode", choices=("permutation", "fixed_slices"), default=None,
+                     help="how batches are drawn: permutation (seeded, without replacement within an epoch, "
+                          "reshuffled each epoch) or fixed_slices (the reference's contiguous slices i·B … "
+                          "(i+1)·B − 1, final partial batch included) (default: permutation)")
     run.add_argument("--dtype", choices=("float64", "float32"), default=None,
                      help="floating-point type of the problem's tensors (default: the problem's, float64)")
     run.add_argument("--device", default=None,
                      help="torch device: cpu, cuda or cuda:N (default: the problem's, cpu)")
     run.add_argument("--threads", type=_count(1), default=None, metavar="N",
                      help=f"torch threads for the run (default: 1 when dy·N < {SMALL_PROBLEM:.0e}, N the "
-                          "lower level's training samples, dy² without data; else every core this process "
-                          "may use); recorded in the metadata")
+                          "lower level's training samples (the batch size, if smaller), dy² without data; else "
+                          "every core this process may use); recorded in the metadata")
     run.add_argument("--out", default=None,
                      help="CSV path for the history; the metadata goes beside it as .json (default: "
                           "results/<problem>_<solver>_seed<seed>.csv)")
@@ -617,8 +676,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     plt = sub.add_parser("plot", help="plot a metric from a results folder (median and 20-80%% band over seeds)")
     plt.add_argument("dir", help="results folder written by `bilevel bench`")
-    plt.add_argument("--x", choices=("time", "iteration", "hvp"), default="time",
-                     help="x axis: solver time, outer iteration or Hessian-vector products (default: time)")
+    plt.add_argument("--x", choices=("time", "iteration", "hvp", "samples", "epochs_g", "epochs_f"), default="time",
+                     help="x axis: solver time, outer iteration, Hessian-vector products, samples seen (both "
+                          "levels), or epochs: passes over the lower (epochs_g) or upper (epochs_f) level's data "
+                          "(default: time)")
     plt.add_argument("--y", default=None,
                      help="metric column, e.g. hypergrad_norm, residual, test_accuracy (default: per problem: "
                           "test_accuracy for hyperclean, hypergrad_norm otherwise)")
@@ -653,7 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="final metrics to tabulate (default: those of hypergrad_norm, residual, "
                           "test_accuracy that the runs logged)")
     rep.add_argument("--plots", nargs="*", default=None, metavar="X:METRIC",
-                     help="figures as X:METRIC pairs, X one of time, iteration, hvp (default: time against "
+                     help="figures as X:METRIC pairs, X one of time, iteration, hvp, samples, epochs_g, "
+                          "epochs_f (default: time against "
                           "the target metric and the residual, where logged)")
     rep.add_argument("--title", default=None, help="report title (default: the experiment name)")
     rep.add_argument("--notes", default=None, help="Markdown file inserted after the header (default: none)")

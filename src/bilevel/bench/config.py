@@ -13,6 +13,21 @@
     seeds: [1, 2, 3]                      # or an integer n: seeds 0 … n−1
     run: {max_iter: 10000, max_time: 60, eval_every: 50, true_hypergradient: true, threads: 1}
 
+Mini-batches (``bilevel.sampling.MiniBatch``): a ``batches:`` section at the top level applies to every
+solver, and a solver's own ``batches:`` is merged over it key by key (``sizes`` and ``share`` role by role)::
+
+    batches: {size: 256, sizes: {upper: 128}, share: {cross: hvp}, mode: fixed_slices}
+    solvers:
+      - name: soba
+        batches: {size: 128}              # SOBA on batches of 128, the rest as above
+      - name: lancbio
+        batches: full                     # this solver on the full data set (a deterministic reference)
+
+``size`` is B for every role, ``sizes`` per role (inner, upper, hvp, cross, lower), ``share`` "this role
+reuses that role's draw", ``mode`` permutation (default) or fixed_slices.  A list value sweeps, like a
+solver option (``size: [64, 256]``, ``sizes: {upper: [64, 128]}``).  Without ``batches`` runs are full-batch
+and their ids are those of a config without the section.
+
 Overrides from the command line (``bilevel bench … --set problem.options.n=1000 --set seeds=[1,2]``)
 replace values by dotted path before validation (``load(path, overrides)``).
 
@@ -43,14 +58,16 @@ import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from .._validation import reject_unknown, suggest
 from ..schedules import Constant, DimensionSchedule, Piecewise, PowerDecay
 
-TOP_KEYS = ("name", "description", "problem", "solvers", "seeds", "run")
+TOP_KEYS = ("name", "description", "problem", "solvers", "seeds", "run", "batches")
 PROBLEM_KEYS = ("name", "options")
-SOLVER_KEYS = ("name", "label", "options", "run")
+SOLVER_KEYS = ("name", "label", "options", "run", "batches")
+#: a ``batches:`` value meaning "the full data set" (no mini-batches)
+FULL = "full"
 RUN_KEYS = ("max_iter", "max_time", "eval_every", "true_hypergradient", "tol", "threads")
 SCHEDULES = {
     "dimension": DimensionSchedule,
@@ -97,13 +114,19 @@ class RunSpec:
     limits: dict
     run_id: str = field(default="")
     experiment_hash: str = field(default="")
+    #: the mini-batch sampler's plain form (``MiniBatch.to_dict()``), None for a full-batch run
+    batches: Optional[dict] = field(default=None)
 
     def key(self) -> dict:
-        """What identifies the run (its id is a hash of this)."""
-        return {
+        """What identifies the run (its id is a hash of this; ``batches`` only when set, so full-batch
+        runs keep the ids they had before samplers existed)."""
+        key = {
             "problem": self.problem, "problem_options": self.problem_options, "solver": self.solver,
             "solver_options": self.solver_options, "seed": self.seed, "limits": self.limits,
         }
+        if self.batches is not None:
+            key["batches"] = self.batches
+        return key
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -255,6 +278,8 @@ def parse(raw: Any, source: str = "<config>", overrides: Mapping[str, str] | Non
     limits.setdefault("threads", 1)
     _check_limits(limits, source)
 
+    top_batches = _batches_section(raw.get("batches"), f"{source}: batches")
+
     solvers = raw["solvers"]
     if not isinstance(solvers, list) or not solvers:
         raise ConfigError(f"{source}: solvers must be a non-empty list of {{name, options}} entries.")
@@ -276,28 +301,43 @@ def parse(raw: Any, source: str = "<config>", overrides: Mapping[str, str] | Non
         run_limits = {**limits, **own_limits}
         _check_limits(run_limits, where)
         base_label = str(entry.get("label") or display_label(sname))
-        normalised_solvers.append({"name": sname, "label": base_label, "options": soptions, "run": own_limits})
+        entry_spec = {"name": sname, "label": base_label, "options": soptions, "run": own_limits}
+        own_batches = _batches_section(entry.get("batches"), f"{where}.batches")
+        if own_batches is not None:  # absent or null: the top-level section (and the spec without the key)
+            entry_spec["batches"] = own_batches
+        normalised_solvers.append(entry_spec)
+        from_top = own_batches is None or not isinstance(top_batches, Mapping)
+        batch_where = f"{source}: batches" if own_batches is None else f"{where}.batches" + (
+            "" if from_top else " (merged over the top-level batches)")
+        merged_batches, batch_grid = _batch_grid(top_batches, own_batches, batch_where)
         swept = _swept_keys(soptions)
+        bswept = _swept_keys(merged_batches)
         for popts in _sweep(poptions):
             for sopts in _sweep(soptions):
                 try:
                     SOLVERS[sname].create(**{k: decode(v) for k, v in sopts.items()})
                 except (TypeError, ValueError) as err:
                     raise ConfigError(f"{where}: {err}") from None
-                label = base_label
-                if swept:
-                    label += " (" + ", ".join(f"{k}={_short(sopts[k])}" for k in swept) + ")"
-                pswept = _swept_keys(poptions)
-                if pswept:
-                    label += " [" + ", ".join(f"{k}={_short(popts[k])}" for k in pswept) + "]"
-                for seed in seeds:
-                    spec = RunSpec(experiment, pname, popts, sname, sopts, label, seed, dict(run_limits))
-                    specs.append(spec)
+                for flat, plain in batch_grid:
+                    label = base_label
+                    shown = [f"{k}={_short(sopts[k])}" for k in swept]
+                    shown += [f"{_batch_label(k)}={_short(flat[k])}" for k in bswept]
+                    if shown:
+                        label += " (" + ", ".join(shown) + ")"
+                    pswept = _swept_keys(poptions)
+                    if pswept:
+                        label += " [" + ", ".join(f"{k}={_short(popts[k])}" for k in pswept) + "]"
+                    for seed in seeds:
+                        spec = RunSpec(experiment, pname, popts, sname, sopts, label, seed, dict(run_limits),
+                                       batches=plain)
+                        specs.append(spec)
     ids = [run_id(s.key(), s.solver, s.seed) for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{source}: two solver entries describe the same runs; remove the duplicate.")
     normalised = {"name": experiment, "problem": {"name": pname, "options": poptions},
                   "solvers": normalised_solvers, "seeds": list(seeds), "run": limits}
+    if raw.get("batches") is not None:  # absent: the spec (and its hash) of a config without the section
+        normalised["batches"] = top_batches
     digest = spec_hash(normalised)
     runs = tuple(RunSpec(**{**s.to_dict(), "run_id": i, "experiment_hash": digest}) for s, i in zip(specs, ids))
     return Experiment(experiment, normalised, digest, runs, description=str(raw.get("description") or ""),
@@ -384,6 +424,71 @@ def apply_override(raw: Any, dotted: str, text: str, source: str = "<config>") -
     else:
         node[last] = value
     return raw
+
+
+def _batches_section(value: Any, where: str) -> Any:
+    """A ``batches:`` value, normalised: None (absent), ``"full"``, or a flat mapping (``sizes.upper``,
+    ``share.cross``) whose keys are checked here and values when the grid is expanded."""
+    from ..sampling import FIELDS, ROLES
+
+    if value is None:
+        return None
+    if value == FULL:
+        return FULL
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping like {{size: 256, sizes: {{upper: 128}}, share: {{cross: hvp}}, "
+                          f"mode: permutation}}, or 'full'; got {type(value).__name__} ({value!r}).")
+    _reject(value, FIELDS, where)
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in ("sizes", "share") and item is not None:
+            if not isinstance(item, Mapping):
+                example = "{upper: 128}" if key == "sizes" else "{cross: hvp}"
+                raise ConfigError(f"{where}.{key} must be a mapping of roles, e.g. {example}; got "
+                                  f"{type(item).__name__} ({item!r}).")
+            for role, v in item.items():
+                if role not in ROLES:
+                    raise ConfigError(f"{where}.{key}: unknown batch role {role!r}.{suggest(str(role), ROLES)} "
+                                      f"Roles: {', '.join(ROLES)}.")
+                flat[f"{key}.{role}"] = v
+        elif item is not None:
+            flat[key] = item
+    return flat
+
+
+def _batch_grid(top: Any, own: Any, where: str) -> tuple[dict, list]:
+    """The solver's batches section merged over the top-level one (flat keys, so ``sizes`` and ``share``
+    merge role by role; ``full`` on either side wins as written: the solver's over the top's), and its
+    combinations as [(flat combination, ``MiniBatch.to_dict()``)]; ``({}, [({}, None)])`` for full batch."""
+    from ..sampling import MiniBatch
+
+    if own == FULL or (own is None and top in (None, FULL)):
+        return {}, [({}, None)]
+    merged = {**(top if isinstance(top, Mapping) else {}), **(own or {})}
+    combos = []
+    for flat in _sweep(merged):
+        spec: dict[str, Any] = {}
+        for key, v in flat.items():
+            if "." in key:
+                outer, role = key.split(".", 1)
+                spec.setdefault(outer, {})[role] = v
+            else:
+                spec[key] = v
+        try:
+            plain = MiniBatch.from_dict(spec, where=where).to_dict()
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err)) from None
+        combos.append((flat, plain))
+    return merged, combos
+
+
+def _batch_label(key: str) -> str:
+    """A swept batch key in a legend: ``size`` → ``B``, ``sizes.upper`` → ``B_upper``, else as written."""
+    if key == "size":
+        return "B"
+    if key.startswith("sizes."):
+        return "B_" + key.split(".", 1)[1]
+    return key
 
 
 def _reject(mapping: Mapping, valid, where: str) -> None:

@@ -1,6 +1,7 @@
 """Curves from a results folder: median over seeds with a 20–80 % quantile band, one line per configuration.
 
-Each run's history is a step function of x (time, iteration or HVPs); the seeds of one configuration
+Each run's history is a step function of x (time, iteration, HVPs, samples seen, or epochs over either
+level's data: samples seen / data size); the seeds of one configuration
 are put on a common grid (the last value logged at or before each grid point) and summarised there.
 A figure shows one experiment: a folder holding several (``bench --add-experiment``) needs
 ``experiment=`` (``--experiment``).  Unreadable runs are skipped and named in a warning; a metric no
@@ -18,8 +19,11 @@ import numpy as np
 
 from . import storage
 
-X_COLUMNS = {"time": "time", "iteration": "iteration", "hvp": "hvp"}
-X_LABELS = {"time": "solver time (s)", "iteration": "outer iteration", "hvp": "Hessian-vector products"}
+X_COLUMNS = {"time": "time", "iteration": "iteration", "hvp": "hvp", "samples": "samples", "epochs_g": "epochs_g",
+             "epochs_f": "epochs_f"}
+X_LABELS = {"time": "solver time (s)", "iteration": "outer iteration", "hvp": "Hessian-vector products",
+            "samples": "samples seen (both levels)", "epochs_g": "passes over the lower level's data (epochs)",
+            "epochs_f": "passes over the upper level's data (epochs)"}
 Y_LABELS = {
     "hypergrad_norm": "‖∇φ(x)‖ (true hypergradient)",
     "hypergrad_est_norm": "‖D‖ (estimated hypergradient)",
@@ -96,6 +100,10 @@ def _curves(runs, y: str, x: str, out: str) -> dict[str, list[tuple[np.ndarray, 
     if not curves:
         if not runs:
             raise ValueError(f"no finished runs in {out!r}; run `bilevel bench CONFIG --out {out}` first.")
+        if y in seen_columns and X_COLUMNS[x] not in seen_columns:
+            raise ValueError(f"no run in {out!r} logged the x axis {x!r} (runs written before the library "
+                             f"counted it, or a problem without data for the epochs); choose another --x: "
+                             f"{', '.join(k for k, c in X_COLUMNS.items() if c in seen_columns)}.")
         raise ValueError(unknown_metric(y, seen_columns, out))
     return dict(curves)
 

@@ -89,10 +89,29 @@ def summary_rows(runs, metrics: Sequence[str], target_metric: str, target: float
             "finals": finals,
             "iterations": float(np.median([m.get("iterations", 0) for m, _ in members])),
             "hvp": float(np.median([m.get("counts", {}).get("hvp", 0) for m, _ in members])),
+            "samples": float(np.median([m.get("counts", {}).get("samples", 0) for m, _ in members])),
+            "epochs_g": _median_last(members, "epochs_g"),
             "time": float(np.median([m.get("time", 0.0) or 0.0 for m, _ in members])),
             "reach": (float(np.median(hit)) if hit else math.nan, len(hit), len(reach)),
         })
     return rows
+
+
+def _median_last(members, column: str) -> float:
+    vals = [float(cols[column][-1]) for _, cols in members if cols.get(column)]
+    return float(np.median(vals)) if vals else math.nan
+
+
+def describe_batches(batches: Optional[dict]) -> str:
+    """A run's sampler in a few words: ``full``, ``B=256 (upper 128; cross shares hvp; fixed_slices)``."""
+    if not batches:
+        return "full"
+    text = f"B={batches['size']}" if batches.get("size") is not None else "B per role"
+    extra = [f"{role} {n}" for role, n in (batches.get("sizes") or {}).items()]
+    extra += [f"{role} shares {other}" for role, other in (batches.get("share") or {}).items()]
+    if batches.get("mode", "permutation") != "permutation":
+        extra.append(str(batches["mode"]))
+    return text + (f" ({'; '.join(extra)})" if extra else "")
 
 
 def _plain(value) -> str:
@@ -132,18 +151,27 @@ def _section(out: str, record: dict, runs, broken, folder: str, level: str, *, m
     if record.get("hash"):
         lines.append(f"- experiment `{record['id']}`, spec hash `{record['hash']}`"
                      + (f": {record['description']}" if record.get("description") else ""))
+    batched = any(m.get("batches") for m, _ in runs)
+    if batched:
+        per_label: dict = {}
+        for m, _ in runs:
+            per_label.setdefault(m["label"], m.get("batches"))
+        lines.append("- batches: " + "; ".join(f"{label} {describe_batches(b)}" for label, b in sorted(per_label.items()))
+                     + " (samples seen: both levels; epochs: passes over the lower level's data)")
     lines += [f"- data: {n}" for n in notes] + [""]
     op = "≥" if up else "≤"
     goal = f"{fraction:g} × final {metric}" if fraction is not None else f"{metric} {op} {goal_value:g}"
     header = ["configuration", "runs", "status"] + [f"final {Y_LABELS.get(m, m)}" for m in chosen_metrics] + \
-             ["iterations", "HVPs", "solver time (s)", f"time to {goal} (s)"]
+             ["iterations", "HVPs"] + (["samples seen", "epochs"] if batched else []) + \
+             ["solver time (s)", f"time to {goal} (s)"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for row in summary_rows(runs, chosen_metrics, metric, goal_value, up, fraction):
         med, hit, n = row["reach"]
         reach = f"{_fmt(med)} ({hit}/{n} reached)" if n else "—"
         cells = [row["label"], str(row["runs"]), row["status"]] + [_fmt(row["finals"][m]) for m in chosen_metrics] + \
-                [_fmt(row["iterations"]), _fmt(row["hvp"]), _fmt(row["time"]), reach]
+                [_fmt(row["iterations"]), _fmt(row["hvp"])] + \
+                ([str(round(row["samples"])), _fmt(row["epochs_g"])] if batched else []) + [_fmt(row["time"]), reach]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for x, y in plots:

@@ -117,6 +117,7 @@ def environment() -> dict:
 
 def execute(spec: dict, out: str, commit: Optional[str]) -> dict:
     """Run one specification and store it; returns its metadata.  Never raises for a run's own error;
+    ``spec["batches"]`` (a ``MiniBatch.to_dict()``, or None for full batch) is the run's batch source;
     Ctrl-C (``KeyboardInterrupt``) stores nothing and propagates, so the run counts as not finished.
     Warnings the run raises go to ``meta["warnings"]`` (the report lists them) rather than mid-sweep stderr.
 
@@ -125,6 +126,7 @@ def execute(spec: dict, out: str, commit: Optional[str]) -> dict:
 
     from ..problems import get_problem
     from ..run import solve
+    from ..sampling import MiniBatch
     from ..solvers import get_solver
 
     folder = storage.run_dir(out, spec["run_id"])
@@ -142,12 +144,13 @@ def execute(spec: dict, out: str, commit: Optional[str]) -> dict:
             popts["seed"] = spec["seed"]
         problem = get_problem(spec["problem"], **popts)
         solver = get_solver(spec["solver"], **{k: decode(v) for k, v in spec["solver_options"].items()})
+        batches = MiniBatch.from_dict(spec["batches"]) if spec.get("batches") else None  # None: full batch
         with warnings.catch_warnings(record=True) as caught:  # kept in meta.json, not printed mid-sweep
             warnings.simplefilter("always")
             result = solve(
                 problem, solver, max_iter=limits["max_iter"], max_time=limits.get("max_time"),
                 eval_every=limits["eval_every"], tol=limits.get("tol"),
-                true_hypergradient=limits.get("true_hypergradient"), seed=spec["seed"],
+                true_hypergradient=limits.get("true_hypergradient"), seed=spec["seed"], batches=batches,
             )
         meta["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
         if getattr(result, "interrupted", False):  # solve keeps Ctrl-C's partial run; a sweep redoes it

@@ -136,7 +136,8 @@ class AID(Solver):
     required: tuple[str, ...] = field(default=("lr_x",), metadata=_IDENTITY, repr=False)
     default_order: str = field(default="sequential", metadata=_IDENTITY, repr=False)
     min_inner_steps: int = field(default=0, metadata=_IDENTITY, repr=False)
-    batch_roles: Mapping[str, str] = field(default_factory=dict, metadata=_IDENTITY, repr=False, compare=False)
+    batch_roles: Mapping[str, str] = field(default_factory=dict, metadata=_IDENTITY, repr=False,
+                                           compare=False)
 
     # options
     lr_x: Optional[ScheduleLike] = None

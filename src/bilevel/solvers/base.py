@@ -85,6 +85,8 @@ class Solver(ABC, metaclass=CheckedOptions):
     #: budgets of the shared registry-driven tests, kept next to the algorithm so they stay honest:
     #: {"quadratic": {"max_iter": K, "reduction": r, "options": {...}}, "synthetic": {...},
     #:  "counts": {"options": {...}}}; a method slow by nature gets a longer budget, not a looser bound.
+    #: Mini-batch budgets: "stochastic/quadratic", "stochastic/synthetic": {"max_iter": K, "reduction": r,
+    #: "batch_size": B, "options": {...}} on the finite-sum forms (tests/test_stochastic_solvers.py).
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: options that must have a value once bound
     required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y")
