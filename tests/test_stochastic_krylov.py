@@ -309,13 +309,13 @@ def test_stochastic_hyperclean_settings(digits):
     assert sto["m"] == DimensionSchedule(1, 1.3, 50, 30, switch_at=500, switch_m_max=50)
     assert sto["mode"] == "residual" and sto["hessian_batch"] == "iteration" and sto["rescale_base"] is True
     det = get_solver("lancbio").bind(digits).resolved_options()
-    assert det["inner_steps"] == 5 and det["rescale_base"] is False
+    assert det["inner_steps"] == 5 and not det["rescale_base"]
     # without stochastic settings: one Hessian batch per Lanczos epoch (a no-op under the full batch)
     assert det["hessian_batch"] == "epoch" and get_solver("subbio").bind(digits).resolved_options()[
         "hessian_batch"] == "iteration"
     # (a) the reference's plain variant on fresh batches: the same settings, no base point to rescale
     plain = get_solver("lancbio", mode="plain").bind(digits, stochastic=True).resolved_options()
-    assert plain["mode"] == "plain" and plain["hessian_batch"] == "iteration" and plain["rescale_base"] is False
+    assert plain["mode"] == "plain" and plain["hessian_batch"] == "iteration" and not plain["rescale_base"]
     assert plain["inner_steps"] == 3 and plain["m"] == sto["m"]
     with pytest.raises(ValueError, match="rescale_base applies to mode='residual' only"):
         get_solver("lancbio", mode="plain", rescale_base=True)

@@ -88,7 +88,7 @@ def lancbio(**options: Any) -> AID:
             --dataset mnist -P n_train=20000 --corruption 0.5 --batch-size 256 --solver lancbio -O mode=plain``.
         (b) the library's choice, ``lancbio()``: residual mode with rescale_base=True.
     Elsewhere (no stochastic settings) the library defaults apply: residual mode, hessian_batch="epoch",
-    rescale_base=False (pass rescale_base=True under noise; it costs nothing).
+    rescale_base off (pass rescale_base=True under noise; it costs nothing).
 
     What we measured (MNIST mini-batch hyper-cleaning, N = 20000, 5000 validation, p = 0.5, B = 256 for every
     role, the stochastic settings below; accuracy: test accuracy at K = 5000, mean of seeds 1–3; v-quality:
