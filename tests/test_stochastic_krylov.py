@@ -187,7 +187,8 @@ def test_epoch_batches_hold_one_hessian_batch_per_epoch(fsq, mode):
 
 
 def test_iteration_batches_draw_one_hessian_batch_per_iteration(fsq):
-    for solver in (get_solver("lancbio", m=3), get_solver("lancbio", m=3, mode="plain"), get_solver("subbio")):
+    for solver in (get_solver("lancbio", m=3, hessian_batch="iteration"),
+                   get_solver("lancbio", m=3, mode="plain", hessian_batch="iteration"), get_solver("subbio")):
         per_k = _hvp_batches(fsq, solver, 8)
         assert all(len(batches) == 1 for batches in per_k.values()), solver  # SubBiO: its 3 HVPs on one batch
         batches = [next(iter(per_k[k])) for k in sorted(per_k)]
@@ -308,10 +309,13 @@ def test_stochastic_hyperclean_settings(digits):
     assert sto["m"] == DimensionSchedule(1, 1.3, 50, 30, switch_at=500, switch_m_max=50)
     assert sto["mode"] == "residual" and sto["hessian_batch"] == "iteration" and sto["rescale_base"] is True
     det = get_solver("lancbio").bind(digits).resolved_options()
-    assert det["inner_steps"] == 5 and det["rescale_base"] is False and det["hessian_batch"] == "iteration"
+    assert det["inner_steps"] == 5 and not det["rescale_base"]
+    # without stochastic settings: one Hessian batch per Lanczos epoch (a no-op under the full batch)
+    assert det["hessian_batch"] == "epoch" and get_solver("subbio").bind(digits).resolved_options()[
+        "hessian_batch"] == "iteration"
     # (a) the reference's plain variant on fresh batches: the same settings, no base point to rescale
     plain = get_solver("lancbio", mode="plain").bind(digits, stochastic=True).resolved_options()
-    assert plain["mode"] == "plain" and plain["hessian_batch"] == "iteration" and plain["rescale_base"] is False
+    assert plain["mode"] == "plain" and plain["hessian_batch"] == "iteration" and not plain["rescale_base"]
     assert plain["inner_steps"] == 3 and plain["m"] == sto["m"]
     with pytest.raises(ValueError, match="rescale_base applies to mode='residual' only"):
         get_solver("lancbio", mode="plain", rescale_base=True)
@@ -326,3 +330,22 @@ def test_stochastic_hyperclean_runs_with_its_settings(digits):
         res = _quiet_solve(digits, solver, max_iter=30, eval_every=30, batches=MiniBatch(64), true_hypergradient=False)
         assert res.status == "max_iter" and res.options["stochastic"] is True, res.message
         assert res.history.last()["test_accuracy"] > 0.3
+
+
+# ---- the declared mini-batch budgets (as tests/test_stochastic_solvers.py does for the other solvers) ---------
+@pytest.mark.parametrize("problem_name", ["quadratic", "synthetic"])
+@pytest.mark.parametrize("name", ["lancbio", "subbio"])
+def test_declared_mini_batch_budgets(name, problem_name):
+    from bilevel.solvers import SOLVERS
+
+    problem = {"quadratic": lambda: bilevel.problems.quadratic(dx=5, dy=20, condition=10.0, seed=0, n_samples=200,
+                                                                 n_samples_f=100),
+               "synthetic": lambda: bilevel.problems.synthetic(n=100, condition=100.0, seed=0, n_samples=200,
+                                                                 n_samples_f=100)}[problem_name]()
+    budget = SOLVERS[name].checks[f"stochastic/{problem_name}"]
+    K = budget["max_iter"]
+    res = _quiet_solve(problem, SOLVERS[name].create(**budget.get("options", {})), max_iter=K, eval_every=K // 20,
+                       seed=0, batches=MiniBatch(budget["batch_size"]), true_hypergradient=True)
+    assert res.status == "max_iter" and res.options["stochastic"] is True, res.message
+    h = res.history.column("hypergrad_norm")
+    assert len(h) == 21 and h[0] / (sum(h[-5:]) / 5) >= budget["reduction"], (name, problem_name, h)

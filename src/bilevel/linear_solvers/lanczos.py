@@ -148,7 +148,7 @@ class Lanczos(LinearSolver):
 
     name: ClassVar[str] = "lanczos"
     presettable: ClassVar[tuple[str, ...]] = ("m",)
-    defaults: ClassVar[Mapping[str, Any]] = {"m": 10, "rescale_base": False}
+    defaults: ClassVar[Mapping[str, Any]] = {"m": 10}
     has_epochs: ClassVar[bool] = True
 
     m: Optional[Union[int, DimensionSchedule]] = None
@@ -156,7 +156,7 @@ class Lanczos(LinearSolver):
     subproblem: str = "galerkin"
     reorth: str = "none"
     exact_residual: bool = False
-    rescale_base: Optional[bool] = None  # None: the library default False (settable by published settings)
+    rescale_base: Optional[bool] = None  # None: off, unless an algorithm's published settings turn it on
     fallback: str = "minres"
     eps_breakdown: Optional[float] = None
     eps_pivot: float = 1e-10
