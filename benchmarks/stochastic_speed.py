@@ -41,14 +41,15 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # the m-schedule cap warning of short runs
 
-    from bilevel.datasets import DatasetError
+    from bilevel.datasets import DatasetError, load_dataset
 
     try:
-        problem = bilevel.problems.hyperclean(dataset="mnist", n_train=20000, n_val=5000, corruption=0.5, seed=1,
-                                              data_dir=args.data_dir)
+        load_dataset("mnist", data_dir=args.data_dir, download=False)  # present and verified; never downloads
     except DatasetError as err:
         print(f"skipped: MNIST is not available ({err}); pass --data-dir or set BILEVEL_DATA_DIR.")
         return 0
+    problem = bilevel.problems.hyperclean(dataset="mnist", n_train=20000, n_val=5000, corruption=0.5, seed=1,
+                                          data_dir=args.data_dir)
 
     solvers = {"LancBiO": bilevel.solvers.lancbio(), "SOBA": bilevel.solvers.soba()}
     for solver in solvers.values():  # warm-up (allocator, first-call costs), not timed
