@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import bilevel
+
 #: the project's offline dataset copies, beside the repository (absent in a fresh clone)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -57,3 +59,20 @@ def spd_matrix(n: int, condition: float, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
     return q @ torch.diag(torch.linspace(1.0, condition, n, dtype=torch.float64)) @ q.T
+
+
+#: step sizes for the toy lower levels below (they carry no published settings)
+TOY_STEPS = {"*": {"lr_x": 0.1, "lr_y": 0.1, "eta": 0.1}}
+
+
+def toy(kind: str) -> bilevel.BilevelProblem:
+    """A lower level that is not strongly convex (linear, indefinite or concave in y) under a well-posed
+    upper level: the cases of the curvature tests and the bad-input table."""
+    lower = {
+        "linear": lambda x, y: (x * y).sum(),
+        "indefinite": lambda x, y: y[0] ** 2 - y[1] ** 2 + (x * y).sum(),
+        "concave": lambda x, y: -(y ** 2).sum() + (x * y).sum(),
+    }[kind]
+    x0, y0 = torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    return bilevel.BilevelProblem(lambda x, y: ((y - 1.0) ** 2).sum() + (x ** 2).sum(), lower, x0, y0,
+                                  name=kind, presets=TOY_STEPS)

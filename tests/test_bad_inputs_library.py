@@ -25,9 +25,9 @@ from bilevel.problem import ProblemError
 from bilevel.problems import get_problem
 from bilevel.solvers import aid, get_solver
 from bilevel.truth import solve_lower
+from conftest import toy
 
 F64 = torch.float64
-STEPS = {"*": {"lr_x": 0.1, "lr_y": 0.1, "eta": 0.1}}
 
 
 # ---- expected outcomes -------------------------------------------------------------------------------
@@ -62,14 +62,6 @@ def quad():
     return bilevel.problems.quadratic(dx=3, dy=5, condition=10.0, seed=0)
 
 
-def toy(kind: str) -> BilevelProblem:
-    lower = {
-        "linear": lambda x, y: (x * y).sum(),
-        "indefinite": lambda x, y: y[0] ** 2 - y[1] ** 2 + (x * y).sum(),
-        "concave": lambda x, y: -(y ** 2).sum() + (x * y).sum(),
-    }[kind]
-    return BilevelProblem(lambda x, y: ((y - 1.0) ** 2).sum() + (x ** 2).sum(), lower,
-                          torch.ones(2, dtype=F64), torch.ones(2, dtype=F64), name=kind, presets=STEPS)
 
 
 def _g(x, y):

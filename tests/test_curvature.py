@@ -32,20 +32,11 @@ from bilevel.problem import BilevelProblem
 from bilevel.sampling import full_batches
 from bilevel.solvers import aid, get_solver
 from bilevel.solvers.base import Solver
+from conftest import toy
 
 F64 = torch.float64
-STEPS = {"*": {"lr_x": 0.1, "lr_y": 0.1, "eta": 0.1}}
 
 
-def toy(kind: str) -> BilevelProblem:
-    """The issue's lower levels, with a well-posed upper level: g linear, indefinite or concave in y."""
-    lower = {
-        "linear": lambda x, y: (x * y).sum(),
-        "indefinite": lambda x, y: y[0] ** 2 - y[1] ** 2 + (x * y).sum(),
-        "concave": lambda x, y: -(y ** 2).sum() + (x * y).sum(),
-    }[kind]
-    return BilevelProblem(lambda x, y: ((y - 1.0) ** 2).sum() + (x ** 2).sum(), lower,
-                          torch.ones(2, dtype=F64), torch.ones(2, dtype=F64), name=kind, presets=STEPS)
 
 
 def hessian_yy(problem: BilevelProblem, x: Tensor, y: Tensor) -> Tensor:
