@@ -122,8 +122,8 @@ class _LinearPoint:
     def __init__(self, X: Tensor, Y: Tensor, reg: float, x: Tensor, y: Tensor, shape,
                  idx: Optional[Tensor] = None) -> None:
         self.idx, self.N = idx, x.shape[0]
-        if idx is not None:  # only the batch's rows of X̃, Y and coordinates of x are read
-            X, Y, x = X.index_select(0, idx), Y.index_select(0, idx), x.index_select(0, idx)
+        if idx is not None:  # only the batch's rows of X̃, Y and coordinates of x are read (X, Y: those rows)
+            x = x.index_select(0, idx)
         self.X, self.reg, self.shape = X, reg, shape
         P = y.view(shape)
         self.Pi = torch.softmax(X @ P.T, dim=1)
@@ -339,8 +339,17 @@ def hyperclean(
                 s = torch.sigmoid(x)
                 return s * (1 - s) * ce(Xt @ y.view(shape).T, yt, reduction="none") / N
 
+            rows: list = [None, None, None]  # the last batch and its rows of X̃, Y
+
             def point(x, y, batch):
-                return _LinearPoint(Xt, Yt, reg, x, y, shape, None if batch is None else batch_index(batch, device))
+                if batch is None:
+                    return _LinearPoint(Xt, Yt, reg, x, y, shape)
+                # Roles that share a draw (and the T inner steps with the products on it) get the same batch
+                # object: its rows are gathered once.  Holding the batch keeps the identity test sound.
+                idx = batch_index(batch, device)
+                if rows[0] is not batch or not isinstance(batch, Tensor):
+                    rows[:] = [batch, Xt.index_select(0, idx), Yt.index_select(0, idx)]
+                return _LinearPoint(rows[1], rows[2], reg, x, y, shape, idx)
 
             cf = ClosedForms(
                 grad_x_f=lambda x, y, batch: torch.zeros_like(x),
