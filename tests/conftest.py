@@ -17,7 +17,11 @@ _DATA_FILES = {
                       "t10k-labels-idx1-ubyte.gz"),
     "kmnist": ("kmnist-train-imgs-first7011.npz", "kmnist-train-labels.npz", "kmnist-test-imgs.npz",
                "kmnist-test-labels.npz"),
+    # the project's repack of the bydate archive and its per-document listing
+    "20newsgroups": ("20news-bydate.tar.gz", "MANIFEST.tsv.gz"),
 }
+#: what needs_shared_data() with no names asks for: the image data sets
+_DEFAULT_SETS = ("mnist", "fashion_mnist", "kmnist")
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,7 +32,7 @@ def shared_data_missing(*names: str) -> str:
     from bilevel.datasets._download import verify_file
     from bilevel.datasets.catalog import FILES
 
-    for name in names or tuple(_DATA_FILES):
+    for name in names or _DEFAULT_SETS:
         for filename in _DATA_FILES[name]:
             path = SHARED_DATA / name / filename
             if not path.is_file():
@@ -41,7 +45,7 @@ def shared_data_missing(*names: str) -> str:
 
 
 def needs_shared_data(*names: str):
-    """Skip unless the offline copies of ``names`` (default: all three) are present and verified."""
+    """Skip unless the offline copies of ``names`` (default: the three image sets) are present and verified."""
     reason = shared_data_missing(*names)
     return pytest.mark.skipif(bool(reason), reason=reason)
 

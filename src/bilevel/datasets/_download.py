@@ -52,8 +52,8 @@ def _key(path: Path) -> tuple[str, int, int, int]:
     return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def verify_file(path: Path, spec: FileSpec) -> None:
-    """Raise DatasetError unless the file's sha256 is the pinned one."""
+def verify_file(path: Path, spec: FileSpec) -> str:
+    """Raise DatasetError unless the file's sha256 is the pinned one (or one of ``spec.repacks``); return it."""
     key = _key(path)
     with _LOCK:
         actual = _VERIFIED.get(key)
@@ -61,19 +61,24 @@ def verify_file(path: Path, spec: FileSpec) -> None:
         actual = _sha256_of(path)
         with _LOCK:
             _VERIFIED[key] = actual
-    if actual != spec.sha256:
+    if actual != spec.sha256 and actual not in spec.repacks:
         size = key[2]
+        also = "".join(f"\n  or       sha256 {sha} (the project's offline repack)" for sha in spec.repacks)
         size_note = (f" (size {size} bytes, expected {spec.size}: truncated or extended)"
                      if spec.size is not None and size != spec.size else f" (size {size} bytes)")
+        # a file that exists only in the project's offline copy cannot be downloaded again
+        again = ("download it again (load with download=True)" if spec.downloadable
+                 else "copy it again from the project's offline data (it cannot be downloaded)")
         raise DatasetError(
             f"Checksum mismatch for {spec.name!r} at {path}{size_note}:\n"
-            f"  expected sha256 {spec.sha256}\n"
+            f"  expected sha256 {spec.sha256}{also}\n"
             f"  actual   sha256 {actual}\n"
-            f"The file is corrupted or incomplete and was not used.  Fix: delete it and download it again "
-            f"(load with download=True), or point data_dir= / BILEVEL_DATA_DIR at a folder with a good copy.",
+            f"The file is corrupted or incomplete and was not used.  Fix: delete it and {again}, "
+            f"or point data_dir= / BILEVEL_DATA_DIR at a folder with a good copy.",
             what=f"checksum mismatch for {path}{size_note}: sha256 {actual[:16]}…, expected {spec.sha256[:16]}…",
-            fix="delete the file and download it again, or point --data-dir (data_dir=) / BILEVEL_DATA_DIR at a "
-                "folder with a good copy")
+            fix=f"delete the file and {again.split(' (')[0]}, or point --data-dir (data_dir=) / BILEVEL_DATA_DIR "
+                f"at a folder with a good copy")
+    return actual
 
 
 def _fetch_one(url: str, dest: Path, spec: FileSpec) -> None:

@@ -13,11 +13,13 @@ from ._base import Dataset, DatasetError
 from ._download import download_file, verify_file
 from ._idx import read_idx_gz, read_npz
 
-__all__ = ["DATASETS", "data_dir", "load_dataset"]
+__all__ = ["DATASETS", "data_dir", "load_dataset", "user_cache_root"]
 
 DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "kmnist", "digits")
 
-_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "kmnist": "KMNIST"}
+_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "kmnist": "KMNIST", "20newsgroups": "20 Newsgroups"}
+#: names under which users may look for the text data set, which has its own loader
+_TEXT_ALIASES = ("20newsgroups", "newsgroups", "20_newsgroups", "20news")
 _N_TRAIN, _N_TEST, _SIDE = 60000, 10000, 28
 _IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -37,11 +39,17 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
     if path is None:
         path = os.environ.get("BILEVEL_DATA_DIR") or None
     if path is None:
-        xdg = os.environ.get("XDG_CACHE_HOME", "")
-        # the XDG spec says to ignore relative values
-        base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-        path = base / "bilevel" / "datasets"
+        return user_cache_root()
     return Path(path).expanduser().absolute()
+
+
+def user_cache_root() -> Path:
+    """The per-user cache ``$XDG_CACHE_HOME/bilevel/datasets`` (``~/.cache/bilevel/datasets``), whatever
+    ``$BILEVEL_DATA_DIR`` says: where derived files go when the data folder is not writable."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # the XDG spec says to ignore relative values
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return (base / "bilevel" / "datasets").expanduser().absolute()
 
 
 _resolve_root = data_dir  # load_dataset's data_dir parameter shadows the function
@@ -56,13 +64,17 @@ def _canonical(name: str) -> str:
         raise DatasetError(f"load_dataset: name must be a string, got {type(name).__name__}.")
     key = name.strip().lower().replace("-", "_")
     key = {"fashionmnist": "fashion_mnist", "fashion": "fashion_mnist"}.get(key, key)
+    if key in _TEXT_ALIASES:
+        raise DatasetError(f"load_dataset: {name!r} is a text data set, not an image one; load it with "
+                           f"bilevel.datasets.load_newsgroups(data_dir=..., features='counts_l2').")
     if key not in DATASETS:
         raise DatasetError(f"Unknown dataset {name!r}.{suggest(key, DATASETS)} Available: {', '.join(DATASETS)}.")
     return key
 
 
 def _urls(name: str, filename: str) -> list[str]:
-    return [base + filename for base in catalog.MIRRORS.get(name, [])]
+    # a mirror ending in "/" is a folder; any other is the full URL of the data set's one downloadable file
+    return [base + filename if base.endswith("/") else base for base in catalog.MIRRORS.get(name, [])]
 
 
 def _missing_error(name: str, root: Path, missing: list[str], reason: str,

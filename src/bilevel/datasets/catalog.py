@@ -5,30 +5,46 @@ for the KMNIST IDX files, from torchvision's published checksum tables; the md5 
 upstream publishes and are kept for reference only (verification uses sha256).
 
 ``MIRRORS`` is a plain module-level dict so that callers (and the tests, with a loopback server) can
-redirect downloads; every URL is ``base + file name``.
+redirect downloads; an entry ending in ``/`` is a folder (the URL is ``base + file name``), any other entry
+is the full URL of the dataset's one downloadable file (hosts that serve by id, such as figshare).
+
+20 Newsgroups: the sha256 pinned for ``20news-bydate.tar.gz`` is upstream's (scikit-learn's table, for the
+file served by figshare and qwone.com); the project's offline copy is a deterministic repack with other
+bytes, accepted locally through ``FileSpec.repacks`` and checked document by document against its
+``MANIFEST.tsv.gz`` (see ``bilevel.datasets.newsgroups``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FileSpec", "FILES", "MIRRORS", "NORMALISATION", "CITATIONS", "KMNIST_PARTIAL_COUNT"]
+__all__ = ["FileSpec", "FILES", "MIRRORS", "NORMALISATION", "CITATIONS", "KMNIST_PARTIAL_COUNT",
+           "NEWSGROUPS_REPACK_SHA256"]
 
 
 @dataclass(frozen=True)
 class FileSpec:
-    """One file: its upstream name, sha256, size in bytes (None where unknown) and upstream md5."""
+    """One file: its upstream name, sha256, size in bytes (None where unknown) and upstream md5.
+
+    ``repacks``: sha256 of other copies accepted when found locally (the project's deterministic repack of
+    an upstream archive); a download must always match ``sha256``.
+    """
 
     name: str
     sha256: str
     size: int | None = None
     md5: str | None = None
     downloadable: bool = True  # False for files that exist only in the project's offline copy
+    repacks: tuple[str, ...] = ()
 
 
 def _specs(*specs: FileSpec) -> dict[str, FileSpec]:
     return {spec.name: spec for spec in specs}
 
+
+# The project's offline 20 Newsgroups archive: the same 18846 documents as upstream, repacked
+# deterministically (14372810 bytes); its MANIFEST.tsv.gz lists each document's sha256 and size.
+NEWSGROUPS_REPACK_SHA256 = "665b4b527d01e15627226d933842b65f62078149ca32105772e0c33ccad34b83"
 
 FILES: dict[str, dict[str, FileSpec]] = {
     "mnist": _specs(
@@ -87,6 +103,16 @@ FILES: dict[str, dict[str, FileSpec]] = {
         FileSpec("t10k-labels-idx1-ubyte.gz",
                  "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c"),
     ),
+    "20newsgroups": _specs(
+        # upstream (J. Rennie's bydate archive, as served by figshare for scikit-learn and by qwone.com)
+        FileSpec("20news-bydate.tar.gz",
+                 "8f1b2514ca22a5ade8fbb9cfa5727df95fa587f4c87b786e15c759fa66d95610",
+                 repacks=(NEWSGROUPS_REPACK_SHA256,)),
+        # Not official: the per-document listing (path, sha256, bytes, provenance) of the offline repack.
+        FileSpec("MANIFEST.tsv.gz",
+                 "4b4aff72a2dce71c5ad8a247ad576b4e91907bc26fd4db1bb32389f7132ae0ef", 849819,
+                 downloadable=False),
+    ),
 }
 
 # Download locations, tried in order.  The ossci S3 copy of MNIST comes first because
@@ -98,6 +124,8 @@ MIRRORS: dict[str, list[str]] = {
     ],
     "fashion_mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
     "kmnist": ["http://codh.rois.ac.jp/kmnist/dataset/kmnist/"],
+    # figshare (scikit-learn's source) first, then the author's page (plain http, occasionally down)
+    "20newsgroups": ["https://ndownloader.figshare.com/files/5975967", "http://qwone.com/~jason/20Newsgroups/"],
 }
 
 # (mean, std) of pixel / pixel_max as used by the LancBiO hyper-cleaning experiments (reference §4.2).
@@ -116,6 +144,9 @@ CITATIONS: dict[str, str] = {
     "kmnist": ("Kuzushiji-MNIST: CC BY-SA 4.0. 'KMNIST Dataset' (created by CODH), adapted from "
                "'Kuzushiji Dataset' (created by NIJL and others), doi:10.20676/00000341; "
                "cite Clanuwat et al. 2018."),
+    "20newsgroups": ("20 Newsgroups, 'bydate' split by J. Rennie (train and test separated by posting date, "
+                     "duplicates and some headers removed): no explicit licence, long redistributed for research; "
+                     "cite K. Lang, NewsWeeder: Learning to Filter Netnews, ICML 1995."),
     "digits": ("UCI ML hand-written digits (Optical Recognition of Handwritten Digits, CC BY 4.0), "
                "as bundled with scikit-learn; cite Alpaydin & Kaynak 1998."),
 }
