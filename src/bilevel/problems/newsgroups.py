@@ -6,7 +6,7 @@ hyper-parameter selection task of Yang, Gao & Yuan, LancBiO, ICLR 2025).
 Data: the "bydate" split, token counts with each document scaled to unit ℓ2 norm (no idf), p = 130107
 features, C = 20 classes.  The 11314 training documents are split 50/50, stratified by class and seeded,
 into training (N_tr = 5657) and validation (N_val = 5657) documents; test = the 7532 official test documents.
-A = X_tr (N_tr × p, sparse CSR, rows aᵢᵀ), labels cᵢ, one-hot rows Y.
+X = X_tr (N_tr × p, sparse CSR, rows aᵢᵀ), labels cᵢ, one-hot rows Y (X_val, Y_val: the validation rows).
 
 Variables: y = W ∈ R^(p×C) (no bias; zero at the start; dy = pC = 2 602 140), x ∈ R^p (x_j = the log of
 feature j's regularisation strength; zero at the start).
@@ -22,26 +22,27 @@ Closed forms, with Π = row-softmax(X W), U = X V, E = diag(e^x)/(pC) (derivatio
     Jᵀ w  = ∇²_Wx g·w = E diag(w) W                             ∈ R^(p×C)
     ∇_x g = (1/(2pC)) e^x ⊙ rowsum(W ⊙ W),   ∇_W f = (1/N_val) X_valᵀ (Π_val − Y_val)
 
-Costs: a gradient or an HVP is two sparse products (X W then Xᵀ R), each O(nnz · C) with nnz ≈ 7.7e5 on the
+Costs: a gradient or an HVP is two sparse products (X W then Xᵀ R), each O(nnz · C) with nnz ≈ 8.8e5 on the
 training half, plus O(pC) dense work; J V, Jᵀ w and ∇_x g are O(pC) and read no data.  Per point (``linearize``)
 X W and Π are computed once, on the first product that needs them, and shared by ∇_W g and every HVP there;
 J V and Jᵀ w never compute them.
 
 Sparse products (``backend``): scipy.sparse CSR on the CPU (the default there), torch sparse CSR elsewhere
 (CUDA).  Xᵀ is stored as its own CSR matrix for the full data (built once), so Xᵀ R is a row-wise product too.
-Measured once on the full problem (N = 5657 training rows, nnz = 774 139, C = 20, float64, a shared 2-core
-machine under load, so orders of magnitude only; mean of 5 calls):
+Measured on the full problem (the training half of split seed 0: N = 5657 rows, nnz = 879 033, C = 20, float64;
+median of 7 calls on a shared 2-core machine under load, so orders of magnitude only):
 
-    ===================  ==================  ==================  ======================
-                         scipy.sparse CSR    torch CSR, 1 thread  torch CSR, 2 threads
-    ===================  ==================  ==================  ======================
-    X W                  19 ms (15 ms, 2 t.)  32 ms               43 ms
-    Xᵀ R (CSR of Xᵀ)     12 ms (11 ms, 2 t.)  28 ms               45 ms
-    Xᵀ R (transposed X)  23 ms (CSC)          99 ms (X.t())       348 ms
-    ===================  ==================  ==================  ======================
+    ==========================  ================  ====================  =====================
+                                scipy.sparse CSR  torch CSR, 1 thread   torch CSR, 2 threads
+    ==========================  ================  ====================  =====================
+    X W                         15 ms             19 ms                 48 ms
+    Xᵀ R (Xᵀ stored as CSR)     8 ms              28 ms                 56 ms
+    ==========================  ================  ====================  =====================
 
-scipy is single-threaded whatever torch's thread count; torch's CSR kernels were slower at either count.
-Hence ``backend="auto"`` = scipy on the CPU, torch on CUDA (scipy cannot run there).
+scipy is single-threaded whatever torch's thread count (the same times at 1 and 2 threads); torch's CSR kernels
+were slower at either count, and slower still without a stored Xᵀ (``X.t() @ R``: about 4× the stored
+product's time at one thread in an earlier measurement).  Hence ``backend="auto"`` = scipy on the CPU, torch on
+CUDA (scipy cannot run there; the torch path is tested on the CPU).
 
 Mini-batches: ``n_samples = N_tr`` and ``n_samples_f = N_val``; a batch is a 1-D long tensor of row indices into
 the training (g) or validation (f) documents.  The cross-entropy terms become the batch mean (rows gathered
@@ -49,7 +50,10 @@ from the CSR matrix: only the batch's non-zeros are read; a repeated index count
 penalty, J V, Jᵀ w and ∇_x g do not depend on the data and are the same on every batch.
 
 Conditioning: at x = 0 the penalty's curvature is 1/(pC) ≈ 3.8e-7, so A is extremely ill-conditioned; the
-published settings use large steps (Ji, Yang & Liang 2021: θ = λ = 100, η = 0.5; ``SCALES``).
+published settings use large steps (Ji, Yang & Liang 2021: θ = λ = 100, η = 0.5; ``SCALES``).  The inner step
+θ is stable for W_j only while θ e^(x_j)/(pC) < 2, i.e. x_j < ln(2pC/θ) ≈ 10.9 at θ = 100: methods whose
+hypergradient estimate moves x (LancBiO, AmIGO) can push a component there on runs much longer than Ji et al.'s
+K = 50 (see the LancBiO docstring); stocBiO's truncated Neumann v (η = 0.5, Q = 10) is small and x hardly moves.
 
 Memory: W, V and every dy-vector are 8·pC bytes ≈ 21 MB in float64.  A dense Hessian (the exact v-solve) would
 be (pC)² · 8 bytes ≈ 54 TB: ``linear_solvers.Exact`` refuses it and says so.  ITD needs only its T_b points
