@@ -13,7 +13,6 @@ import scipy.sparse as sp
 import torch
 
 import bilevel
-from bilevel import datasets
 from bilevel.linear_solvers import Exact
 from bilevel.linear_solvers.exact import readable_bytes
 from bilevel.oracles import Oracles
@@ -22,10 +21,10 @@ from bilevel.problems import PROBLEMS, newsgroups
 from bilevel.problems.newsgroups import SCALES, _ScipyRows, _TorchRows, most_frequent_features, stratified_halves
 from bilevel.solvers import SOLVERS, aid, get_solver
 from bilevel.testing import check_oracles
+from conftest import needs_shared_data
 
 F64 = torch.float64
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-ARCHIVE = SHARED / "20newsgroups" / "20news-bydate.tar.gz"
 
 
 def random_documents(n_train=60, n_test=30, p=40, classes=4, density=0.15, seed=0):
@@ -306,15 +305,8 @@ def test_the_dense_exact_solve_refuses_and_says_how_much_memory_it_needs():
 
 
 # ---- the real data -------------------------------------------------------------------------------------------
-def _full_data_missing() -> str:
-    if not hasattr(datasets, "load_newsgroups"):
-        return "bilevel.datasets.load_newsgroups is not available"
-    if not ARCHIVE.is_file():
-        return f"offline archive {ARCHIVE} not present"
-    return ""
-
-
-needs_archive = pytest.mark.skipif(bool(_full_data_missing()), reason=_full_data_missing() or "present")
+#: the shared archive present and verified (a fresh clone has none: the test skips)
+needs_archive = needs_shared_data("20newsgroups")
 
 
 @needs_archive
@@ -330,8 +322,6 @@ def test_full_problem_builds_and_one_lancbio_iteration_runs():
 
 
 def test_missing_archive_is_one_friendly_line(tmp_path, monkeypatch):
-    if not hasattr(datasets, "load_newsgroups"):
-        pytest.skip("bilevel.datasets.load_newsgroups is not available")
     monkeypatch.setenv("BILEVEL_OFFLINE", "1")
     with pytest.raises(ProblemError, match=r"^newsgroups: the 20 Newsgroups data could not be loaded: .* — ") as info:
         newsgroups(data_dir=str(tmp_path))
