@@ -9,7 +9,7 @@ import torch
 
 from bilevel.oracles import Oracles
 from bilevel.problem import BilevelProblem
-from bilevel.problems import PROBLEMS, get_problem, hyperclean, quadratic, synthetic, synthetic_data
+from bilevel.problems import PROBLEMS, get_problem, hyperclean, newsgroups, quadratic, synthetic, synthetic_data
 from bilevel.problems.synthetic import clear_synthetic_cache
 from bilevel.schedules import DimensionSchedule
 from bilevel.solvers import SOLVERS
@@ -248,7 +248,8 @@ def test_check_oracles_fails_on_a_wrong_hvp():
 
 
 def test_registry():
-    assert PROBLEMS == {"hyperclean": hyperclean, "quadratic": quadratic, "synthetic": synthetic}
+    assert PROBLEMS == {"hyperclean": hyperclean, "newsgroups": newsgroups, "quadratic": quadratic,
+                        "synthetic": synthetic}
     p = get_problem("quadratic", dx=2, dy=3, condition=5.0)
     assert (p.dx, p.dy, p.name) == (2, 3, "quadratic")
     s = get_problem("synthetic", n=8, condition=10.0, seed=1)

@@ -38,12 +38,12 @@ Y_LABELS = {
 }
 
 
-DEFAULT_Y = {"hyperclean": "test_accuracy"}  # per problem; hypergrad_norm otherwise
+DEFAULT_Y = {"hyperclean": "test_accuracy", "newsgroups": "test_loss"}  # per problem; hypergrad_norm otherwise
 
 
 def default_y(problem: Optional[str]) -> str:
-    """The metric plotted when none is named: test accuracy for hyper-cleaning (it has no true
-    hypergradient), the true hypergradient norm otherwise."""
+    """The metric plotted when none is named: test accuracy for hyper-cleaning and test loss for 20 Newsgroups
+    (they have no true hypergradient), the true hypergradient norm otherwise."""
     return DEFAULT_Y.get(problem or "", "hypergrad_norm")
 
 

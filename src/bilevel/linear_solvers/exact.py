@@ -78,8 +78,8 @@ class Exact(LinearSolver):
         if n > self.max_dim:
             raise ValueError(
                 f"Exact: b has {n} entries, more than max_dim = {self.max_dim}; the dense solve needs {n} "
-                f"matvecs and a {n}x{n} matrix. Use CG or Lanczos for a system this large, or raise max_dim "
-                f"if you really want the dense solve."
+                f"matvecs and a {n}x{n} float64 matrix ({readable_bytes(8.0 * n * n)}). Use CG or Lanczos for a "
+                f"system this large, or raise max_dim if you really want the dense solve."
             )
         b = b.detach()
         cols = []
@@ -108,6 +108,15 @@ class Exact(LinearSolver):
                 events = ("indefinite", "singular")
         v = x.reshape(b.shape).to(b.dtype)
         return v, replace(state, v=v), SolveInfo(matvecs=n, events=events, curvature=curvature)
+
+
+def readable_bytes(size: float) -> str:
+    """``size`` bytes in decimal units, three significant digits: 5.42e+13 → "54.2 TB"."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if size < 1000:
+            return f"{size:.3g} {unit}"
+        size /= 1000
+    return f"{size:.3g} PB"
 
 
 def exact(**options: Any) -> Exact:

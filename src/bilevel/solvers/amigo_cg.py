@@ -12,6 +12,8 @@ SETTINGS = {
     "synthetic": {"inner_steps": 5, "v_steps": 5},
     "hyperclean": {"inner_steps": 10, "v_steps": 5},
     "hyperclean/fashion_mnist": {"inner_steps": 10, "v_steps": 5, "lr_x": 100.0},
+    # Ji, Yang & Liang, ICML 2021, 20 Newsgroups: T = Q = 10, λ = θ = 100 (the problem's scales), K = 50
+    "newsgroups": {"inner_steps": 10, "v_steps": 10},
     # §3.2 / §4.3 "Stoc": T = 6, Q = 9, λ = 100, θ = 0.1, B = 256 (the batch size is the sampler's)
     "stochastic/hyperclean": {"inner_steps": 6, "v_steps": 9, "lr_x": 100.0, "lr_y": 0.1},
 }
@@ -66,6 +68,7 @@ def amigo_cg(**options: Any) -> AID:
         Syn     5 / 5   1 / 1e-5                                —
         HC      10 / 5  500 / 0.1 (Fashion-MNIST: λ = 100)      full
         Stoc    6 / 9   100 / 0.1                               256 (one Hessian batch per CG run)
+        NG      10 / 10 100 / 100 (Ji, Yang & Liang 2021)       full
         ======  ======  ======================================  =====================================
     """
     return aid(name="amigo_cg", label="AmIGO-CG", v_solver=CG(warm_start=True),

@@ -11,6 +11,8 @@ from .aid import AID, aid, algorithm
 SETTINGS = {
     "synthetic": {"inner_steps": 5, "v_steps": 5},
     "hyperclean": {"inner_steps": 10, "v_steps": 5},
+    # Ji, Yang & Liang, ICML 2021, 20 Newsgroups: T = Q = 10, η = 0.5, λ = θ = 100 (the problem's scales), K = 50
+    "newsgroups": {"inner_steps": 10, "v_steps": 10},
     # §3.1 / §4.3 "Stoc": T = 6, Q = 9, λ = 100, θ = 0.1, η = 0.1, B = 256 (the batch size is the sampler's)
     "stochastic/hyperclean": {"inner_steps": 6, "v_steps": 9, "lr_x": 100.0, "lr_y": 0.1, "eta": 0.1},
 }
@@ -61,6 +63,7 @@ def amigo_gd(**options: Any) -> AID:
         Syn     5 / 5                      1e-5   1 / 1e-5     —
         HC      10 / 5                     0.05   500 / 0.1    full
         Stoc    6 / 9 (fresh batch/HVP)    0.1    100 / 0.1    256
+        NG      10 / 10                    0.5    100 / 100    full
         ======  =========================  =====  ===========  ====
 
     (Stoc: ``SETTINGS["stochastic/hyperclean"]``, used when a mini-batch run is bound.)

@@ -12,6 +12,8 @@ from .aid import AID, aid, algorithm
 SETTINGS = {
     "synthetic": {"inner_steps": 10, "v_steps": 10, "lr_x": PowerDecay(1.0, 0.5, offset=1, floor=0.01)},
     "hyperclean": {"inner_steps": 10, "v_steps": 10},
+    # Ji, Yang & Liang, ICML 2021, 20 Newsgroups: T = Q = 10, η = 0.5, λ = θ = 100 (the problem's scales), K = 50
+    "newsgroups": {"inner_steps": 10, "v_steps": 10},
     # §3.6 / §4.3 "Stoc": T = Q = 9, λ = 100, θ = 0.1, η = 0.1, B = 256 (the batch size is the sampler's)
     "stochastic/hyperclean": {"inner_steps": 9, "v_steps": 9, "lr_x": 100.0, "lr_y": 0.1, "eta": 0.1},
 }
@@ -73,6 +75,7 @@ def bsa(*, compat_hybrid: bool = False, **options: Any) -> AID:
         Syn     10 / 10  1e-5   max(0.01, k^(−1/2)), k ≥ 1       1e-5   —
         HC      10 / 10  0.05   500                              0.1    full
         Stoc    9 / 9    0.1    100                              0.1    256
+        NG      10 / 10  0.5    100                              100    full
         ======  =======  =====  ===============================  =====  ====
     """
     v_solver = randomized_neumann(compat_hybrid, owner="BSA")

@@ -71,14 +71,16 @@ class ITD(InnerGDLoop, Solver):
     Published settings (``settings``, looked up by the problem's experiment key; the same T, θ and λ as
     stocBiO per experiment, Ji, Yang & Liang 2021): synthetic T = 10, λ = 1, θ = 1e-5; hyper-cleaning
     T = 10, λ = 500, θ = 0.1 (λ and θ the problems' scales); stochastic hyper-cleaning
-    (``"stochastic/hyperclean"``, a mini-batch run) T = 9, λ = 100, θ = 0.1.
+    (``"stochastic/hyperclean"``, a mini-batch run) T = 9, λ = 100, θ = 0.1; 20 Newsgroups T = 10, λ = θ = 100.
+    Memory: T_b points, each holding what its products need (with closed forms, e.g. 20 Newsgroups, Π on the
+    training rows: N·C numbers per point; with autodiff, T_b graphs of ∇_y g).
     """
 
     name: ClassVar[str] = "itd"
     label: ClassVar[str] = "ITD"
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 10}
     settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "synthetic": {"inner_steps": 10}, "hyperclean": {"inner_steps": 10},
+        "synthetic": {"inner_steps": 10}, "hyperclean": {"inner_steps": 10}, "newsgroups": {"inner_steps": 10},
         "stochastic/hyperclean": {"inner_steps": 9, "lr_x": 100.0, "lr_y": 0.1},
     }
 

@@ -12,6 +12,8 @@ from .aid import AID, aid, algorithm
 SETTINGS = {
     "synthetic": {"inner_steps": 1},
     "hyperclean": {"inner_steps": 1},
+    # 20 Newsgroups: the problem's scales η = 0.5, θ = λ = 100 (Ji, Yang & Liang 2021); single loop, T = 1
+    "newsgroups": {"inner_steps": 1},
     # §3.3 / §4.3 "Stoc": η = θ = 0.1, λ = 100, K = 20000.  Its batch size B = 128 is not a solver option:
     # give it to the sampler (MiniBatch(128); the configs' batch_size for SOBA)
     "stochastic/hyperclean": {"inner_steps": 1, "lr_x": 100.0, "lr_y": 0.1, "eta": 0.1},
@@ -77,6 +79,7 @@ def soba(**options: Any) -> AID:
         HC      0.05 / 0.1 / 500    6000 (log every 50)    full
         Stoc    0.1 / 0.1 / 100     20000                  128 (one training batch for HVP, cross and
                                                            y-step; one validation batch for b)
+        NG      0.5 / 100 / 100     50 (Ji et al. 2021)    full
         ======  ==================  =====================  ================================================
     """
     return aid(name="soba", label="SOBA", v_solver=GD(steps=1, warm_start=True), default_order="simultaneous",

@@ -80,6 +80,7 @@ class STABLE(Solver):
                 Q        η      θ      λ      T
         Syn     —        —      —      —      —
         HC      20       0.05   0.1    500    1
+        NG      10       0.5    100    100    1    (Ji et al. 2021's Q, η, θ, λ for the task)
         Stoc    —        —      —      —      —
         ======  =======  =====  =====  =====  ===
     """
@@ -88,7 +89,7 @@ class STABLE(Solver):
     label: ClassVar[str] = "STABLE"
     required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
     defaults: ClassVar[Mapping[str, Any]] = {"v_steps": 20}
-    settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {"hyperclean": {"v_steps": 20}}
+    settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {"hyperclean": {"v_steps": 20}, "newsgroups": {"v_steps": 10}}
 
     lr_x: Optional[ScheduleLike] = None
     lr_y: Optional[ScheduleLike] = None

@@ -11,6 +11,9 @@ from .aid import AID, aid, algorithm
 SETTINGS = {
     "synthetic": {"inner_steps": 10, "v_steps": 10},
     "hyperclean": {"inner_steps": 10, "v_steps": 10},
+    # Ji, Yang & Liang, ICML 2021, 20 Newsgroups: T = Q = 10, η = 0.5, λ = θ = 100 (the problem's scales), K = 50;
+    # mini-batch runs: B = 100 for the training and validation batches (the sampler's)
+    "newsgroups": {"inner_steps": 10, "v_steps": 10},
     # §3.5 / §4.3 "Stoc": T = Q = 9, λ = 100, θ = 0.1, η = 0.1, B = 256 (the batch size is the sampler's)
     "stochastic/hyperclean": {"inner_steps": 9, "v_steps": 9, "lr_x": 100.0, "lr_y": 0.1, "eta": 0.1},
 }
@@ -64,6 +67,7 @@ def stocbio(**options: Any) -> AID:
         Syn     10 / 10  1e-5   1 / 1e-5     —
         HC      10 / 10  0.05   500 / 0.1    full
         Stoc    9 / 9    0.1    100 / 0.1    256 (fresh batch per HVP)
+        NG      10 / 10  0.5    100 / 100    100 (mini-batch runs; full-batch runs: full)
         ======  =======  =====  ===========  ====
     """
     return aid(name="stocbio", label="stocBiO", v_solver=Neumann(randomized=False),

@@ -12,6 +12,8 @@ from .aid import AID, aid, algorithm
 SETTINGS = {
     "synthetic": {"inner_steps": 1, "v_steps": 10, "lr_x": PowerDecay(1.0, 0.4, offset=1, floor=0.01)},
     "hyperclean": {"inner_steps": 1, "v_steps": 10},
+    # 20 Newsgroups: Q = 10 and the problem's scales η = 0.5, λ = θ = 100 (Ji, Yang & Liang 2021); single loop, T = 1
+    "newsgroups": {"inner_steps": 1, "v_steps": 10},
     # §3.4 / §4.3 "Stoc": Q = 9, T = 1, λ = 100, θ = 0.1, η = 0.1, B = 256 (the batch size is the sampler's)
     "stochastic/hyperclean": {"inner_steps": 1, "v_steps": 9, "lr_x": 100.0, "lr_y": 0.1, "eta": 0.1},
 }
@@ -75,6 +77,7 @@ def ttsa(*, compat_hybrid: bool = False, **options: Any) -> AID:
         Syn     10 / 1e-5  max(0.01, k^(−0.4)), k ≥ 1      1e-5   —
         HC      10 / 0.05  500 constant                    0.1    full
         Stoc    9 / 0.1    100 constant                    0.1    256
+        NG      10 / 0.5   100 constant                    100    full
         ======  =========  ==============================  =====  ====
     """
     v_solver = randomized_neumann(compat_hybrid, owner="TTSA")
