@@ -48,6 +48,7 @@ class Result:
     x_tree: Any = None
     y_tree: Any = None
     interrupted: bool = False
+    dtype: str = ""  # the problem's floating-point type ("float64", "float32"), shown by ``summary``
 
     @property
     def success(self) -> bool:
@@ -56,7 +57,7 @@ class Result:
     def summary(self) -> str:
         last = self.history.last()
         lines = [
-            f"solver {self.solver} on {self.problem}: {self.status} after {self.iterations} iterations, "
+            f"solver {self.solver} on {self.problem}{f' ({self.dtype})' if self.dtype else ''}: {self.status} after {self.iterations} iterations, "
             f"{self.time:.3f} s solver time",
             f"  {self.message}",
             "  oracle calls: " + ", ".join(f"{k}={v}" for k, v in self.counts.as_dict().items() if v),

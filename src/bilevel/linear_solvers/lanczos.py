@@ -51,7 +51,9 @@ LDLᵀ pivots of T_j − μ_lb·I are not all positive, i.e. by Sylvester's law 
 evidence: Ritz values of one Hessian lie in [λ_min, λ_max], so a negative one proves it indefinite; T_j
 mixes the Hessians of the epoch's iterates).  With ``subproblem="minres"`` the pivots are checked for this
 evidence only (the minimal-residual solve needs no definite T_j; nothing restarts).
-The small tridiagonal problems are solved in float64 whatever the tensor dtype.
+The small tridiagonal problems are solved in float64 whatever the tensor dtype, and in a lower precision
+(float32) the recurrence's inner products α_j = q_jᵀu and β_{j+1} = ‖ω‖ and the projection Q_jᵀ r_k accumulate
+in float64 (a cast of j + 2 vectors of length dy per iteration, no HVP); the vectors stay in the run's dtype.
 
 Operator epochs (mini-batches).  ``starts_epoch(state, k)`` says whether ``solve(state, k=k)`` begins a new
 epoch: in residual mode exactly when it restarts, in plain mode at a restart and after every m(k) Lanczos
@@ -331,6 +333,7 @@ class Lanczos(LinearSolver):
         st.m = m
         switch = self.schedule.switch_at is not None and k == self.schedule.switch_at
         plain = self.plain_at(k)
+        wide = b.dtype == torch.float64  # else the inner products of the recurrence and Q_jᵀ r_k accumulate in float64
         if self.switches_mode_at(k):  # plain → residual: a forced restart from v̄ = v_{k₀−1}
             switch = True
             events.append("mode_switch")
@@ -381,13 +384,13 @@ class Lanczos(LinearSolver):
         st.epoch_steps += 1
         if j > 0:
             u = u - st.beta_next * st.Q[j - 1]
-        a = float(torch.dot(q, u))
+        a = float(torch.dot(q, u)) if wide else float(torch.dot(q.double(), u.double()))
         omega = u - a * q
         if self.reorth == "full":
             for _ in range(2):  # twice is enough (Kahan–Parlett)
                 basis = st.Q[: j + 1]
                 omega = omega - basis.T @ (basis @ omega)
-        beta_new = float(torch.linalg.vector_norm(omega))
+        beta_new = float(torch.linalg.vector_norm(omega if wide else omega.double()))
         st.alpha.append(a)
         if j > 0:
             st.beta.append(st.beta_next)
@@ -407,7 +410,7 @@ class Lanczos(LinearSolver):
         # ---- small projected problem ------------------------------------------------------------------
         rk = b if plain or st.w_is_zero else b - st.w
         rows = st.Q[: j + 1] if (self.subproblem == "minres" and st.has_next) else st.Q[:j]
-        proj = (rows @ rk).tolist()
+        proj = (rows @ rk).tolist() if wide else (rows.double() @ rk.double()).tolist()
         c = proj[:j]
         c_next = proj[j] if len(proj) > j else 0.0
         s = None
