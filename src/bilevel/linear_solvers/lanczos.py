@@ -384,33 +384,43 @@ class Lanczos(LinearSolver):
         st.epoch_steps += 1
         if j > 0:
             u = u - st.beta_next * st.Q[j - 1]
-        a = float(torch.dot(q, u)) if wide else float(torch.dot(q.double(), u.double()))
-        omega = u - a * q
+        a_t = torch.dot(q, u) if wide else torch.dot(q.double(), u.double())
+        omega = u - a_t * q
         if self.reorth == "full":
             for _ in range(2):  # twice is enough (Kahan–Parlett)
                 basis = st.Q[: j + 1]
                 omega = omega - basis.T @ (basis @ omega)
-        beta_new = float(torch.linalg.vector_norm(omega if wide else omega.double()))
+        # one read-back for the scalars of the step (α_j, β_{j+1}, ‖u‖) and, for the Galerkin solve, Q_jᵀ r_k
+        rk = b if plain or st.w_is_zero else b - st.w
+        scalars = [a_t, torch.linalg.vector_norm(omega if wide else omega.double()), torch.linalg.vector_norm(u)]
+        early = self.subproblem == "galerkin"  # rows Q_j are final before q_{j+1} is formed
+        if early:
+            scalars.append(st.Q[: j + 1] @ rk if wide else st.Q[: j + 1].double() @ rk.double())
+        values = torch.cat([t.reshape(-1).to(torch.float64) for t in scalars]).tolist()
+        a, beta_new, u_norm = values[:3]
         st.alpha.append(a)
         if j > 0:
             st.beta.append(st.beta_next)
         st.j = j = j + 1
         st.beta_next = beta_new
-        if not (beta_new > eps_b * max(abs(a), float(torch.linalg.vector_norm(u)))) or not math.isfinite(beta_new):
+        if not (beta_new > eps_b * max(abs(a), u_norm)) or not math.isfinite(beta_new):
             st.has_next, st.restart_pending = False, True
             events.append("breakdown")
         else:
             torch.div(omega, beta_new, out=st.Q[j])
             st.fill.rows = j + 1
             st.has_next = True
-        if plain and j > m:
+        dropped = plain and j > m
+        if dropped:
             self._drop_oldest(st)
             j = st.j
 
         # ---- small projected problem ------------------------------------------------------------------
-        rk = b if plain or st.w_is_zero else b - st.w
-        rows = st.Q[: j + 1] if (self.subproblem == "minres" and st.has_next) else st.Q[:j]
-        proj = (rows @ rk).tolist() if wide else (rows.double() @ rk.double()).tolist()
+        if early:
+            proj = values[4:] if dropped else values[3:]
+        else:
+            rows = st.Q[: j + 1] if st.has_next else st.Q[:j]
+            proj = (rows @ rk).tolist() if wide else (rows.double() @ rk.double()).tolist()
         c = proj[:j]
         c_next = proj[j] if len(proj) > j else 0.0
         s = None
