@@ -89,3 +89,23 @@ def test_mini_batch_points_key_the_products_on_their_rows():
 def test_bad_fused_option():
     with pytest.raises(TypeError, match="fused"):
         hyperclean("digits", fused="yes")
+
+
+def test_synthetic_fused_equals_unfused_bit_for_bit():
+    fused = bilevel.problems.synthetic(n=60, condition=100.0, seed=0, fused=True)
+    plain = bilevel.problems.synthetic(n=60, condition=100.0, seed=0, fused=False)
+    gen = torch.Generator().manual_seed(8)
+    x, y, v = (torch.randn(60, generator=gen, dtype=F64) for _ in range(3))
+    pf, pp = Oracles(fused).at(x, y), Oracles(plain).at(x, y)
+    assert torch.equal(pf.hvp(v), pp.hvp(v))
+    pf2 = Oracles(fused).at(x + 0.1, y)
+    assert torch.equal(pf2.hvp(v), Oracles(plain).at(x + 0.1, y).hvp(v))
+    assert pf2._closed._products.hits == 1  # G v from the first point
+    assert torch.equal(pf2.grad_y_g(), Oracles(plain).at(x + 0.1, y).grad_y_g())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rf = bilevel.solve(fused, bilevel.solvers.lancbio(), max_iter=40, eval_every=1)
+        rp = bilevel.solve(plain, bilevel.solvers.lancbio(), max_iter=40, eval_every=1)
+    assert torch.equal(rf.x, rp.x)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    assert strip(rf.history) == strip(rp.history)

@@ -37,6 +37,7 @@ from torch.func import functional_call
 
 from .._validation import check_bool, check_choice, check_int, check_positive, suggest
 from ..problem import BilevelProblem, ClosedForms, ProblemError
+from ._products import Products as _Products
 from ._registry import PROBLEMS
 from .quadratic import _check_dtype_device, batch_index
 
@@ -116,35 +117,6 @@ def detection_scores(weights_logit: Tensor, corrupted: Tensor) -> dict[str, floa
     return {"detect_precision": precision, "detect_recall": recall, "detect_f1": f1, "detect_auc": float(auc)}
 
 
-class _Products:
-    """The last few products U = X̃ Vᵀ (rows × classes), shared by every point on the same rows X̃ of the data.
-
-    U depends on X̃ and V only, not on the point (x, y), so a product formed by one oracle call serves any later
-    call with the same V on the same rows: the restart product A_k v̄ reuses X̃ v̄ᵀ formed by the previous
-    iteration's cross product J_{k−1} v_{k−1} (v̄ = v_{k−1} is that very tensor), and the logging residual
-    A_k v_k the one of J_k v_k.  A hit returns the stored tensor, so results are bit-identical to recomputing.
-    Keys: the identity of X̃ and V (weak references, so a dead tensor never matches) and V's version counter
-    (an in-place write invalidates).  Cost: ``size`` stored N × C matrices; a lookup is ``size`` comparisons."""
-
-    __slots__ = ("entries", "size", "hits", "misses")
-
-    def __init__(self, size: int = 4) -> None:
-        self.entries: list = []
-        self.size, self.hits, self.misses = size, 0, 0
-
-    def get(self, X: Tensor, v: Tensor, shape) -> Tensor:
-        version = v._version
-        for x_ref, v_ref, ver, U in self.entries:
-            if v_ref() is v and ver == version and x_ref() is X:
-                self.hits += 1
-                return U
-        self.misses += 1
-        U = X @ v.view(shape).T
-        self.entries.insert(0, (weakref.ref(X), weakref.ref(v), version, U))
-        del self.entries[self.size:]
-        return U
-
-
 class _LinearPoint:
     """Per-point quantities of the linear model shared by A·V, J·V and Jᵀ·u (closed forms derived in the module
     docstring), on the training rows ``idx`` (None: all of them).  ``products``: a ``_Products`` cache of
@@ -169,7 +141,7 @@ class _LinearPoint:
         """U = X̃ Vᵀ (one pass over X̃, none on a cache hit)."""
         if self.products is None:
             return self.X @ v.view(self.shape).T
-        return self.products.get(self.X, v, self.shape)
+        return self.products.get(self.X, v, lambda: self.X @ v.view(self.shape).T)
 
     def grad_y_g(self) -> Tensor:
         return ((self.s[:, None] * self.R).T @ self.X / self.n + 2 * self.reg * self.P).reshape(-1)
