@@ -69,7 +69,10 @@ def _median(values):
 
 
 def _fmt(value, spec):
-    return "—" if value is None else format(value, spec)
+    if value is None:  # no value (target not reached, ratio skipped): a dash, right-aligned to the width
+        width = spec.split(".")[0].rstrip("df")
+        return format("—", f">{width}") if width else "—"
+    return format(value, spec)
 
 
 def main() -> int:
