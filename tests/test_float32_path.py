@@ -29,7 +29,8 @@ def test_float32_agrees_with_float64_on_hyperclean():
     n_test = problem.info["n_test"]
     assert abs(r32.history.last()["test_accuracy"] - r64.history.last()["test_accuracy"]) <= 1 / n_test + 1e-12
     assert r32.counts == r64.counts
-    assert "(float32)" in r32.summary().splitlines()[0] and "(float64)" in r64.summary().splitlines()[0]
+    assert r32.summary().splitlines()[0].endswith("solver time, float32")
+    assert r64.summary().splitlines()[0].endswith("solver time, float64")
     assert r32.dtype == "float32"
 
 

@@ -57,8 +57,8 @@ class Result:
     def summary(self) -> str:
         last = self.history.last()
         lines = [
-            f"solver {self.solver} on {self.problem}{f' ({self.dtype})' if self.dtype else ''}: {self.status} after {self.iterations} iterations, "
-            f"{self.time:.3f} s solver time",
+            f"solver {self.solver} on {self.problem}: {self.status} after {self.iterations} iterations, "
+            f"{self.time:.3f} s solver time" + (f", {self.dtype}" if self.dtype else ""),
             f"  {self.message}",
             "  oracle calls: " + ", ".join(f"{k}={v}" for k, v in self.counts.as_dict().items() if v),
         ]
