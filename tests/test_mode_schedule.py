@@ -106,6 +106,7 @@ def test_preset_on_hyperclean_counts_and_options():
 def test_default_settings_are_residual_from_the_start():
     problem = bilevel.problems.hyperclean("digits", corruption=0.8, seed=0, dtype=F64)
     bound = bilevel.solvers.lancbio().bind(problem)
-    assert bound.v_solver.plain_until == 0
+    assert not bound.v_solver.plain_until  # None (no setting) acts as 0
+    assert bound.v_solver.total_matvecs(3) == 1 + 2 + 2
     plain = bilevel.solvers.lancbio(mode="plain").bind(problem)  # plain mode ignores the setting
     assert plain.v_solver.mode == "plain"

@@ -158,7 +158,7 @@ class Lanczos(LinearSolver):
 
     name: ClassVar[str] = "lanczos"
     presettable: ClassVar[tuple[str, ...]] = ("m",)
-    defaults: ClassVar[Mapping[str, Any]] = {"m": 10, "plain_until": 0}
+    defaults: ClassVar[Mapping[str, Any]] = {"m": 10}
     has_epochs: ClassVar[bool] = True
 
     m: Optional[Union[int, DimensionSchedule]] = None
@@ -172,7 +172,7 @@ class Lanczos(LinearSolver):
     eps_pivot: float = 1e-10
     eps_restart: Optional[float] = None
     mu_lb: Optional[float] = None
-    plain_until: Optional[int] = None  # k₀: plain mode for k < k₀, residual from k₀ (None: settings, else 0)
+    plain_until: Optional[int] = None  # k₀: plain mode for k < k₀, residual from k₀ (None: settings, else as 0)
 
     def validate(self, options: Mapping[str, Any]) -> None:
         owner = "Lanczos"
