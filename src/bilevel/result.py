@@ -48,6 +48,7 @@ class Result:
     x_tree: Any = None
     y_tree: Any = None
     interrupted: bool = False
+    dtype: str = ""  # the problem's floating-point type ("float64", "float32"), shown by ``summary``
 
     @property
     def success(self) -> bool:
@@ -57,7 +58,7 @@ class Result:
         last = self.history.last()
         lines = [
             f"solver {self.solver} on {self.problem}: {self.status} after {self.iterations} iterations, "
-            f"{self.time:.3f} s solver time",
+            f"{self.time:.3f} s solver time" + (f", {self.dtype}" if self.dtype else ""),
             f"  {self.message}",
             "  oracle calls: " + ", ".join(f"{k}={v}" for k, v in self.counts.as_dict().items() if v),
         ]

@@ -302,7 +302,7 @@ def solve(
         options={**_plain(bound.resolved_options()), "stochastic": stochastic},
         events=events, seed=seed,
         x_tree=problem.unflatten_x(last_good.x), y_tree=problem.unflatten_y(last_good.y),
-        interrupted=interrupted,
+        interrupted=interrupted, dtype=str(problem.dtype).replace("torch.", ""),
     )
 
 

@@ -17,6 +17,14 @@ q_1 ← r/‖r‖.  At every iteration k (basis size j = k − k_h + 1):
 Plain mode (compatibility with the LancBiO reference code): restart basis b_k/‖b_k‖, no base point, v_k = Q_j T_j⁻¹ Q_jᵀ b_k, and a
 sliding window of the last m vectors instead of periodic restarts.
 
+Mode schedule (``plain_until`` = k₀ > 0, with ``mode="residual"``): plain mode for iterations k < k₀, residual
+mode from k₀ on.  The switch is clean: iteration k₀ restarts (events ``mode_switch`` and ``restart``) with
+base point v̄ = v_{k₀−1}, the last plain estimate, w = A_{k₀} v̄ (1 HVP), q_1 = (b_{k₀} − w)/‖b_{k₀} − w‖; the
+plain window is dropped.  Each phase has its own dimension cap through the schedule's phase switch:
+``DimensionSchedule(..., m_max=<plain cap>, switch_at=k₀, switch_m_max=<residual cap>)``.  Cost: 1 HVP per
+iteration before k₀, 1 + 1/m on average after (``total_matvecs`` counts it exactly).  This is what the
+LancBiO reference runs on deterministic hyper-cleaning (k₀ = 250, plain cap 300, then 10; algorithms §2.9).
+
 Cost per outer iteration: 1 HVP, plus 1 at each restart (none when v̄ = 0): **1 + 1/m on average**
 (2 while m = 1; plain mode 1; ``exact_residual=True`` adds 1 on non-restart iterations).  Vector work is
 O(j·dy) for Q_jᵀ r_k and Q_j s, each one matrix–vector product on a preallocated basis.
@@ -43,7 +51,9 @@ LDLᵀ pivots of T_j − μ_lb·I are not all positive, i.e. by Sylvester's law 
 evidence: Ritz values of one Hessian lie in [λ_min, λ_max], so a negative one proves it indefinite; T_j
 mixes the Hessians of the epoch's iterates).  With ``subproblem="minres"`` the pivots are checked for this
 evidence only (the minimal-residual solve needs no definite T_j; nothing restarts).
-The small tridiagonal problems are solved in float64 whatever the tensor dtype.
+The small tridiagonal problems are solved in float64 whatever the tensor dtype, and in a lower precision
+(float32) the recurrence's inner products α_j = q_jᵀu and β_{j+1} = ‖ω‖ and the projection Q_jᵀ r_k accumulate
+in float64 (a cast of j + 2 vectors of length dy per iteration, no HVP); the vectors stay in the run's dtype.
 
 Operator epochs (mini-batches).  ``starts_epoch(state, k)`` says whether ``solve(state, k=k)`` begins a new
 epoch: in residual mode exactly when it restarts, in plain mode at a restart and after every m(k) Lanczos
@@ -162,6 +172,7 @@ class Lanczos(LinearSolver):
     eps_pivot: float = 1e-10
     eps_restart: Optional[float] = None
     mu_lb: Optional[float] = None
+    plain_until: Optional[int] = None  # k₀: plain mode for k < k₀, residual from k₀ (None: settings, else as 0)
 
     def validate(self, options: Mapping[str, Any]) -> None:
         owner = "Lanczos"
@@ -183,16 +194,24 @@ class Lanczos(LinearSolver):
                 raise ValueError(f"{owner}: {name} applies to mode='residual' only (plain mode has no base point); "
                                  "got mode='plain'.")
         check_positive(owner, "eps_pivot", options["eps_pivot"], allow_zero=True)
+        k0 = options["plain_until"]
+        if k0 is not None:
+            if isinstance(k0, bool) or not isinstance(k0, int) or k0 < 0:
+                raise ValueError(f"{owner}: plain_until must be an integer >= 0 (the iteration k0 of the switch "
+                                 f"from plain to residual mode; 0 = residual from the start); got {k0!r}.")
+            if k0 and options["mode"] == "plain":
+                raise ValueError(f"{owner}: plain_until switches plain mode to residual mode, so it needs "
+                                 f"mode='residual'; got mode='plain', plain_until={k0}. Pass one of the two.")
         for name in ("eps_breakdown", "eps_restart", "mu_lb"):
             if options[name] is not None:
                 check_positive(owner, name, options[name], allow_zero=(name != "mu_lb"))
 
     def resolved(self, values: Mapping[str, Any] = {}) -> "Lanczos":
-        """``LinearSolver.resolved``, except that a value of ``rescale_base`` found in published settings is not
-        taken in plain mode, which has no base point (a ``rescale_base=True`` given in plain mode is still an
-        error)."""
-        if self.mode == "plain" and "rescale_base" in values:
-            values = {k: v for k, v in values.items() if k != "rescale_base"}
+        """``LinearSolver.resolved``, except that values of ``rescale_base`` and ``plain_until`` found in published
+        settings are not taken in plain mode, which has no base point and no switch (either given explicitly
+        in plain mode is still an error)."""
+        if self.mode == "plain" and ("rescale_base" in values or "plain_until" in values):
+            values = {k: v for k, v in values.items() if k not in ("rescale_base", "plain_until")}
         return super().resolved(values)
 
     @property
@@ -200,9 +219,17 @@ class Lanczos(LinearSolver):
         self.require_resolved()
         return self._schedule  # built from m in validate
 
+    def plain_at(self, k: int) -> bool:
+        """Whether iteration k runs plain mode (``mode="plain"``, or k < ``plain_until``)."""
+        return self.mode == "plain" or k < (self.plain_until or 0)
+
+    def switches_mode_at(self, k: int) -> bool:
+        """Whether iteration k is the mode schedule's switch k₀ = ``plain_until`` (plain → residual)."""
+        return bool(self.plain_until) and k == self.plain_until
+
     def expected_matvecs(self, k: int) -> float:
         self.require_resolved()
-        if self.mode == "plain":
+        if self.plain_at(k):
             return 1.0
         m = self.schedule(k)
         return 1.0 + 1.0 / m + (0.0 if not self.exact_residual else 1.0 - 1.0 / m)
@@ -212,16 +239,19 @@ class Lanczos(LinearSolver):
         epoch of a run from v = 0); a restart happens at k = 0, when the basis already holds m(k) vectors,
         and at the schedule's ``switch_at``.  ``exact_residual`` adds one on non-restart calls (w refreshed)
         where w ≠ 0.  Plain mode: one per call.  (Breakdowns, skipped restarts and guards, which need an
-        exactly solved or degenerate system, are not modelled.)"""
+        exactly solved or degenerate system, are not modelled.)  Mode schedule (``plain_until`` = k₀ > 0): one
+        per call for k < k₀; at k₀ a restart from v̄ = v_{k₀−1} ≠ 0 (+1), then residual mode as above."""
         self.require_resolved()
         if self.mode == "plain":
             return float(max(iterations, 0))
-        sched, total, j, epoch = self.schedule, 0, 0, -1
-        for k in range(iterations):
-            if k == 0 or j >= sched(k) or k == sched.switch_at:
+        k0 = min(self.plain_until or 0, max(iterations, 0))
+        sched, total, j, epoch = self.schedule, k0, 0, -1
+        based = k0 > 0 or not v0_zero  # v̄ ≠ 0 from the first residual epoch on
+        for k in range(k0, iterations):
+            if k == k0 or j >= sched(k) or k == sched.switch_at:
                 epoch, j = epoch + 1, 0
-                total += 1 if (epoch or not v0_zero) else 0  # A·v̄ (v̄ = 0 in the first epoch from v = 0)
-            elif self.exact_residual and (epoch or not v0_zero):
+                total += 1 if (epoch or based) else 0  # A·v̄ (v̄ = 0 in the first epoch from v = 0)
+            elif self.exact_residual and (epoch or based):
                 total += 1  # diagnostic mode refreshes w = A_k v̄
             total += 1  # the Lanczos step
             j += 1
@@ -278,9 +308,9 @@ class Lanczos(LinearSolver):
         """
         self.require_resolved()
         sched = self.schedule
-        if state.restart_pending or (sched.switch_at is not None and k == sched.switch_at):
+        if state.restart_pending or (sched.switch_at is not None and k == sched.switch_at) or self.switches_mode_at(k):
             return True
-        steps = state.epoch_steps if self.mode == "plain" else state.j
+        steps = state.epoch_steps if self.plain_at(k) else state.j
         return steps >= sched(k)
 
     def _eps(self, dtype: torch.dtype) -> tuple[float, float]:
@@ -302,7 +332,11 @@ class Lanczos(LinearSolver):
         m = self.schedule(k)
         st.m = m
         switch = self.schedule.switch_at is not None and k == self.schedule.switch_at
-        plain = self.mode == "plain"
+        plain = self.plain_at(k)
+        wide = b.dtype == torch.float64  # else the inner products of the recurrence and Q_jᵀ r_k accumulate in float64
+        if self.switches_mode_at(k):  # plain → residual: a forced restart from v̄ = v_{k₀−1}
+            switch = True
+            events.append("mode_switch")
         if self.starts_epoch(state, k):
             st.epoch_steps = 0
 
@@ -350,33 +384,43 @@ class Lanczos(LinearSolver):
         st.epoch_steps += 1
         if j > 0:
             u = u - st.beta_next * st.Q[j - 1]
-        a = float(torch.dot(q, u))
-        omega = u - a * q
+        a_t = torch.dot(q, u) if wide else torch.dot(q.double(), u.double())
+        omega = u - a_t * q
         if self.reorth == "full":
             for _ in range(2):  # twice is enough (Kahan–Parlett)
                 basis = st.Q[: j + 1]
                 omega = omega - basis.T @ (basis @ omega)
-        beta_new = float(torch.linalg.vector_norm(omega))
+        # one read-back for the scalars of the step (α_j, β_{j+1}, ‖u‖) and, for the Galerkin solve, Q_jᵀ r_k
+        rk = b if plain or st.w_is_zero else b - st.w
+        scalars = [a_t, torch.linalg.vector_norm(omega if wide else omega.double()), torch.linalg.vector_norm(u)]
+        early = self.subproblem == "galerkin"  # rows Q_j are final before q_{j+1} is formed
+        if early:
+            scalars.append(st.Q[: j + 1] @ rk if wide else st.Q[: j + 1].double() @ rk.double())
+        values = torch.cat([t.reshape(-1).to(torch.float64) for t in scalars]).tolist()
+        a, beta_new, u_norm = values[:3]
         st.alpha.append(a)
         if j > 0:
             st.beta.append(st.beta_next)
         st.j = j = j + 1
         st.beta_next = beta_new
-        if not (beta_new > eps_b * max(abs(a), float(torch.linalg.vector_norm(u)))) or not math.isfinite(beta_new):
+        if not (beta_new > eps_b * max(abs(a), u_norm)) or not math.isfinite(beta_new):
             st.has_next, st.restart_pending = False, True
             events.append("breakdown")
         else:
             torch.div(omega, beta_new, out=st.Q[j])
             st.fill.rows = j + 1
             st.has_next = True
-        if plain and j > m:
+        dropped = plain and j > m
+        if dropped:
             self._drop_oldest(st)
             j = st.j
 
         # ---- small projected problem ------------------------------------------------------------------
-        rk = b if plain or st.w_is_zero else b - st.w
-        rows = st.Q[: j + 1] if (self.subproblem == "minres" and st.has_next) else st.Q[:j]
-        proj = (rows @ rk).tolist()
+        if early:
+            proj = values[4:] if dropped else values[3:]
+        else:
+            rows = st.Q[: j + 1] if st.has_next else st.Q[:j]
+            proj = (rows @ rk).tolist() if wide else (rows.double() @ rk.double()).tolist()
         c = proj[:j]
         c_next = proj[j] if len(proj) > j else 0.0
         s = None

@@ -27,6 +27,7 @@ coordinates of u.  The MLP and user modules evaluate the batch's rows through au
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -34,8 +35,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .._validation import check_choice, check_int, check_positive, suggest
+from .._validation import check_bool, check_choice, check_int, check_positive, suggest
 from ..problem import BilevelProblem, ClosedForms, ProblemError
+from ._products import Products as _Products
 from ._registry import PROBLEMS
 from .quadratic import _check_dtype_device, batch_index
 
@@ -117,10 +119,11 @@ def detection_scores(weights_logit: Tensor, corrupted: Tensor) -> dict[str, floa
 
 class _LinearPoint:
     """Per-point quantities of the linear model shared by A·V, J·V and Jᵀ·u (closed forms derived in the module
-    docstring), on the training rows ``idx`` (None: all of them)."""
+    docstring), on the training rows ``idx`` (None: all of them).  ``products``: a ``_Products`` cache of
+    U = X̃ Vᵀ shared across points (None: every product formed afresh, the unfused path)."""
 
     def __init__(self, X: Tensor, Y: Tensor, reg: float, x: Tensor, y: Tensor, shape,
-                 idx: Optional[Tensor] = None) -> None:
+                 idx: Optional[Tensor] = None, products: Optional[_Products] = None) -> None:
         self.idx, self.N = idx, x.shape[0]
         if idx is not None:  # only the batch's rows of X̃, Y and coordinates of x are read (X, Y: those rows)
             x = x.index_select(0, idx)
@@ -132,13 +135,20 @@ class _LinearPoint:
         self.sp = self.s * (1 - self.s)
         self.n = X.shape[0]
         self.P = P
+        self.products = products
+
+    def _u(self, v: Tensor) -> Tensor:
+        """U = X̃ Vᵀ (one pass over X̃, none on a cache hit)."""
+        if self.products is None:
+            return self.X @ v.view(self.shape).T
+        return self.products.get(self.X, v, lambda: self.X @ v.view(self.shape).T)
 
     def grad_y_g(self) -> Tensor:
         return ((self.s[:, None] * self.R).T @ self.X / self.n + 2 * self.reg * self.P).reshape(-1)
 
     def hvp(self, v: Tensor) -> Tensor:
         V = v.view(self.shape)
-        U = self.X @ V.T
+        U = self._u(v)
         PU = self.Pi * U
         W = PU - self.Pi * PU.sum(1, keepdim=True)
         return ((self.s[:, None] * W).T @ self.X / self.n + 2 * self.reg * V).reshape(-1)
@@ -151,7 +161,7 @@ class _LinearPoint:
         return values.new_zeros(self.N).index_add_(0, self.idx, values)
 
     def cross(self, v: Tensor) -> Tensor:
-        U = self.X @ v.view(self.shape).T
+        U = self._u(v)
         return self.spread(self.sp * (self.R * U).sum(1) / self.n)
 
     def cross_t(self, w: Tensor) -> Tensor:
@@ -183,6 +193,7 @@ def hyperclean(
     hidden: int = 64,
     reg: float = 0.01,
     closed_forms: bool = True,
+    fused: bool = True,
     data_dir: Optional[str] = None,
     dtype: torch.dtype = torch.float64,
     device: Any = "cpu",
@@ -198,6 +209,10 @@ def hyperclean(
         model: "linear" (C × (d+1) softmax classifier, closed forms), "mlp" (2-layer tanh MLP with
             ``hidden`` units, generic autodiff) or any ``nn.Module`` mapping (B, d) inputs to (B, C) logits.
         reg: ρ in the lower level's ρ‖params‖².   closed_forms: use the linear model's closed forms.
+        fused: with closed forms, reuse products already formed (bit-identical results): U = X̃ Vᵀ across
+            points (the restart product A_k v̄ takes X̃ v̄ᵀ from the previous iteration's J v_{k−1}, saving one
+            of its two passes over X̃), and ∇_y f at an unchanged y (no second pass over the validation
+            matrix).  False: every product formed afresh (the reference path for tests).
         data_dir: where the dataset files are (else BILEVEL_DATA_DIR, else the cache; see bilevel.datasets).
 
     ``problem.metrics`` gives test accuracy and loss, validation loss and accuracy, and the detection
@@ -320,8 +335,20 @@ def hyperclean(
         cf = None
         if closed_forms:
             nv = Xv.shape[0]
+            check_bool("hyperclean", "fused", fused)
+            products = _Products() if fused else None
+            last_f: list = [None, None, None]  # weak reference to y, its version, ∇_y f (full batch)
 
             def grad_y_f(x, y, batch):
+                if batch is None and fused:
+                    if last_f[0] is not None and last_f[0]() is y and last_f[1] == y._version:
+                        return last_f[2]
+                    out = _grad_y_f(x, y, batch)
+                    last_f[:] = [weakref.ref(y), y._version, out]
+                    return out
+                return _grad_y_f(x, y, batch)
+
+            def _grad_y_f(x, y, batch):
                 if batch is not None:
                     idx = batch_index(batch, device)
                     X_b = Xv.index_select(0, idx)
@@ -343,13 +370,13 @@ def hyperclean(
 
             def point(x, y, batch):
                 if batch is None:
-                    return _LinearPoint(Xt, Yt, reg, x, y, shape)
+                    return _LinearPoint(Xt, Yt, reg, x, y, shape, products=products)
                 # Roles that share a draw (and the T inner steps with the products on it) get the same batch
                 # object: its rows are gathered once.  Holding the batch keeps the identity test sound.
                 idx = batch_index(batch, device)
                 if rows[0] is not batch or not isinstance(batch, Tensor):
                     rows[:] = [batch, Xt.index_select(0, idx), Yt.index_select(0, idx)]
-                return _LinearPoint(rows[1], rows[2], reg, x, y, shape, idx)
+                return _LinearPoint(rows[1], rows[2], reg, x, y, shape, idx, products=products)
 
             cf = ClosedForms(
                 grad_x_f=lambda x, y, batch: torch.zeros_like(x),

@@ -46,8 +46,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_int, check_positive
+from .._validation import check_bool, check_int, check_positive
 from ..problem import BilevelProblem, ClosedForms
+from ._products import Products
 from ._registry import PROBLEMS
 from .quadratic import _centred, _check_dtype_device, _check_seed, _sample_generator, batch_mean
 
@@ -127,10 +128,11 @@ class _SyntheticPoint:
     """Per-point quantities shared by A u, J u and Jᵀ w at one (x, y): everything O(n) except G u."""
 
     def __init__(self, data: SyntheticData, c0: float | Tensor, x: Tensor, y: Tensor,
-                 d3: Tensor | None = None, tilt: Tensor | None = None) -> None:
+                 d3: Tensor | None = None, tilt: Tensor | None = None, products: Products | None = None) -> None:
         # the finite-sum form on a batch passes c₀ w̄ (a vector) for c0, δ̄ for d3 and the tilt ξ̄
         self._G, self._d3 = data.G, (data.d3 if d3 is None else d3)
         self._tilt = tilt
+        self._products = products  # G u shared across points (fused closed forms), or None
         self._x, self._y = x, y
         s = torch.softmax(x * y, dim=0)  # max-shifted internally: stable
         self.s = s
@@ -142,11 +144,17 @@ class _SyntheticPoint:
         self._diag_J = self._neg_sin + (1.0 + x * y) * s
 
     def grad_y_g(self) -> Tensor:
-        out = self._cos + self.g_y + self._d3 * self._y + self._G @ self._y
+        out = self._cos + self.g_y + self._d3 * self._y + self._g_times(self._y)
         return out if self._tilt is None else out + self._tilt
 
+    def _g_times(self, u: Tensor) -> Tensor:
+        """G u, the O(n²) product (none when the same u was multiplied before, fused)."""
+        if self._products is None:
+            return self._G @ u
+        return self._products.get(self._G, u, lambda: self._G @ u)
+
     def hvp(self, u: Tensor) -> Tensor:
-        return self._diag_A * u - torch.dot(self.g_y, u) * self.g_y + self._G @ u
+        return self._diag_A * u - torch.dot(self.g_y, u) * self.g_y + self._g_times(u)
 
     def cross(self, u: Tensor) -> Tensor:
         return self._diag_J * u - torch.dot(self.g_y, u) * self.g_x
@@ -166,6 +174,7 @@ def synthetic(
     n_samples: int | None = None,
     n_samples_f: int | None = None,
     noise: float = 0.5,
+    fused: bool = True,
     dtype: torch.dtype = torch.float64,
     device: Any = "cpu",
 ) -> BilevelProblem:
@@ -174,7 +183,10 @@ def synthetic(
     The paper uses n = 10⁴, κ_G = 1e5, seeds 1–10; tests use n = 50–200, κ_G = 100.  Data generation
     (``synthetic_data``) is cached per (n, condition, seed, dtype, device).  Closed forms: the four
     gradients, ``linearize`` (A u, J u, Jᵀ u) and the ground-truth preconditioner; no y*/∇φ closed
-    form (they need solves: ``bilevel.truth`` does them).
+    form (they need solves: ``bilevel.truth`` does them).  ``fused`` (default True): the points share the
+    last few products G u (``problems._products.Products``), so that A_k v̄ at a restart takes G v̄ from the
+    logging residual A_{k−1} v_{k−1} when one was formed, and grad_y_g at a point reuses G y; bit-identical
+    to ``fused=False`` (every product formed afresh).
 
     Presets: lr_x = λ = 1, lr_y = θ = eta = η = 1/κ_G for every solver; per solver the paper's T, Q
     (LancBiO/SubBiO/AmIGO T = 5, AmIGO Q = 5; stocBiO/BSA T = Q = 10; TTSA T = 1, Q = 10, λ_k =
@@ -247,12 +259,14 @@ def synthetic(
         # M⁻¹ u = Q diag(1/(λ + 0.5)) Qᵀ u: independent of (x, y), two O(n²) products.
         return lambda u: Q @ (inv_shifted * (Q.T @ u))
 
+    check_bool("synthetic", "fused", fused)
+    products = Products() if fused else None
     cf = ClosedForms(
         grad_x_f=grad_x_f,
         grad_y_f=grad_y_f,
         grad_y_g=grad_y_g,
         grad_x_g=grad_x_g,
-        linearize=lambda x, y, batch: _SyntheticPoint(data, c0, x, y),
+        linearize=lambda x, y, batch: _SyntheticPoint(data, c0, x, y, products=products),
         preconditioner=preconditioner,
     )
     step = 1.0 / condition
@@ -350,7 +364,7 @@ def _finite_sum(data: SyntheticData, c0: float, noise: float, seed: int, n_sampl
 
     def linearize(x: Tensor, y: Tensor, batch: Any):
         if not lower_batched(batch):
-            return _SyntheticPoint(data, c0, x, y)
+            return cf_full.linearize(x, y, None)
         cw, dd, xi = lower(batch)
         return _SyntheticPoint(data, cw, x, y, d3=dd, tilt=xi)
 
