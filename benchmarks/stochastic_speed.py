@@ -68,7 +68,7 @@ def main() -> int:
             solver, share = solvers[name]
             times[name].append(per_iteration(problem, solver, args.iters, args.batch_size, seed=r + 1, share=share))
 
-    bound = solvers["LancBiO"].bind(problem, stochastic=True)
+    bound = solvers["LancBiO"][0].bind(problem, stochastic=True)
     print(f"mini-batch hyper-cleaning MNIST (N={problem.dx}, dy={problem.dy}), B={args.batch_size} for every role, "
           f"{args.iters} iterations × {args.repeats} interleaved repeats; torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s)")
