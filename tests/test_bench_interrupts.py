@@ -31,6 +31,13 @@ TOTAL = 6
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and process groups")
 
+def _default_sigint() -> None:
+    """In the child, before exec: Ctrl-C's default action.  A suite started in the background by a
+    non-interactive shell (``make test &``) inherits SIGINT *ignored*, which exec keeps, and Python then
+    installs no KeyboardInterrupt handler: the child would not see the interrupt under test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 
 def _env():
     env = dict(os.environ)
@@ -60,7 +67,7 @@ def _start(tmp_path):
     out = str(tmp_path / "out")
     cmd = _command(cfg, out, 2)
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env())
+                            text=True, env=_env(), preexec_fn=_default_sigint)
     deadline = time.time() + 60
     while time.time() < deadline and len(_finished(out)) < 2 and proc.poll() is None:
         time.sleep(0.02)

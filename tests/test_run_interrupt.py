@@ -28,6 +28,13 @@ from bilevel.problems import PROBLEMS
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
 
+def _default_sigint() -> None:
+    """In the child, before exec: Ctrl-C's default action.  A suite started in the background by a
+    non-interactive shell (``make test &``) inherits SIGINT *ignored*, which exec keeps, and Python then
+    installs no KeyboardInterrupt handler: the child would not see the interrupt under test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 
 def _script() -> list[str]:
     exe = shutil.which("bilevel", path=os.path.dirname(sys.executable))
@@ -63,7 +70,8 @@ class _Watch:
 def _interrupt(cmd: list[str], ready: bytes, cwd) -> tuple[int, str, str]:
     env = {**os.environ, "BILEVEL_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("BILEVEL_DEBUG", None)
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
     out, err = _Watch(proc.stdout), _Watch(proc.stderr)
     try:
         seen = err.wait_for(ready, timeout=120)
