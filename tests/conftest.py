@@ -1,4 +1,6 @@
 import functools
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,36 @@ def toy(kind: str) -> bilevel.BilevelProblem:
     x0, y0 = torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
     return bilevel.BilevelProblem(lambda x, y: ((y - 1.0) ** 2).sum() + (x ** 2).sum(), lower, x0, y0,
                                   name=kind, presets=TOY_STEPS)
+
+
+# ---------------------------------------------------------------- a loopback HTTP server (download tests)
+
+class _Server:
+    """ThreadingHTTPServer on 127.0.0.1 serving one folder; ``url`` is its base URL (ends with /)."""
+
+    def __init__(self, root: Path):
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        self.root = root
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     functools.partial(Quiet, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    srv = _Server(root)
+    yield srv
+    srv.close()

@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ from bilevel.datasets import DATASETS, MIRRORS, Dataset, DatasetError, _download
 from bilevel.datasets._idx import parse_idx, read_idx_gz
 from bilevel.datasets.catalog import FILES, FileSpec
 from conftest import SHARED_DATA as DATA
-from conftest import needs_shared_data, shared_data_missing
+from conftest import _Server, needs_shared_data, shared_data_missing
 
 # the files themselves, present and matching their pinned sha256 (an empty or partial folder skips)
 needs_data = needs_shared_data()
@@ -56,35 +53,6 @@ def _link_tree(dest: Path, name: str, files, copy=()) -> Path:
     return folder
 
 
-class _Server:
-    """ThreadingHTTPServer on 127.0.0.1 serving one folder; ``url`` is its base URL (ends with /)."""
-
-    def __init__(self, root: Path):
-        class Quiet(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-        self.root = root
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                     functools.partial(Quiet, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    srv = _Server(root)
-    yield srv
-    srv.close()
 
 
 # ---------------------------------------------------------------- the shared files parse correctly

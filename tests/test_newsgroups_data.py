@@ -24,7 +24,6 @@ import scipy.sparse as sp
 from bilevel.datasets import MIRRORS, DatasetError, TextDataset, load_dataset, load_newsgroups, newsgroups
 from bilevel.datasets.catalog import FILES, NEWSGROUPS_REPACK_SHA256, FileSpec
 from conftest import SHARED_DATA, needs_shared_data, shared_data_missing
-from test_datasets import _Server
 
 NAME, ARCHIVE, MANIFEST = "20newsgroups", "20news-bydate.tar.gz", "MANIFEST.tsv.gz"
 needs_news = needs_shared_data(NAME)
@@ -434,15 +433,6 @@ def test_offline_and_missing_is_a_clear_error(tmp_path, monkeypatch, how):
     assert ("BILEVEL_OFFLINE" if how == "env" else "download=False") in msg
     assert err.what.startswith("20 Newsgroups: 1 file(s) missing") and "\n" not in err.what + err.fix
     assert os.listdir(tmp_path) == []  # nothing created
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    srv = _Server(root)
-    yield srv
-    srv.close()
 
 
 def test_download_from_loopback_by_full_url_and_folder(tmp_path, server, monkeypatch):

@@ -39,6 +39,7 @@ from .._validation import check_bool, check_choice, check_int, check_positive, s
 from ..problem import BilevelProblem, ClosedForms, ProblemError
 from ._products import Products as _Products
 from ._registry import PROBLEMS
+from ._shared import LastBatch, classification_metrics
 from .quadratic import _check_dtype_device, batch_index
 
 #: default sizes (train, validation, test) per dataset; None = everything available
@@ -366,17 +367,14 @@ def hyperclean(
                 s = torch.sigmoid(x)
                 return s * (1 - s) * ce(Xt @ y.view(shape).T, yt, reduction="none") / N
 
-            rows: list = [None, None, None]  # the last batch and its rows of X̃, Y
+            train_rows = LastBatch()  # the batch's rows of X̃ and Y, gathered once per batch object
 
             def point(x, y, batch):
                 if batch is None:
                     return _LinearPoint(Xt, Yt, reg, x, y, shape, products=products)
-                # Roles that share a draw (and the T inner steps with the products on it) get the same batch
-                # object: its rows are gathered once.  Holding the batch keeps the identity test sound.
                 idx = batch_index(batch, device)
-                if rows[0] is not batch or not isinstance(batch, Tensor):
-                    rows[:] = [batch, Xt.index_select(0, idx), Yt.index_select(0, idx)]
-                return _LinearPoint(rows[1], rows[2], reg, x, y, shape, idx, products=products)
+                X_b, Y_b = train_rows.get(batch, lambda: (Xt.index_select(0, idx), Yt.index_select(0, idx)))
+                return _LinearPoint(X_b, Y_b, reg, x, y, shape, idx, products=products)
 
             cf = ClosedForms(
                 grad_x_f=lambda x, y, batch: torch.zeros_like(x),
@@ -387,11 +385,7 @@ def hyperclean(
             )
 
     def metrics(x, y) -> dict[str, float]:
-        out = {}
-        for split, X, labels in (("val", inputs["val"], yv), ("test", inputs["test"], ys)):
-            z = logits(y, X)
-            out[f"{split}_loss"] = float(ce(z, labels))
-            out[f"{split}_accuracy"] = float((z.argmax(1) == labels).double().mean())
+        out = classification_metrics([("val", logits(y, inputs["val"]), yv), ("test", logits(y, inputs["test"]), ys)])
         out.update(detection_scores(x.detach(), is_corrupted))
         return out
 

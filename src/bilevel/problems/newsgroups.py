@@ -72,6 +72,7 @@ from torch import Tensor, nn
 from .._validation import check_choice, check_int
 from ..problem import BilevelProblem, ClosedForms, ProblemError
 from ._registry import PROBLEMS
+from ._shared import LastBatch, classification_metrics
 from .quadratic import _check_dtype_device, batch_index
 
 #: solver-neutral scales of the experiment (Ji, Yang & Liang, ICML 2021, 20 Newsgroups): λ = 100, θ = 100,
@@ -195,15 +196,16 @@ class _Level:
     def __init__(self, rows: Any, labels: Tensor, n_classes: int, dtype: torch.dtype) -> None:
         self.rows, self.labels = rows, labels
         self.Y = nn.functional.one_hot(labels, n_classes).to(dtype)
-        self._last: list = [None, None]  # the last batch and its (rows, labels, Y); holding it keeps `is` sound
+        self._last = LastBatch()
 
     def batch(self, batch: Any, device: torch.device) -> tuple[Any, Tensor, Tensor]:
         if batch is None:
             return self.rows, self.labels, self.Y
-        if self._last[0] is not batch or not isinstance(batch, Tensor):
+        def gather():
             idx = batch_index(batch, device)
-            self._last = [batch, (self.rows.rows(idx), self.labels.index_select(0, idx), self.Y.index_select(0, idx))]
-        return self._last[1]
+            return self.rows.rows(idx), self.labels.index_select(0, idx), self.Y.index_select(0, idx)
+
+        return self._last.get(batch, gather)
 
 
 class _Point:
@@ -454,12 +456,7 @@ def newsgroups(
     )
 
     def metrics(x, W) -> dict[str, float]:
-        out = {}
-        for split, rows, labels in (("val", val.rows, val.labels), ("test", test, test_labels_t)):
-            z = rows.mul(W)
-            out[f"{split}_loss"] = float(ce(z, labels))
-            out[f"{split}_accuracy"] = float((z.argmax(1) == labels).double().mean())
-        return out
+        return classification_metrics([("val", val.rows.mul(W), val.labels), ("test", test.mul(W), test_labels_t)])
 
     nnz = int(train_X[tr].nnz)
     info = {
