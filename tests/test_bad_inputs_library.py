@@ -149,6 +149,7 @@ ROWS = [
     Row("v_init not a choice", lambda: lancbio(v_init="ones"), Raises(ValueError, r"^LancBiO: v_init must be one of \['zeros', 'randn'\]; got 'ones'\.")),
     Row("mu_lb 0", lambda: lancbio(mu_lb=0.0), Raises(ValueError, r"^LancBiO: mu_lb must be finite and > 0; got 0\.0")),
     Row("bool option given 1", lambda: lancbio(exact_residual=1), Raises(TypeError, r"^LancBiO: exact_residual must be True or False; got int \(1\)")),
+    Row("keep_basis given a string", lambda: lancbio(keep_basis="yes"), Raises(TypeError, r"^LancBiO: keep_basis must be True or False; got str \('yes'\)")),
     Row("lr_x a string", lambda: lancbio(lr_x="fast"), Raises(TypeError, r"^LancBiO: lr_x")),
     Row("freeze_x_first without epochs", lambda: get_solver("amigo_cg", freeze_x_first=2), Raises(ValueError, r"^AmIGO-CG: freeze_x_first needs an epoch-based v-solver \(Lanczos\); CG has no epochs\.$")),
     Row("v_solver not a v-solver", lambda: aid(v_solver="cg", lr_x=1.0), Raises(TypeError, r"^aid: v_solver must be a v-solver such as bilevel\.linear_solvers\.lanczos\(m=10\); got str \('cg'\)\.$")),

@@ -68,7 +68,7 @@ def test_minres_epoch_reproduces_minres_iterates():
 def test_exact_in_n_steps_and_invariants(subproblem, condition):
     n = 24
     A, b = _system(n, condition)
-    solver = Lanczos(m=n, subproblem=subproblem, reorth="full")
+    solver = Lanczos(m=n, subproblem=subproblem, reorth="full", keep_basis=True)
     state = solver.init(b)
     v = None
     for k in range(n):
@@ -175,13 +175,54 @@ def test_basis_buffer_is_preallocated_and_written_in_place_within_an_epoch():
     for k in range(30):
         ptr = state.Q.data_ptr()
         _, state, info = solver.solve(lambda u: A @ u, b, state, k=k)
+        if solver.restarts_at(state, k + 1):
+            # the next call restarts: the state lets go of its buffer (j, α, β stay)
+            assert state.Q.shape[0] == 0 and state.j == 8 and state.restart_pending, k
+            continue
         assert state.Q.shape == shape
         if k == 0 or "restart" not in info.events:
             # the init buffer is unused at k = 0; inside an epoch the next row is written in place
             assert state.Q.data_ptr() == ptr, k
         else:
-            # the previous state still owns its rows: a restart starts a fresh buffer
+            # a restart writes a fresh buffer (the released state had none)
             assert state.Q.data_ptr() != ptr, k
+
+
+@pytest.mark.parametrize("kwargs", [{"m": 4}, {"m": DimensionSchedule(m0=1, growth=2.0, period=3, m_max=6)},
+                                    {"m": 3, "subproblem": "minres"}, {"m": 3, "mode": "plain"},
+                                    {"m": 5, "plain_until": 4}])
+def test_a_state_due_to_restart_releases_its_basis_and_nothing_else_changes(kwargs):
+    A, b = _system(30, 1e3)
+    lean, kept = Lanczos(**kwargs), Lanczos(**kwargs, keep_basis=True)
+    s_lean, s_kept = lean.init(b), kept.init(b)
+    released = 0
+    for k in range(25):
+        v1, s_lean, i1 = lean.solve(lambda u: A @ u, b, s_lean, k=k)
+        v2, s_kept, i2 = kept.solve(lambda u: A @ u, b, s_kept, k=k)
+        assert torch.equal(v1, v2) and i1 == i2, k  # bit for bit the same run
+        assert s_lean.T().equal(s_kept.T()) and s_lean.j == s_kept.j
+        due = kept.restarts_at(s_kept, k + 1)
+        assert (s_lean.Q.shape[0] == 0) == due, k  # released exactly when the next call restarts
+        assert s_kept.Q.shape[0] > 0
+        released += due
+        if due:
+            with pytest.raises(ValueError, match="keep_basis=True"):
+                s_lean.basis()
+        else:
+            assert torch.equal(s_lean.basis(), s_kept.basis())
+    assert released >= 3 if kwargs.get("mode") != "plain" else released == 0  # plain mode slides, never restarts
+
+
+def test_a_released_state_called_with_another_k_restarts():
+    A, b = _system(20, 10.0)
+    solver = Lanczos(m=2)
+    state = solver.init(b)
+    for k in range(2):
+        _, state, _ = solver.solve(lambda u: A @ u, b, state, k=k)
+    assert state.Q.shape[0] == 0
+    # a caller that skips ahead: the rows are gone, so the call restarts (as the next one would have)
+    _, new, info = solver.solve(lambda u: A @ u, b, state, k=7)
+    assert "restart" in info.events and new.j == 1 and new.Q.shape[0] > 0
 
 
 def test_breakdown_is_recorded_and_solution_exact():
@@ -338,12 +379,12 @@ def test_branching_from_one_state_gives_identical_independent_runs(kwargs):
     root, root_seen = state, _visible(state)
     # first branch: the next row goes into the shared buffer in place (nobody wrote beyond root's rows)
     v1, s1, i1 = solver.solve(lambda u: A @ u, b, root, k=4)
-    if kwargs.get("mode") != "plain":  # plain mode's window is full here: it shifts into a fresh buffer
-        assert s1.Q.data_ptr() == root.Q.data_ptr()
+    if kwargs.get("mode") != "plain" and s1.Q.shape[0]:  # plain mode's window is full here: it shifts into a
+        assert s1.Q.data_ptr() == root.Q.data_ptr()      # fresh buffer; a state due to restart has none
     s1_seen = _visible(s1)
     # second branch from the same state: root's buffer row is taken, so it copies root's rows first
     v2, s2, i2 = solver.solve(lambda u: A @ u, b, root, k=4)
-    assert s2.Q.data_ptr() != s1.Q.data_ptr()
+    assert s2.Q.data_ptr() != s1.Q.data_ptr() or not s1.Q.shape[0]
     assert torch.equal(v1, v2) and i1 == i2
     _assert_visible(s2, s1_seen)
     _assert_visible(s1, s1_seen)  # the first branch's output is unchanged by the second

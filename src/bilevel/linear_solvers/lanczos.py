@@ -67,10 +67,19 @@ copy-on-write by consecutive states: a state owns rows ``Q[:rows]`` (q_1 … q_j
 ``has_next``); a step writes the next row in place only if no other state has written beyond those rows
 (the shared ``fill`` marker), else it first copies the owned rows to a fresh buffer (a branch: stepping
 twice from one state).  A restart starts a fresh buffer unless the old one is provably unused.
+
+Memory.  A state whose next call restarts (``restarts_at(state, k + 1)``: a pending restart, a full basis in
+residual mode, a schedule or mode switch) never has its rows read again, so it lets go of its buffer (``Q``
+with no rows; j, α, β stay, ``basis()`` says so; ``keep_basis=True`` keeps the rows for diagnostics, with the
+same results bit for bit): a restart then does not hold the old basis next to the new one.  Within a step u and
+ω are formed in q_{j+1}'s row, r_k = b_k − w is formed only to be projected, and v = v̄ + Q_j s is written over
+Q_j s, so the step's dy-sized temporaries are A q_j and one more (α_j q_j, then Q_j s).  Held: v, v̄, w and at
+most m + 1 basis rows (m + 2 are reserved; untouched rows of ``torch.empty`` are not resident).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -97,6 +106,12 @@ class BasisFill:
 
     def __repr__(self) -> str:
         return f"BasisFill(rows={self.rows})"
+
+
+def _zeros_like(b: Tensor) -> Tensor:
+    """w = 0 (while v̄ = 0) as a broadcast view of one stored zero: no dy-sized allocation.  Read only where
+    ``w_is_zero`` is False, it is never written."""
+    return b.new_zeros(()).expand(b.shape)
 
 
 def _tridiagonal(alpha: tuple, beta: tuple) -> Tensor:
@@ -143,6 +158,10 @@ class LanczosState:
         return _tridiagonal(self.alpha, self.beta)
 
     def basis(self) -> Tensor:
+        """Q_j (j × n).  A state whose next call restarts holds no rows unless ``keep_basis=True``."""
+        if self.j and not self.Q.shape[0]:
+            raise ValueError(f"this Lanczos state let go of its basis (j = {self.j}; its next call restarts, so the "
+                             "rows were released to save memory); build the solver with keep_basis=True to keep it.")
         return self.Q[: self.j]
 
 
@@ -173,6 +192,7 @@ class Lanczos(LinearSolver):
     eps_restart: Optional[float] = None
     mu_lb: Optional[float] = None
     plain_until: Optional[int] = None  # k₀: plain mode for k < k₀, residual from k₀ (None: settings, else as 0)
+    keep_basis: bool = False  # True: a state keeps its basis rows even when its next call restarts (diagnostics)
 
     def validate(self, options: Mapping[str, Any]) -> None:
         owner = "Lanczos"
@@ -187,6 +207,7 @@ class Lanczos(LinearSolver):
         check_choice(owner, "reorth", options["reorth"], ("none", "full"))
         check_choice(owner, "fallback", options["fallback"], ("minres", "eig"))
         check_bool(owner, "exact_residual", options["exact_residual"])
+        check_bool(owner, "keep_basis", options["keep_basis"])
         if options["rescale_base"] is not None:
             check_bool(owner, "rescale_base", options["rescale_base"])
         for name in ("exact_residual", "rescale_base"):
@@ -287,8 +308,8 @@ class Lanczos(LinearSolver):
         return LanczosState(
             v=v,
             v_is_zero=known_zero(v0),
-            vbar=v.clone(),
-            w=torch.zeros_like(b),
+            vbar=v,  # states are immutable: v̄ may share v's storage
+            w=_zeros_like(b),
             w_is_zero=True,
             Q=torch.empty((rows, b.numel()), dtype=b.dtype, device=b.device),
             fill=BasisFill(0),
@@ -346,13 +367,19 @@ class Lanczos(LinearSolver):
             else:
                 st.vbar = st.v
                 if st.v_is_zero:
-                    st.w, st.w_is_zero = torch.zeros_like(b), True
+                    st.w, st.w_is_zero = _zeros_like(b), True
                 else:
                     st.w, st.w_is_zero = matvec(st.vbar), False
                     matvecs += 1
                     if self.rescale_base:
                         self._rescale_base(st, b, events)
-                base = b if st.w_is_zero else b - st.w
+            # the old buffer holds rows of a live state: the new epoch's basis goes to a fresh one (rows of
+            # torch.empty are not resident until written)
+            fresh = bool(state.rows or state.fill.rows) or not state.Q.shape[0]  # (no rows: a released buffer)
+            Q = state.Q.new_empty((self.schedule.cap + 2, b.numel())) if fresh else st.Q
+            if not plain:
+                # r = b − w formed in q_1's slot, normalised there below: no dy-sized temporary
+                base = b if st.w_is_zero else torch.sub(b, st.w, out=Q[0])
                 base_norm = float(torch.linalg.vector_norm(base))
             st.j, st.alpha, st.beta, st.beta_next, st.has_next = 0, [], [], 0.0, False
             if not (base_norm > eps_r * float(torch.linalg.vector_norm(b))) or not math.isfinite(base_norm):
@@ -363,9 +390,9 @@ class Lanczos(LinearSolver):
                 else:
                     st.v = st.vbar  # v̄ itself (rescale_base may have scaled it)
                 events.append("restart_skipped")
-                return st.v, self._freeze(st), SolveInfo(matvecs, tuple(events), 0)
-            if state.rows or state.fill.rows:  # the old buffer holds rows of a live state: start a fresh one
-                st.Q, st.fill = torch.empty_like(state.Q), BasisFill(0)
+                return st.v, self._freeze(st, k), SolveInfo(matvecs, tuple(events), 0)
+            if fresh:
+                st.Q, st.fill = Q, BasisFill(0)
             torch.div(base, base_norm, out=st.Q[0])
             st.fill.rows = 1
             st.has_next, st.restart_pending = True, False
@@ -379,23 +406,32 @@ class Lanczos(LinearSolver):
         j = st.j
         self._own(st, j + 1)
         q = st.Q[j]
+        # u and ω are formed in q_{j+1}'s slot (owned by this lineage after _own, and not resident until written):
+        # the step's only dy-sized temporaries are the product A q_j and α_j q_j.  Each operation is the
+        # out-of-place one with an ``out=`` buffer, so the values are the same bit for bit.
+        nxt = st.Q[j + 1]
         u = matvec(q)
         matvecs += 1
         st.epoch_steps += 1
         if j > 0:
-            u = u - st.beta_next * st.Q[j - 1]
+            torch.mul(st.Q[j - 1], st.beta_next, out=nxt)
+            u = torch.sub(u, nxt, out=nxt)
         a_t = torch.dot(q, u) if wide else torch.dot(q.double(), u.double())
-        omega = u - a_t * q
+        u_norm = torch.linalg.vector_norm(u)
+        if j > 0:
+            omega = torch.sub(u, a_t * q, out=nxt)
+        else:  # u is A q_1 itself (not ours to overwrite): α_1 q_1 goes to the free slot first
+            omega = torch.sub(u, torch.mul(q, a_t, out=nxt), out=nxt)
+        u = None  # A q_j is no longer needed
         if self.reorth == "full":
             for _ in range(2):  # twice is enough (Kahan–Parlett)
                 basis = st.Q[: j + 1]
-                omega = omega - basis.T @ (basis @ omega)
+                torch.sub(omega, basis.T @ (basis @ omega), out=nxt)
         # one read-back for the scalars of the step (α_j, β_{j+1}, ‖u‖) and, for the Galerkin solve, Q_jᵀ r_k
-        rk = b if plain or st.w_is_zero else b - st.w
-        scalars = [a_t, torch.linalg.vector_norm(omega if wide else omega.double()), torch.linalg.vector_norm(u)]
+        scalars = [a_t, torch.linalg.vector_norm(omega if wide else omega.double()), u_norm]
         early = self.subproblem == "galerkin"  # rows Q_j are final before q_{j+1} is formed
         if early:
-            scalars.append(st.Q[: j + 1] @ rk if wide else st.Q[: j + 1].double() @ rk.double())
+            scalars.append(self._project(st.Q[: j + 1], b, st, plain, wide))
         values = torch.cat([t.reshape(-1).to(torch.float64) for t in scalars]).tolist()
         a, beta_new, u_norm = values[:3]
         st.alpha.append(a)
@@ -407,7 +443,7 @@ class Lanczos(LinearSolver):
             st.has_next, st.restart_pending = False, True
             events.append("breakdown")
         else:
-            torch.div(omega, beta_new, out=st.Q[j])
+            torch.div(omega, beta_new, out=st.Q[j])  # in place: ω is already in this row
             st.fill.rows = j + 1
             st.has_next = True
         dropped = plain and j > m
@@ -420,7 +456,7 @@ class Lanczos(LinearSolver):
             proj = values[4:] if dropped else values[3:]
         else:
             rows = st.Q[: j + 1] if st.has_next else st.Q[:j]
-            proj = (rows @ rk).tolist() if wide else (rows.double() @ rk.double()).tolist()
+            proj = self._project(rows, b, st, plain, wide).tolist()
         c = proj[:j]
         c_next = proj[j] if len(proj) > j else 0.0
         s = None
@@ -434,7 +470,7 @@ class Lanczos(LinearSolver):
                 if self.fallback == "eig":
                     s = self._eig_solve(st, c)
                 else:
-                    c_next = float(torch.dot(st.Q[j], rk)) if st.has_next else 0.0
+                    c_next = float(torch.dot(st.Q[j], self._residual(b, st, plain))) if st.has_next else 0.0
                     sol = minres_solve(st.alpha, st.beta, st.beta_next if st.has_next else 0.0, c, c_next)
                     s = sol[0] if sol is not None else None
             elif self.mu_lb is not None and not positive_pivots(st.alpha, st.beta, 0.0, self.mu_lb):
@@ -458,17 +494,18 @@ class Lanczos(LinearSolver):
             st.restart_pending = True
             v = torch.zeros_like(b) if plain else st.vbar
             st.v, st.v_is_zero = v, plain or st.v_is_zero
-            return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j, curvature)
+            return v, self._freeze(st, k), SolveInfo(matvecs, tuple(events), j, curvature)
         dv = st.Q[:j].T @ torch.tensor(s, dtype=b.dtype, device=b.device)
-        if self.mu_lb is not None and float(torch.linalg.vector_norm(dv)) > float(torch.linalg.vector_norm(rk)) / self.mu_lb:
+        if self.mu_lb is not None and (float(torch.linalg.vector_norm(dv))
+                                       > float(torch.linalg.vector_norm(self._residual(b, st, plain))) / self.mu_lb):
             events.append("discarded")
             st.restart_pending = True
             v = torch.zeros_like(b) if plain else st.vbar
             st.v = v
-            return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j, curvature)
-        v = dv if base_v is None else base_v + dv
+            return v, self._freeze(st, k), SolveInfo(matvecs, tuple(events), j, curvature)
+        v = dv if base_v is None else torch.add(base_v, dv, out=dv)  # v̄ + Q_j s, in dv's storage
         st.v, st.v_is_zero = v, False
-        return v, self._freeze(st), SolveInfo(matvecs, tuple(events), j, curvature)
+        return v, self._freeze(st, k), SolveInfo(matvecs, tuple(events), j, curvature)
 
     # ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -482,9 +519,34 @@ class Lanczos(LinearSolver):
             events.append("base_rescaled")
 
     @staticmethod
-    def _freeze(st: SimpleNamespace) -> LanczosState:
-        fields = vars(st)
-        return LanczosState(**{**fields, "alpha": tuple(st.alpha), "beta": tuple(st.beta)})
+    def _residual(b: Tensor, st: SimpleNamespace, plain: bool) -> Tensor:
+        """r_k = b_k − w (plain mode, or w = 0: b_k itself).  Formed where it is used and not kept: a dy-vector
+        less in the step's peak memory; the rare second use (a fallback, the μ_lb test) forms it again."""
+        return b if plain or st.w_is_zero else b - st.w
+
+    @classmethod
+    def _project(cls, rows: Tensor, b: Tensor, st: SimpleNamespace, plain: bool, wide: bool) -> Tensor:
+        """Q_jᵀ r_k (float64 accumulation when ``wide`` is False: the run's dtype is lower than float64)."""
+        rk = cls._residual(b, st, plain)
+        return rows @ rk if wide else rows.double() @ rk.double()
+
+    def restarts_at(self, state: LanczosState, k: int) -> bool:
+        """Whether ``solve(state, k=k)`` restarts (a pure function of (state, k)): a pending restart, the
+        schedule's ``switch_at`` or the mode switch k₀, or, in residual mode, a basis already holding m(k) vectors."""
+        sched = self.schedule
+        return (state.restart_pending or (sched.switch_at is not None and k == sched.switch_at)
+                or self.switches_mode_at(k) or (not self.plain_at(k) and state.j >= sched(k)))
+
+    def _freeze(self, st: SimpleNamespace, k: int) -> LanczosState:
+        state = LanczosState(**{**vars(st), "alpha": tuple(st.alpha), "beta": tuple(st.beta)})
+        if self.keep_basis or not self.restarts_at(state, k + 1):
+            return state
+        # The next call (k + 1) restarts and never reads these rows: the state lets go of its buffer, so the
+        # restart's fresh basis is not held next to the old one (peak memory: m + 1 dy-vectors less).  j, α, β
+        # (T_j) stay for diagnostics; restart_pending makes the restart unconditional, so a call with another k
+        # restarts too instead of reading rows that are gone.
+        return dataclasses.replace(state, Q=st.Q.new_empty((0, st.Q.shape[1])), fill=BasisFill(0),
+                                   restart_pending=True)
 
     @staticmethod
     def _ritz_evidence(st: SimpleNamespace, bound: float) -> Optional[Curvature]:
