@@ -236,7 +236,8 @@ class _Point:
         return self.rows.tmul(M / self.rows.n).addcmul_(self.d[:, None], V).reshape(-1)
 
     def cross(self, v: Tensor) -> Tensor:
-        return self.d * (self.W * v.view(self.shape)).sum(1)
+        # rowsum(W ⊙ V) as p batched 1×C · C×1 products: no p × C temporary (W ⊙ V would be one more dy-vector)
+        return self.d * torch.bmm(self.W.unsqueeze(1), v.view(self.shape).unsqueeze(2)).view(-1)
 
     def cross_t(self, w: Tensor) -> Tensor:
         return ((self.d * w)[:, None] * self.W).reshape(-1)

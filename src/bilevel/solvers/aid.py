@@ -268,6 +268,7 @@ class AID(Solver):
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
         v, v_state, info = self.v_solver.solve(hessian.matvec, b, state.v_state, k=k,
                                                generator=state.generator)
+        del b  # not needed for the x-step: one dy-vector less at the cross product
         x_new = self._x_step(x, gx_f, hessian.on(batches("cross")).cross(v), info, k)
         return self._advance(state, x_new, y, v, v_state, info, (x, y, v), grew, info.curvature is None,
                              hessian.kept())
