@@ -60,6 +60,8 @@ from ..inner import GD as InnerGD
 from ..inner import InnerSolver, schedule_value
 from ..linear_solvers.base import Curvature, LinearSolver, SolveInfo
 from ..oracles import point_on
+from ..outer import OuterOptimizer, optimizer_class, qualified_name, scheduler_class
+from ..outer import check as check_outer
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
 from .base import SOLVERS, Solver, add_events
@@ -97,6 +99,8 @@ class AIDState:
     inner_growth: Optional[Tensor] = None
     #: hessian_batch="epoch": (batch,), the HVP draw held for the current v-solver epoch (None before the first)
     hvp_batch: Optional[tuple] = None
+    #: the ``outer`` optimizer of x (``bilevel.outer.OuterOptimizer``; mutable, like the generator), else None
+    outer: Optional[OuterOptimizer] = field(default=None, compare=False)
 
 
 #: where the v-solver's products take their batch (see the module docstring)
@@ -119,6 +123,13 @@ class AID(Solver):
     still follows gradient descent on g (add ½δ‖y‖² to g for that).  Unset or 0: the plain HVP, bit for bit.
     hessian_batch: "iteration" (default), "product" or "epoch": which draw of the ``hvp`` role each of the
     v-solver's products takes under mini-batches (module docstring); no effect with ``FullBatch``.
+    outer: a ``torch.optim`` optimizer for x instead of the plain step (a class, a name such as ``"adam"``, or a
+    dotted path; ``bilevel.outer``), built with ``outer_options`` (e.g. ``{"lr": 1e-2}``; also ``outer.lr=…``)
+    over one flat leaf holding x.  Each iteration writes D_k = ∇_x f − J_k v_k into its ``.grad`` and calls
+    ``step()``; ``outer_scheduler`` (a ``torch.optim.lr_scheduler`` class or name, with
+    ``outer_scheduler_options``; also ``outer_scheduler.step_size=…``) is stepped once per iteration after
+    it.  lr_x is then unused (giving both is an error).  The oracle cost is unchanged.  Unset: the plain
+    step, bit for bit.
 
     Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, the v-solver's HVPs, 1 cross product.
     Samples per iteration with mini-batches (B_r: the batch size of role r): T·B_inner + (HVPs)·B_hvp +
@@ -148,6 +159,10 @@ class AID(Solver):
     v_init: str = "zeros"
     damping: Optional[float] = None
     hessian_batch: Optional[str] = None
+    outer: Any = None
+    outer_options: Optional[Mapping[str, Any]] = None
+    outer_scheduler: Any = None
+    outer_scheduler_options: Optional[Mapping[str, Any]] = None
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -182,6 +197,12 @@ class AID(Solver):
                 f"{owner}: v_init={opts['v_init']!r} would have no effect: the {type(v_solver).__name__} estimate "
                 "is rebuilt from b every iteration (no warm start). Leave v_init='zeros'."
             )
+        check_outer(owner, opts.get("outer"), opts.get("outer_options"), opts.get("outer_scheduler"),
+                    opts.get("outer_scheduler_options"))
+        if opts.get("outer") is not None and opts.get("lr_x") is not None:
+            raise ValueError(f"{owner}: lr_x={opts['lr_x']!r} and outer={qualified_name(opts['outer'])!r} both set the "
+                             "x-step; give the optimizer's step size as outer_options={'lr': ...} (or outer.lr=...) "
+                             "and drop lr_x.")
         steps = getattr(opts["inner"], "steps", None)
         if steps is not None and self.min_inner_steps:
             check_int(owner, "inner_steps", steps, self.min_inner_steps)
@@ -194,6 +215,8 @@ class AID(Solver):
         options, looked up by dotted and short name (``inner.steps`` / ``inner_steps``, ``v_solver.m`` /
         ``m``)."""
         opts = super()._resolved_fields(problem, stochastic)
+        if opts["outer"] is not None:  # the optimizer's lr replaces λ: a preset lr_x is not used
+            opts["lr_x"] = None
         if opts["order"] is None:
             opts["order"] = self.default_order
         if opts["hessian_batch"] is None:
@@ -229,9 +252,23 @@ class AID(Solver):
                     dotted = f"{name}.{option}"
                     short = short_name(name, option) or dotted
                     out[short if short not in out else dotted] = v
+            elif name in ("outer", "outer_scheduler"):
+                if value is not None:  # recorded only when used: unset, the record is as before
+                    cls = optimizer_class(value, self.label) if name == "outer" else scheduler_class(value, self.label)
+                    out[name] = qualified_name(cls)
+                    for option, v in (self.options()[f"{name}_options"] or {}).items():
+                        out[f"{name}.{option}"] = v
+            elif name in ("outer_options", "outer_scheduler_options"):
+                continue
             else:
                 out[name] = value
         return out
+
+    def _required_options(self, opts: Mapping[str, Any]) -> tuple[str, ...]:
+        """lr_x is not needed when an ``outer`` optimizer makes the x-step."""
+        if opts.get("outer") is not None:
+            return tuple(name for name in self.required if name != "lr_x")
+        return self.required
 
     # ---- cost -------------------------------------------------------------------------------------------
     def expected_counts(self, iterations: int) -> dict[str, float]:
@@ -256,8 +293,12 @@ class AID(Solver):
         if self.v_init == "randn":
             v0 = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
         v_state = self.v_solver.init(torch.zeros_like(y), v0)
+        outer = None
+        if self.outer is not None:
+            outer = OuterOptimizer(self.label, self.outer, self.outer_options, self.outer_scheduler,
+                                   self.outer_scheduler_options, x)
         return AIDState(k=0, x=x, y=y, v=v_state.v, v_state=v_state, iterate=(x, y, v_state.v),
-                        generator=generator)
+                        generator=generator, outer=outer)
 
     def step(self, state: AIDState, oracles: Any, batches: Any) -> AIDState:
         if self.order == "simultaneous":
@@ -268,7 +309,7 @@ class AID(Solver):
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
         v, v_state, info = self.v_solver.solve(hessian.matvec, b, state.v_state, k=k,
                                                generator=state.generator)
-        x_new = self._x_step(x, gx_f, hessian.on(batches("cross")).cross(v), info, k)
+        x_new = self._x_step(x, gx_f, hessian.on(batches("cross")).cross(v), info, k, state.outer)
         return self._advance(state, x_new, y, v, v_state, info, (x, y, v), grew, info.curvature is None,
                              hessian.kept())
 
@@ -283,7 +324,7 @@ class AID(Solver):
                                                generator=state.generator)
         y_new, grew = self.inner.run_watched(oracles, x, y - theta * d_y, batches, k, steps=self.inner.steps - 1,
                                              first=1, grad0=d_y)
-        x_new = self._x_step(x, gx_f, jv, info, k)
+        x_new = self._x_step(x, gx_f, jv, info, k, state.outer)
         # the iterate's v is v_k, made by the previous iteration's solve
         return self._advance(state, x_new, y_new, v, v_state, info, (x, y, v_old), grew, state.curvature is None,
                              hessian.kept())
@@ -295,9 +336,12 @@ class AID(Solver):
         delta = float(self.damping)
         return lambda u: point.hvp(u) + delta * u
 
-    def _x_step(self, x: Tensor, gx_f: Tensor, jv: Tensor, info: SolveInfo, k: int) -> Tensor:
+    def _x_step(self, x: Tensor, gx_f: Tensor, jv: Tensor, info: SolveInfo, k: int,
+                outer: Optional[OuterOptimizer] = None) -> Tensor:
         if self.freeze_x_first and info.epoch_step is not None and info.epoch_step <= self.freeze_x_first:
-            return x
+            return x  # (an outer optimizer and its scheduler are not stepped either)
+        if outer is not None:
+            return outer.step(x, gx_f - jv)
         return x - schedule_value(self.lr_x, k) * (gx_f - jv)
 
     @staticmethod
@@ -401,6 +445,27 @@ def _route(options: Mapping[str, Any], v_solver: Optional[LinearSolver], inner: 
     return own, parts
 
 
+#: dotted prefixes of the outer optimizer's and scheduler's keyword arguments (``outer.lr``, ``outer_options.lr``)
+_OUTER_PREFIXES = {"outer": "outer_options", "outer_options": "outer_options",
+                   "outer_scheduler": "outer_scheduler_options",
+                   "outer_scheduler_options": "outer_scheduler_options"}
+
+
+def _route_outer(options: dict, owner: str) -> None:
+    """Fold ``outer.lr=…`` / ``outer_scheduler.step_size=…`` (CLI, YAML) into the options dicts, in place."""
+    for key in [k for k in options if "." in k and k.split(".", 1)[0] in _OUTER_PREFIXES]:
+        prefix, arg = key.split(".", 1)
+        target = _OUTER_PREFIXES[prefix]
+        given = options.get(target)
+        if given is not None and not isinstance(given, Mapping):
+            raise TypeError(f"{owner}: {target} must be a dict of keyword arguments; got {type(given).__name__}.")
+        merged = dict(given or {})
+        if arg in merged:
+            raise ValueError(f"{owner}: {arg!r} is given twice for {target} ({key} and {target}[{arg!r}]); keep one.")
+        merged[arg] = options.pop(key)
+        options[target] = merged
+
+
 def aid(*, inner: Optional[InnerSolver] = None, v_solver: Optional[LinearSolver] = None, **options: Any) -> AID:
     """Assemble an AID algorithm: ``aid(inner=GD(steps=5, lr=0.1), v_solver=lanczos(m=20), lr_x=1.0)``.
 
@@ -410,6 +475,7 @@ def aid(*, inner: Optional[InnerSolver] = None, v_solver: Optional[LinearSolver]
     """
     identity = {k: options.pop(k) for k in list(options) if k in _IDENTITY_NAMES}
     owner = identity.get("label") or identity.get("name") or "aid"
+    _route_outer(options, owner)
     inner = _check_part(owner, "inner", InnerGD() if inner is None else inner)
     if v_solver is not None:
         _check_part(owner, "v_solver", v_solver)

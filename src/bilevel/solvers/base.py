@@ -171,13 +171,17 @@ class Solver(ABC, metaclass=CheckedOptions):
         out = {}
         for name, value in self.options().items():
             out[name] = self.lookup(problem, (name,), stochastic) if value is None else value
-        for name in self.required:
+        for name in self._required_options(out):
             if out.get(name) is None:
                 raise ValueError(
                     f"{self.label or type(self).__name__}: {name} has no value: pass {name}=... "
                     f"(problem {problem.name!r} has no scale for it)."
                 )
         return out
+
+    def _required_options(self, opts: Mapping[str, Any]) -> tuple[str, ...]:
+        """The options that must have a value given the resolved ``opts`` (``required`` by default)."""
+        return self.required
 
     def bind(self, problem: BilevelProblem, stochastic: bool = False):
         """A frozen copy resolved for ``problem`` and validated once.  ``stochastic=True`` (a mini-batch run)
