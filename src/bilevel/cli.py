@@ -178,9 +178,21 @@ def _algorithm_rows(entry: Any) -> list[tuple[str, str]]:
                 keys = [dotted] + ([short] if short else [])
                 defaults = {**{k: part_defaults.get(option) for k in keys}, **solver.defaults}
                 rows.append((label, _shown(v, defaults, keys, option in presettable)))
+        elif name in _OUTER_ROWS and value is None:
+            rows.append((name, _OUTER_ROWS[name]))
         else:
             rows.append((name, _shown(value, top_defaults, [name], name in required)))
     return rows
+
+
+#: how ``show`` describes the unset options of an outer torch.optim optimizer (bilevel.outer)
+_OUTER_ROWS = {
+    "outer": "None: the plain step x − λ·D with lr_x; or a torch.optim optimizer: -O outer=adam (names: adam, "
+             "adamw, sgd, rmsprop, adagrad, ...; or a dotted path torch.optim.NAdam); lr_x is then not used",
+    "outer_options": "None: the optimizer's keyword arguments, e.g. -O outer.lr=1e-2",
+    "outer_scheduler": "None: no scheduler; e.g. -O outer_scheduler=steplr (stepped once per iteration)",
+    "outer_scheduler_options": "None: the scheduler's keyword arguments, e.g. -O outer_scheduler.step_size=100",
+}
 
 
 def _option_rows(obj: Any) -> list[tuple[str, str]]:

@@ -37,9 +37,10 @@ from ._validation import suggest
 _REFUSED = {
     "LBFGS": "it needs a closure that re-evaluates the objective (the upper objective φ is not available)",
     "SparseAdam": "it needs sparse gradients; the hypergradient is dense (use Adam)",
+    "Muon": "it updates 2-D weight matrices only, and x is one flat vector (use Adam or SGD)",
 }
 _REFUSED_SCHEDULERS = {
-    "ReduceLROnPlateau": "its step needs a metric; use StepLR, ExponentialLR, CosineAnnealingLR, ...",
+    "ReduceLROnPlateau": "its step needs a metric; use StepLR, ExponentialLR or CosineAnnealingLR",
     "SequentialLR": "it is built from other scheduler objects; use one scheduler",
     "ChainedScheduler": "it is built from other scheduler objects; use one scheduler",
 }
@@ -72,7 +73,8 @@ def qualified_name(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__name__)}".lstrip(".")
 
 
-def _by_name(owner: str, option: str, spec: Any, module: Any, base: type, names: list[str], refused: Mapping) -> type:
+def _by_name(owner: str, option: str, spec: Any, module: Any, base: type, names: list[str], refused: Mapping,
+             example: str) -> type:
     if isinstance(spec, str):
         if "." in spec:
             path, _, attr = spec.rpartition(".")
@@ -80,8 +82,7 @@ def _by_name(owner: str, option: str, spec: Any, module: Any, base: type, names:
                 found = getattr(importlib.import_module(path), attr)
             except (ImportError, AttributeError) as err:
                 raise ValueError(f"{owner}: {option}={spec!r} does not import ({type(err).__name__}: {err}); give "
-                                 f"a name ({', '.join(names)}) or a dotted path such as "
-                                 f"'{module.__name__}.{base.__name__}'.") from None
+                                 f"a name ({', '.join(names)}) or a dotted path such as {example!r}.") from None
         else:
             table = _classes(module, base)
             found = table.get(spec.lower())
@@ -89,11 +90,11 @@ def _by_name(owner: str, option: str, spec: Any, module: Any, base: type, names:
                 if found is not None:
                     raise ValueError(f"{owner}: {option}={spec!r} cannot drive x: {refused[found.__name__]}.")
                 raise ValueError(f"{owner}: unknown {option} {spec!r}.{suggest(spec.lower(), names)} Names: "
-                                 f"{', '.join(names)} (or a dotted path, e.g. '{module.__name__}.{base.__name__}').")
+                                 f"{', '.join(names)} (or a dotted path, e.g. {example!r}).")
         spec = found
     if not (inspect.isclass(spec) and issubclass(spec, base)):
         raise TypeError(f"{owner}: {option} must be a {module.__name__} class, its name or a dotted path (e.g. "
-                        f"{names[0]!r}); got {type(spec).__name__} ({spec!r}).")
+                        f"{example!r}); got {type(spec).__name__} ({spec!r}).")
     if spec.__name__ in refused:
         raise ValueError(f"{owner}: {option}={spec.__name__} cannot drive x: {refused[spec.__name__]}.")
     return spec
@@ -101,14 +102,15 @@ def _by_name(owner: str, option: str, spec: Any, module: Any, base: type, names:
 
 def optimizer_class(spec: Any, owner: str = "outer") -> type:
     """The ``torch.optim.Optimizer`` subclass that ``spec`` (class, name or dotted path) names."""
-    return _by_name(owner, "outer", spec, torch.optim, torch.optim.Optimizer, optimizer_names(), _REFUSED)
+    return _by_name(owner, "outer", spec, torch.optim, torch.optim.Optimizer, optimizer_names(), _REFUSED,
+                    "torch.optim.NAdam")
 
 
 def scheduler_class(spec: Any, owner: str = "outer") -> type:
     """The ``torch.optim.lr_scheduler.LRScheduler`` subclass that ``spec`` names."""
     sched = torch.optim.lr_scheduler
     return _by_name(owner, "outer_scheduler", spec, sched, sched.LRScheduler, scheduler_names(),
-                    _REFUSED_SCHEDULERS)
+                    _REFUSED_SCHEDULERS, "torch.optim.lr_scheduler.StepLR")
 
 
 def _build(owner: str, option: str, cls: type, first: Any, options: Mapping[str, Any]) -> Any:
@@ -123,7 +125,8 @@ def _build(owner: str, option: str, cls: type, first: Any, options: Mapping[str,
         if bad is not None:
             raise TypeError(f"{owner}: unknown {option} option {bad!r} for {cls.__name__}.{suggest(bad, valid)} "
                             f"Valid: {', '.join(valid)}.") from None
-        raise TypeError(f"{owner}: {option} {cls.__name__}({_kwargs(options)}) failed: {err}.") from None
+        raise TypeError(f"{owner}: {option} {cls.__name__}({_kwargs(options)}) failed: {err}; give its arguments in "
+                        f"{option}_options (or as {option}.NAME=VALUE).") from None
     except ValueError as err:
         raise ValueError(f"{owner}: {option} {cls.__name__}({_kwargs(options)}) rejects its options: {err}.") from None
 
