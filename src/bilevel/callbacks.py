@@ -183,7 +183,7 @@ class EarlyStopping(Callback):
     def on_evaluation(self, row: dict) -> bool:
         if self.metric not in row:
             logged = ", ".join(k for k in row if k not in ("iteration", "time"))
-            raise KeyError(f"EarlyStopping: the run does not log {self.metric!r}; logged columns: {logged}.")
+            raise ValueError(f"EarlyStopping: the run does not log {self.metric!r}; logged columns: {logged}.")
         value = float(row[self.metric])
         if self._improves(value):
             self.best, self.best_iteration, self.wait = value, int(row.get("iteration", 0)), 0

@@ -465,14 +465,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             "torch": torch.__version__, "bilevel": __version__,
         }
         rows: list[dict] = []  # the evaluation rows so far, kept should the run end in an exception
+        callbacks = []
+        if args.checkpoint is not None:
+            from .callbacks import Checkpoint
+
+            callbacks.append(Checkpoint(args.checkpoint, every=args.checkpoint_every))
+        if args.resume is not None:
+            meta["resumed_from"] = args.resume
         try:
             result = solve(
                 problem, bound, max_iter=args.max_iter, max_time=args.max_time, eval_every=args.eval_every,
                 seed=args.seed, tol=args.tol, progress=not args.no_progress, callback=rows.append,
-                batches=batches,
+                batches=batches, callbacks=callbacks, resume_from=args.resume,
             )
         except (KeyboardInterrupt, Exception) as err:
             _close_progress_bars()
+            from .checkpoint import CheckpointError
+
+            if isinstance(err, CheckpointError) and not rows:  # a usage error: nothing ran, nothing is written
+                raise CLIError(_one_line(err)) from err
             history = History()
             for row in rows:
                 history.append(row)
@@ -656,6 +667,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CSV path for the history; the metadata goes beside it as .json (default: "
                           "results/<problem>_<solver>_seed<seed>.csv)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--checkpoint", default=None, metavar="DIR",
+                     help="save the run every --checkpoint-every iterations to DIR/checkpoint-<iterations>.pt "
+                          "(atomically; resume with --resume DIR) (default: no checkpoints)")
+    run.add_argument("--checkpoint-every", type=_count(1), default=100, metavar="N",
+                     help="iterations between checkpoints (default: 100)")
+    run.add_argument("--resume", default=None, metavar="PATH",
+                     help="continue from a checkpoint file, or the latest in a folder, written by --checkpoint "
+                          "with the same problem, solver options, --seed and batches; --max-iter is the total "
+                          "(default: start afresh)")
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser(

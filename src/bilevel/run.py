@@ -417,7 +417,13 @@ def _restore(path: Any, header: dict, problem: BilevelProblem, bound: Any, oracl
     where = payload["path"]
     try:
         saved = payload["header"]
-        for key in ("solver", "problem", "dx", "dy", "dtype", "seed", "stochastic", "batches", "options"):
+        for key in ("problem", "dx", "dy", "dtype", "x0", "solver", "seed", "stochastic", "batches", "options"):
+            if key == "x0":
+                if not (torch.equal(payload["x0"], problem.x0) and torch.equal(payload["y0"], problem.y0)):
+                    raise checkpoint.CheckpointError(
+                        f"resume_from: {where!r} was written for another instance of {problem.name!r} (its x0 or y0 "
+                        "differ); build the problem with the options and seed of the run that wrote it.")
+                continue
             if saved[key] != header[key]:
                 if key == "options":
                     diff = sorted(k for k in set(saved[key]) | set(header[key])
@@ -429,10 +435,6 @@ def _restore(path: Any, header: dict, problem: BilevelProblem, bound: Any, oracl
                 raise checkpoint.CheckpointError(
                     f"resume_from: {where!r} was written for {key} {saved[key]!r}, this run has {header[key]!r}; resume "
                     "with the problem, solver, seed and batches of the run that wrote it.")
-        if not (torch.equal(payload["x0"], problem.x0) and torch.equal(payload["y0"], problem.y0)):
-            raise checkpoint.CheckpointError(
-                f"resume_from: {where!r} was written for another instance of {problem.name!r} (its x0 or y0 differ); "
-                "build the problem with the options and seed of the run that wrote it.")
         fresh = bound.init(problem, oracles, torch.Generator(device=problem.device))
         run = checkpoint.decode(payload["run"], outer=getattr(fresh, "outer", None))
         state, generator = run["state"], run["generator"]
