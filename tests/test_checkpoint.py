@@ -65,6 +65,7 @@ CASES = {
     "lancbio adam + steplr minibatch": ("lancbio", {"outer": "adam", "outer.lr": 0.05, "outer_scheduler": "steplr",
                                                     "outer_scheduler.step_size": 15}, True),
     "lancbio plain mode (basis window)": ("lancbio", {"plain_until": 30, "m": 6}, False),
+    "f2sa rmsprop minibatch": ("f2sa", {"outer": "rmsprop", "outer.lr": 0.01}, True),
 }
 
 

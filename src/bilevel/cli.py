@@ -210,6 +210,9 @@ def _option_rows(obj: Any) -> list[tuple[str, str]]:
             else:
                 rows.append((f.name, "(required)"))
                 continue
+            if f.name in _OUTER_ROWS and value is None:
+                rows.append((f.name, _OUTER_ROWS[f.name]))
+                continue
             rows.append((f.name, _shown(value, defaults, [f.name], f.name in required)))
     else:
         for p in inspect.signature(obj).parameters.values():

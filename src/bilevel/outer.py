@@ -5,6 +5,12 @@ x_{k+1} = x_k − λ_k D_k of an AID solver by ``optimizer.step()`` with the hyp
 D_k = ∇_x f(x_k, y_k) − ∇²_xy g(x_k, y_k) v_k written into ``.grad``.  The oracle calls of an iteration
 are the solver's (the optimizer only reads D_k), so counts, timing rules and the evaluation are unchanged.
 
+Which solvers.  Every AID solver (LancBiO, SubBiO, AmIGO-GD/CG, SOBA, TTSA, stocBiO, BSA and any
+``aid(...)``), and the solvers whose x-update is a plain step x − λ·D on their own direction: STABLE and
+HJFBiO (hypergradient estimates), ITD (the unrolled hypergradient), F2SA and PBGD (the penalty's x-gradient).
+BOME's update is a joint (x, y) step along a barrier-combined direction and does not take ``outer``.  With
+``outer`` set, lr_x is not used (a problem's preset lr_x is ignored; giving both is an error).
+
 What the optimizer sees.  The solver works on the flat vector x (``BilevelProblem.x_spec``): the optimizer
 owns one flat leaf tensor of dx entries (one parameter group), whatever the structure of ``x0`` (a tensor,
 a dict of tensors, an ``nn.Module``'s parameters).  Element-wise optimizers (SGD with momentum, Adam,
@@ -208,3 +214,57 @@ class OuterOptimizer:
     def __repr__(self) -> str:
         sched = f", scheduler={type(self.scheduler).__name__}" if self.scheduler is not None else ""
         return f"OuterOptimizer({type(self.optimizer).__name__}, lr={self.lr:g}{sched})"
+
+
+# ---- the solver side: options of any solver with an ``outer`` field ----------------------------------------
+#: the options that configure the outer optimizer, in the order solvers declare them
+FIELDS = ("outer", "outer_options", "outer_scheduler", "outer_scheduler_options")
+#: dotted prefixes of the optimizer's and the scheduler's keyword arguments (``outer.lr``, ``outer_options.lr``)
+_PREFIXES = {"outer": "outer_options", "outer_options": "outer_options",
+             "outer_scheduler": "outer_scheduler_options", "outer_scheduler_options": "outer_scheduler_options"}
+
+
+def route(options: dict, owner: str) -> None:
+    """Fold ``outer.lr=…`` / ``outer_scheduler.step_size=…`` (CLI, YAML) into the options dicts, in place."""
+    for key in [k for k in options if "." in k and k.split(".", 1)[0] in _PREFIXES]:
+        prefix, arg = key.split(".", 1)
+        target = _PREFIXES[prefix]
+        given = options.get(target)
+        if given is not None and not isinstance(given, Mapping):
+            raise TypeError(f"{owner}: {target} must be a dict of keyword arguments; got {type(given).__name__}.")
+        merged = dict(given or {})
+        if arg in merged:
+            raise ValueError(f"{owner}: {arg!r} is given twice for {target} ({key} and {target}[{arg!r}]); keep one.")
+        merged[arg] = options.pop(key)
+        options[target] = merged
+
+
+def check_options(owner: str, opts: Mapping[str, Any]) -> None:
+    """A solver's ``validate`` part for the outer options (names, keyword arguments, no lr_x beside them)."""
+    check(owner, opts.get("outer"), opts.get("outer_options"), opts.get("outer_scheduler"),
+          opts.get("outer_scheduler_options"))
+    if opts.get("outer") is not None and opts.get("lr_x") is not None:
+        raise ValueError(f"{owner}: lr_x={opts['lr_x']!r} and outer={qualified_name(opts['outer'])!r} both set the "
+                         "x-step; give the optimizer's step size as outer_options={'lr': ...} (or outer.lr=...) and "
+                         "drop lr_x.")
+
+
+def record(opts: Mapping[str, Any], owner: str) -> dict[str, Any]:
+    """The flat record (``Result.options``, metadata) of the outer options: ``outer`` as the class's dotted
+    path, its keyword arguments as ``outer.<name>``, the same for the scheduler; empty when unset."""
+    out: dict[str, Any] = {}
+    for name, resolve in (("outer", optimizer_class), ("outer_scheduler", scheduler_class)):
+        value = opts.get(name)
+        if value is not None:
+            out[name] = qualified_name(resolve(value, owner))
+            for option, v in (opts.get(f"{name}_options") or {}).items():
+                out[f"{name}.{option}"] = v
+    return out
+
+
+def build(owner: str, solver: Any, x0: Tensor) -> Optional[OuterOptimizer]:
+    """The run's optimizer of x for a bound solver with the outer fields (None when ``outer`` is unset)."""
+    if getattr(solver, "outer", None) is None:
+        return None
+    return OuterOptimizer(owner, solver.outer, solver.outer_options, solver.outer_scheduler,
+                          solver.outer_scheduler_options, x0)

@@ -60,8 +60,12 @@ from ..inner import GD as InnerGD
 from ..inner import InnerSolver, schedule_value
 from ..linear_solvers.base import Curvature, LinearSolver, SolveInfo
 from ..oracles import point_on
-from ..outer import OuterOptimizer, optimizer_class, qualified_name, scheduler_class
-from ..outer import check as check_outer
+from ..outer import FIELDS as OUTER_FIELDS
+from ..outer import OuterOptimizer
+from ..outer import build as build_outer
+from ..outer import check_options as check_outer
+from ..outer import record as record_outer
+from ..outer import route as route_outer
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
 from .base import SOLVERS, Solver, add_events
@@ -197,12 +201,7 @@ class AID(Solver):
                 f"{owner}: v_init={opts['v_init']!r} would have no effect: the {type(v_solver).__name__} estimate "
                 "is rebuilt from b every iteration (no warm start). Leave v_init='zeros'."
             )
-        check_outer(owner, opts.get("outer"), opts.get("outer_options"), opts.get("outer_scheduler"),
-                    opts.get("outer_scheduler_options"))
-        if opts.get("outer") is not None and opts.get("lr_x") is not None:
-            raise ValueError(f"{owner}: lr_x={opts['lr_x']!r} and outer={qualified_name(opts['outer'])!r} both set the "
-                             "x-step; give the optimizer's step size as outer_options={'lr': ...} (or outer.lr=...) "
-                             "and drop lr_x.")
+        check_outer(owner, opts)
         steps = getattr(opts["inner"], "steps", None)
         if steps is not None and self.min_inner_steps:
             check_int(owner, "inner_steps", steps, self.min_inner_steps)
@@ -215,8 +214,6 @@ class AID(Solver):
         options, looked up by dotted and short name (``inner.steps`` / ``inner_steps``, ``v_solver.m`` /
         ``m``)."""
         opts = super()._resolved_fields(problem, stochastic)
-        if opts["outer"] is not None:  # the optimizer's lr replaces λ: a preset lr_x is not used
-            opts["lr_x"] = None
         if opts["order"] is None:
             opts["order"] = self.default_order
         if opts["hessian_batch"] is None:
@@ -252,23 +249,10 @@ class AID(Solver):
                     dotted = f"{name}.{option}"
                     short = short_name(name, option) or dotted
                     out[short if short not in out else dotted] = v
-            elif name in ("outer", "outer_scheduler"):
-                if value is not None:  # recorded only when used: unset, the record is as before
-                    cls = optimizer_class(value, self.label) if name == "outer" else scheduler_class(value, self.label)
-                    out[name] = qualified_name(cls)
-                    for option, v in (self.options()[f"{name}_options"] or {}).items():
-                        out[f"{name}.{option}"] = v
-            elif name in ("outer_options", "outer_scheduler_options"):
-                continue
-            else:
+            elif name not in OUTER_FIELDS:  # (recorded below, and only when set)
                 out[name] = value
+        out.update(record_outer(self.options(), self.label))
         return out
-
-    def _required_options(self, opts: Mapping[str, Any]) -> tuple[str, ...]:
-        """lr_x is not needed when an ``outer`` optimizer makes the x-step."""
-        if opts.get("outer") is not None:
-            return tuple(name for name in self.required if name != "lr_x")
-        return self.required
 
     # ---- cost -------------------------------------------------------------------------------------------
     def expected_counts(self, iterations: int) -> dict[str, float]:
@@ -293,10 +277,7 @@ class AID(Solver):
         if self.v_init == "randn":
             v0 = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
         v_state = self.v_solver.init(torch.zeros_like(y), v0)
-        outer = None
-        if self.outer is not None:
-            outer = OuterOptimizer(self.label, self.outer, self.outer_options, self.outer_scheduler,
-                                   self.outer_scheduler_options, x)
+        outer = build_outer(self.label, self, x)
         return AIDState(k=0, x=x, y=y, v=v_state.v, v_state=v_state, iterate=(x, y, v_state.v),
                         generator=generator, outer=outer)
 
@@ -445,27 +426,6 @@ def _route(options: Mapping[str, Any], v_solver: Optional[LinearSolver], inner: 
     return own, parts
 
 
-#: dotted prefixes of the outer optimizer's and scheduler's keyword arguments (``outer.lr``, ``outer_options.lr``)
-_OUTER_PREFIXES = {"outer": "outer_options", "outer_options": "outer_options",
-                   "outer_scheduler": "outer_scheduler_options",
-                   "outer_scheduler_options": "outer_scheduler_options"}
-
-
-def _route_outer(options: dict, owner: str) -> None:
-    """Fold ``outer.lr=…`` / ``outer_scheduler.step_size=…`` (CLI, YAML) into the options dicts, in place."""
-    for key in [k for k in options if "." in k and k.split(".", 1)[0] in _OUTER_PREFIXES]:
-        prefix, arg = key.split(".", 1)
-        target = _OUTER_PREFIXES[prefix]
-        given = options.get(target)
-        if given is not None and not isinstance(given, Mapping):
-            raise TypeError(f"{owner}: {target} must be a dict of keyword arguments; got {type(given).__name__}.")
-        merged = dict(given or {})
-        if arg in merged:
-            raise ValueError(f"{owner}: {arg!r} is given twice for {target} ({key} and {target}[{arg!r}]); keep one.")
-        merged[arg] = options.pop(key)
-        options[target] = merged
-
-
 def aid(*, inner: Optional[InnerSolver] = None, v_solver: Optional[LinearSolver] = None, **options: Any) -> AID:
     """Assemble an AID algorithm: ``aid(inner=GD(steps=5, lr=0.1), v_solver=lanczos(m=20), lr_x=1.0)``.
 
@@ -475,7 +435,7 @@ def aid(*, inner: Optional[InnerSolver] = None, v_solver: Optional[LinearSolver]
     """
     identity = {k: options.pop(k) for k in list(options) if k in _IDENTITY_NAMES}
     owner = identity.get("label") or identity.get("name") or "aid"
-    _route_outer(options, owner)
+    route_outer(options, owner)
     inner = _check_part(owner, "inner", InnerGD() if inner is None else inner)
     if v_solver is not None:
         _check_part(owner, "v_solver", v_solver)
