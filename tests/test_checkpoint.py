@@ -220,3 +220,10 @@ def test_cli_checkpoint_and_resume(tmp_path, capsys):
                                                           "--out", str(tmp_path / "bad.csv")]) == 2
     err = capsys.readouterr().err
     assert "was written for solver 'lancbio', this run has 'amigo_cg'" in err and not (tmp_path / "bad.csv").exists()
+
+
+def test_checkpoint_file_permissions_follow_the_umask(tmp_path):
+    _run(_quad(), get_solver("lancbio"), 10, False, callbacks=[Checkpoint(tmp_path, every=10)])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(tmp_path / "checkpoint-00000010.pt").st_mode & 0o777 == 0o666 & ~mask

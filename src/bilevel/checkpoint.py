@@ -30,6 +30,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor
 
+from .history import _umask
+
 FORMAT = "bilevel-checkpoint"
 VERSION = 1
 #: checkpoint files written by the ``Checkpoint`` callback: ``checkpoint-<iterations done, 8 digits>.pt``
@@ -170,6 +172,7 @@ def save(payload: Mapping[str, Any], path: str | os.PathLike) -> str:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
             torch.save(dict(payload), fh)
             fh.flush()
