@@ -102,7 +102,10 @@ def test_folder_resumes_from_latest_and_keep(tmp_path):
     full = _run(problem, solver, 40, False)
     _run(problem, solver, 35, False, callbacks=[Checkpoint(tmp_path, every=10, keep=2)])
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-00000020.pt", "checkpoint-00000030.pt"]
-    _same(full, _run(problem, solver, 40, False, resume_from=tmp_path))
+    # a resumed run writing into the folder it read from counts the files there towards keep
+    resumed = _run(problem, solver, 40, False, resume_from=tmp_path, callbacks=[Checkpoint(tmp_path, every=10, keep=2)])
+    _same(full, resumed)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-00000030.pt", "checkpoint-00000040.pt"]
 
 
 def test_resume_at_or_past_max_iter_returns_the_checkpoint(tmp_path):

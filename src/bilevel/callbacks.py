@@ -218,12 +218,24 @@ class Checkpoint(Callback):
         self.keep = None if keep is None else check_int("Checkpoint", "keep", keep, 1)
         self.written: list[str] = []
 
+    def on_start(self, info: dict) -> None:
+        from .checkpoint import FILE_PATTERN
+
+        # files already in the folder (a resumed run writing where it read) count towards ``keep``
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            names = []
+        found = sorted((int(m.group(1)), n) for n in names if (m := FILE_PATTERN.match(n)))
+        self.written = [os.path.join(self.directory, n) for _, n in found]
+
     def on_iteration(self, k: int, run: Any) -> None:
         if (k + 1) % self.every:
             return
         from .checkpoint import file_name
 
-        self.written.append(run.save_checkpoint(os.path.join(self.directory, file_name(k + 1))))
+        path = run.save_checkpoint(os.path.join(self.directory, file_name(k + 1)))
+        self.written = [p for p in self.written if p != path] + [path]
         if self.keep is not None:
             while len(self.written) > self.keep:
                 old = self.written.pop(0)

@@ -16,6 +16,11 @@ epoch permutation and position); oracle counts, solver time, the history so far,
 the evaluator's warm starts (so later evaluations are bit-identical too); the states of callbacks with
 ``state_dict``; and a header naming the solver and its resolved options, the problem (name, sizes, dtype,
 x0 and y0), the seed and the sampler, which ``solve(resume_from=…)`` checks before it continues.
+
+Not saved: the state of a user's ``OracleWrapper`` or of the problem's own objects (caches that do not
+change results are fine), and callbacks without ``state_dict``.  The solver time continues from the saved
+total (``max_time`` counts the whole run).  Bit-identical continuation assumes the same device, dtype and
+torch thread count as the run that wrote the checkpoint (reductions may round differently otherwise).
 """
 
 from __future__ import annotations

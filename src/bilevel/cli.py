@@ -473,6 +473,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             from .callbacks import Checkpoint
 
             callbacks.append(Checkpoint(args.checkpoint, every=args.checkpoint_every))
+        if args.checkpoint is not None:
+            meta["checkpoint"] = {"dir": args.checkpoint, "every": args.checkpoint_every}
         if args.resume is not None:
             meta["resumed_from"] = args.resume
         try:
