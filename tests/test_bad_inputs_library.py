@@ -222,6 +222,8 @@ ROWS = [
         Raises(TypeError, r"^solve: callbacks must be a list of callback objects \(bilevel\.callbacks\); got int\.$")),
     Row("callbacks entry without hooks (new)", solve(quad, lancbio, callbacks=[3]),
         Raises(TypeError, r"^solve: callbacks\[0\] has none of the hooks on_start, on_iteration, on_evaluation, on_end and is not callable; got int\.$")),
+    Row("callbacks entry a class (new)", solve(quad, lancbio, callbacks=[EarlyStopping]),
+        Raises(TypeError, r"^solve: callbacks\[0\] is the class EarlyStopping; pass an instance, e\.g\. EarlyStopping\(\.\.\.\)\.$")),
     Row("resume_from not a path (new)", solve(quad, lancbio, resume_from=3),
         Raises(TypeError, r"^solve: resume_from must be a checkpoint file or folder path; got int\.$")),
     Row("resume_from missing (new)", solve(quad, lancbio, resume_from="/nonexistent/ckpt.pt"),

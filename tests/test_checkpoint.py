@@ -230,3 +230,36 @@ def test_checkpoint_file_permissions_follow_the_umask(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert os.stat(tmp_path / "checkpoint-00000010.pt").st_mode & 0o777 == 0o666 & ~mask
+
+
+_KILLED_RUN = """
+import os, signal, sys
+import bilevel
+from bilevel.callbacks import Callback, Checkpoint
+
+class Kill(Callback):
+    def on_iteration(self, k, run):
+        if k + 1 == 25:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: as a crashed or killed job
+
+problem = bilevel.problems.quadratic(dx=5, dy=20, condition=10.0, seed=0, n_samples=200, n_samples_f=100)
+bilevel.solve(problem, bilevel.solvers.get_solver("lancbio"), max_iter=40, eval_every=3, seed=1,
+              batches=bilevel.MiniBatch(32), callbacks=[Checkpoint(sys.argv[1], every=10), Kill()])
+"""
+
+
+def test_resume_after_sigkill(tmp_path):
+    """A process killed (SIGKILL) at iteration 25 leaves its checkpoints at 10 and 20 whole; resuming from the
+    folder (its latest, 20) in another process gives the uninterrupted run's history, bit for bit."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.path.dirname(bilevel.__path__[0]),
+                                                                     os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(tmp_path)], env=env, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-00000010.pt", "checkpoint-00000020.pt"]
+    problem, solver = _quad(True), get_solver("lancbio")
+    _same(_run(problem, solver, 40, True), _run(problem, solver, 40, True, resume_from=tmp_path))

@@ -262,6 +262,9 @@ def as_callbacks(callbacks: Any, callback: Any = None) -> list:
             raise TypeError(f"solve: callbacks must be a list of callback objects (bilevel.callbacks); got "
                             f"{type(callbacks).__name__}.")
         for i, cb in enumerate(callbacks):
+            if isinstance(cb, type):
+                raise TypeError(f"solve: callbacks[{i}] is the class {cb.__name__}; pass an instance, e.g. "
+                                f"{cb.__name__}(...).")
             if any(callable(getattr(cb, h, None)) for h in HOOKS):
                 out.append(cb)
             elif callable(cb):
