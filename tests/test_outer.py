@@ -97,6 +97,16 @@ def test_sgd_matches_the_builtin_step(quad, name):
             for key in ra.keys() - _RATIOS:
                 assert rb[key] == pytest.approx(ra[key], rel=rel, abs=atol), (key, ra["iteration"])
         torch.testing.assert_close(a.x, b.x, rtol=xtol, atol=1e-14)
+    # step by step, bit for bit: x_{k+1} is torch's SGD update x_k + (−λ)·D_k of the solver's own estimate
+    if name in AID_NAMES:
+        bound = get_solver(name, outer="sgd", outer_options={"lr": lam}).bind(quad)
+        o = Oracles(quad)
+        state = bound.init(quad, o, torch.Generator().manual_seed(0))
+        for k in range(30):
+            state = bound.step(state, o, full_batches(k))
+            x, y, v = state.iterate
+            d = o.grad_f(x, y)[0] - o.at(x, y).cross(v)
+            assert torch.equal(state.x, torch.add(x, d, alpha=-lam)), k
     # and the comparison would catch a wrong step: 1 % off in lr is far outside the tolerance mid-run
     a = bilevel.solve(quad, get_solver(name, lr_x=lam), max_iter=10, eval_every=100)
     c = bilevel.solve(quad, get_solver(name, outer="sgd", outer_options={"lr": lam * 1.01}), max_iter=10,
