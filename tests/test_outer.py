@@ -47,7 +47,7 @@ def test_aid_names_cover_the_factories():
 
 
 def test_adam_reduces_true_hypergradient_on_quadratic(quad):
-    # measured: ‖∇φ‖ from 3.7 to below 1e-6 in 300 iterations (constant lr 0.05)
+    # measured: ‖∇φ‖ from 3.11 to 2.2e-4 in 300 iterations (a 1.4e4 reduction; constant lr 0.05)
     res = bilevel.solve(quad, bilevel.solvers.lancbio(outer=torch.optim.Adam, outer_options={"lr": 0.05}),
                         max_iter=300, eval_every=50)
     h = res.history.column("hypergrad_norm")
