@@ -88,6 +88,16 @@ ROWS = [
     Row("dtype-not-offered", RUN + ("--dtype", "float16"), 2, r"argument --dtype: invalid choice: 'float16'"),
     Row("diverged-run", RUN[:3] + ("-O", "lr_x=1e12", "-O", "lr_y=1.9", "--max-iter", "300", "--out", "{cwd}/d.csv"),
         1, stdout=r"diverged after \d+ iterations", present=("d.csv", "d.json")),
+    # ---- outer optimizer and checkpoints (issue 13): usage errors, nothing written
+    Row("outer-unknown", RUN + ("-O", "outer=adan"), 2, r"LancBiO: unknown outer 'adan'\. Did you mean 'adam'\?",
+        absent=("results",)),
+    Row("outer-option-unknown", RUN + ("-O", "outer=adam", "-O", "outer.lrr=0.1"), 2,
+        r"LancBiO: unknown outer option 'lrr' for Adam\. Did you mean 'lr'\?"),
+    Row("outer-and-lr-x", RUN + ("-O", "outer=adam", "-O", "lr_x=0.5"), 2, r"lr_x=0\.5 and outer='adam' both set the x-step"),
+    Row("resume-missing", RUN + ("--resume", "{cwd}/nothing", "--out", "{cwd}/r.csv"), 2,
+        r"resume_from: no checkpoint at '.*nothing'; give a checkpoint file or folder\.", absent=("r.csv", "r.json")),
+    Row("checkpoint-every-zero", RUN + ("--checkpoint", "ck", "--checkpoint-every", "0"), 2,
+        r"argument --checkpoint-every: must be an integer >= 1; got 0"),
     # ---- usage errors: exit 2 and one line, like every other usage error (fixed)
     Row("O-without-equals", RUN + ("-O", "lr_x"), 2, r"argument -O/--solver-opt: expected KEY=VALUE; got 'lr_x'", real=True,
         absent=("results",)),

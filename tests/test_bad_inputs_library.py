@@ -20,6 +20,8 @@ import torch
 
 import bilevel
 from bilevel import BilevelProblem, Oracles, OracleWrapper
+from bilevel.callbacks import Checkpoint, EarlyStopping
+from bilevel.checkpoint import CheckpointError
 from bilevel.linear_solvers import LINEAR_SOLVERS
 from bilevel.problem import ProblemError
 from bilevel.problems import get_problem
@@ -194,6 +196,47 @@ ROWS = [
     # ---- statuses that were already good ----
     Row("Ctrl-C inside an oracle", interrupted_run, Status("stopped", r"^interrupted \(KeyboardInterrupt\) during iteration 1; the 1 completed iterations")),
     Row("callback asks to stop", solve(quad, lancbio, callback=lambda row: True), Status("stopped", r"^the callback asked to stop at iteration 0\.$")),
+    # ---- outer torch.optim optimizer, callbacks, checkpoints (issue 13) ----
+    Row("outer: unknown optimizer name (new)", lambda: lancbio(outer="adan"),
+        Raises(ValueError, r"^LancBiO: unknown outer 'adan'\. Did you mean 'adam'\? Names: adadelta, .*\(or a dotted path, e\.g\. 'torch\.optim\.NAdam'\)\.$")),
+    Row("outer: LBFGS needs a closure (new)", lambda: lancbio(outer="lbfgs"),
+        Raises(ValueError, r"^LancBiO: outer='lbfgs' cannot drive x: it needs a closure")),
+    Row("outer: not an optimizer (new)", lambda: lancbio(outer=torch.nn.Linear),
+        Raises(TypeError, r"^LancBiO: outer must be a torch\.optim class, its name or a dotted path")),
+    Row("outer: dotted path that does not import (new)", lambda: lancbio(outer="torch.optim.Adamm"),
+        Raises(ValueError, r"^LancBiO: outer='torch\.optim\.Adamm' does not import \(AttributeError")),
+    Row("outer: unknown optimizer option (new)", lambda: lancbio(outer="adam", **{"outer.lrr": 0.1}),
+        Raises(TypeError, r"^LancBiO: unknown outer option 'lrr' for Adam\. Did you mean 'lr'\? Valid: lr, betas")),
+    Row("outer: bad optimizer value (new)", lambda: lancbio(outer="sgd", outer_options={"lr": -1.0}),
+        Raises(ValueError, r"^LancBiO: outer SGD\(lr=-1\.0\) rejects its options: Invalid learning rate")),
+    Row("outer and lr_x both (new)", lambda: lancbio(outer="adam", lr_x=0.5),
+        Raises(ValueError, r"^LancBiO: lr_x=0\.5 and outer='adam' both set the x-step; give the optimizer's step size as outer_options")),
+    Row("outer_options without outer (new)", lambda: lancbio(outer_options={"lr": 0.1}),
+        Raises(ValueError, r"^LancBiO: outer_options given without outer; pass outer=")),
+    Row("outer_options not a dict (new)", lambda: lancbio(outer="adam", outer_options=0.1),
+        Raises(TypeError, r"^LancBiO: outer_options must be a dict of keyword arguments")),
+    Row("outer scheduler that needs a metric (new)", lambda: lancbio(outer="adam", outer_scheduler="reducelronplateau"),
+        Raises(ValueError, r"^LancBiO: outer_scheduler='reducelronplateau' cannot drive x: its step needs a metric")),
+    Row("outer scheduler without its argument (new)", lambda: lancbio(outer="adam", outer_scheduler="steplr"),
+        Raises(TypeError, r"^LancBiO: outer_scheduler StepLR\(\) failed: .*'step_size'; give its arguments in outer_scheduler_options")),
+    Row("callbacks not a list (new)", solve(quad, lancbio, callbacks=3),
+        Raises(TypeError, r"^solve: callbacks must be a list of callback objects \(bilevel\.callbacks\); got int\.$")),
+    Row("callbacks entry without hooks (new)", solve(quad, lancbio, callbacks=[3]),
+        Raises(TypeError, r"^solve: callbacks\[0\] has none of the hooks on_start, on_iteration, on_evaluation, on_end and is not callable; got int\.$")),
+    Row("callbacks entry a class (new)", solve(quad, lancbio, callbacks=[EarlyStopping]),
+        Raises(TypeError, r"^solve: callbacks\[0\] is the class EarlyStopping; pass an instance, e\.g\. EarlyStopping\(\.\.\.\)\.$")),
+    Row("resume_from not a path (new)", solve(quad, lancbio, resume_from=3),
+        Raises(TypeError, r"^solve: resume_from must be a checkpoint file or folder path; got int\.$")),
+    Row("resume_from missing (new)", solve(quad, lancbio, resume_from="/nonexistent/ckpt.pt"),
+        Raises(CheckpointError, r"^resume_from: no checkpoint at '/nonexistent/ckpt\.pt'; give a checkpoint file or folder\.$")),
+    Row("EarlyStopping mode (new)", lambda: EarlyStopping("f", mode="lower"),
+        Raises(ValueError, r"^EarlyStopping: mode must be one of \['min', 'max'\]; got 'lower'\.$")),
+    Row("EarlyStopping patience 0 (new)", lambda: EarlyStopping("f", patience=0),
+        Raises(ValueError, r"^EarlyStopping: patience must be >= 1; got 0\.$")),
+    Row("Checkpoint every 0 (new)", lambda: Checkpoint("ckpt", every=0),
+        Raises(ValueError, r"^Checkpoint: every must be >= 1; got 0\.$")),
+    Row("early stopping ends the run (new)", solve(quad, lancbio, eval_every=5, callbacks=[EarlyStopping("hypergrad_norm", mode="max", patience=2)]),
+        Status("stopped", r"^early stopping at iteration 10: hypergrad_norm has not increased by more than min_delta=0 for 2 evaluations \(best ")),
     # ---- warnings ----
     Row("bfloat16 problem (new)", solve(lambda: bilevel.problems.quadratic(dx=3, dy=5, seed=0, dtype=torch.bfloat16), lancbio, max_iter=2, true_hypergradient=False),
         Warns(UserWarning, r"problem 'quadratic' is in bfloat16; supported dtypes are float32 and float64")),

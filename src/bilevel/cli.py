@@ -178,9 +178,21 @@ def _algorithm_rows(entry: Any) -> list[tuple[str, str]]:
                 keys = [dotted] + ([short] if short else [])
                 defaults = {**{k: part_defaults.get(option) for k in keys}, **solver.defaults}
                 rows.append((label, _shown(v, defaults, keys, option in presettable)))
+        elif name in _OUTER_ROWS and value is None:
+            rows.append((name, _OUTER_ROWS[name]))
         else:
             rows.append((name, _shown(value, top_defaults, [name], name in required)))
     return rows
+
+
+#: how ``show`` describes the unset options of an outer torch.optim optimizer (bilevel.outer)
+_OUTER_ROWS = {
+    "outer": "None: the plain step x − λ·D with lr_x; or a torch.optim optimizer: -O outer=adam (names: adam, "
+             "adamw, sgd, rmsprop, adagrad, ...; or a dotted path torch.optim.NAdam); lr_x is then not used",
+    "outer_options": "None: the optimizer's keyword arguments, e.g. -O outer.lr=1e-2",
+    "outer_scheduler": "None: no scheduler; e.g. -O outer_scheduler=steplr (stepped once per iteration)",
+    "outer_scheduler_options": "None: the scheduler's keyword arguments, e.g. -O outer_scheduler.step_size=100",
+}
 
 
 def _option_rows(obj: Any) -> list[tuple[str, str]]:
@@ -197,6 +209,9 @@ def _option_rows(obj: Any) -> list[tuple[str, str]]:
                 value = f.default_factory()  # type: ignore[misc]
             else:
                 rows.append((f.name, "(required)"))
+                continue
+            if f.name in _OUTER_ROWS and value is None:
+                rows.append((f.name, _OUTER_ROWS[f.name]))
                 continue
             rows.append((f.name, _shown(value, defaults, [f.name], f.name in required)))
     else:
@@ -453,14 +468,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             "torch": torch.__version__, "bilevel": __version__,
         }
         rows: list[dict] = []  # the evaluation rows so far, kept should the run end in an exception
+        callbacks = []
+        if args.checkpoint is not None:
+            from .callbacks import Checkpoint
+
+            callbacks.append(Checkpoint(args.checkpoint, every=args.checkpoint_every))
+        if args.checkpoint is not None:
+            meta["checkpoint"] = {"dir": args.checkpoint, "every": args.checkpoint_every}
+        if args.resume is not None:
+            meta["resumed_from"] = args.resume
         try:
             result = solve(
                 problem, bound, max_iter=args.max_iter, max_time=args.max_time, eval_every=args.eval_every,
                 seed=args.seed, tol=args.tol, progress=not args.no_progress, callback=rows.append,
-                batches=batches,
+                batches=batches, callbacks=callbacks, resume_from=args.resume,
             )
         except (KeyboardInterrupt, Exception) as err:
             _close_progress_bars()
+            from .checkpoint import CheckpointError
+
+            if isinstance(err, CheckpointError) and not rows:  # a usage error: nothing ran, nothing is written
+                raise CLIError(_one_line(err)) from err
             history = History()
             for row in rows:
                 history.append(row)
@@ -644,6 +672,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CSV path for the history; the metadata goes beside it as .json (default: "
                           "results/<problem>_<solver>_seed<seed>.csv)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--checkpoint", default=None, metavar="DIR",
+                     help="save the run every --checkpoint-every iterations to DIR/checkpoint-<iterations>.pt "
+                          "(atomically; resume with --resume DIR) (default: no checkpoints)")
+    run.add_argument("--checkpoint-every", type=_count(1), default=100, metavar="N",
+                     help="iterations between checkpoints (default: 100)")
+    run.add_argument("--resume", default=None, metavar="PATH",
+                     help="continue from a checkpoint file, or the latest in a folder, written by --checkpoint "
+                          "with the same problem, solver options, --seed and batches; --max-iter is the total "
+                          "(default: start afresh)")
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser(

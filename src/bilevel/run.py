@@ -14,7 +14,10 @@ estimate, and ``not_strongly_convex`` when the evidence persists (see ``solve``'
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import re
 import time
 import warnings
 from typing import Any, Callable, Optional
@@ -22,7 +25,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from . import checkpoint
 from ._validation import check_int, check_positive
+from .callbacks import as_callbacks
 from .history import History
 from .metrics import Evaluator
 from .oracles import CountingOracles, Counts, Oracles
@@ -74,6 +79,8 @@ def solve(
     oracles: Any = None,
     batches: Optional[BatchSource] = None,
     curvature_patience: Optional[int] = 5,
+    callbacks: Optional[list] = None,
+    resume_from: Any = None,
 ) -> Result:
     """Run ``solver`` on ``problem``.
 
@@ -92,6 +99,15 @@ def solve(
             Default: on for problems that declare ground truth (``info["ground_truth"]``) or carry a
             closed-form hypergradient or y*.
         callback: called with each evaluation row; return True to stop (status ``stopped``).
+        callbacks: objects with the hooks ``on_start(info)``, ``on_iteration(k, run)``, ``on_evaluation(row)``
+            (True stops), ``on_end(result)`` (``bilevel.callbacks``: ``TensorBoard``, ``WandB``,
+            ``EarlyStopping``, ``Checkpoint``), or functions of the row; called outside the timer.
+        resume_from: a checkpoint file, or a folder of them (its latest), written by the ``Checkpoint``
+            callback: the run continues from there to ``max_iter`` (the total) with the history, counts and
+            iterates bit-identical to an uninterrupted run (same device and threads).  The problem, the
+            solver and its options, the seed and the batch source must be the run's that wrote it (checked;
+            a mismatch or an unreadable file is a ``CheckpointError``).  Its history rows come first in
+            ``Result.history``.
         progress: show a tqdm progress bar.
         oracles: the oracles the solver calls, e.g. a user's ``OracleWrapper`` around
             ``Oracles(problem)`` (default: ``Oracles(problem)``); ``solve`` counts on top of it.
@@ -134,6 +150,10 @@ def solve(
         check_int("solve", "curvature_patience", curvature_patience, 1)
     if callback is not None and not callable(callback):
         raise TypeError(f"solve: callback must be callable(row) -> bool; got {type(callback).__name__}.")
+    hooks = as_callbacks(callbacks, callback)
+    per_iteration = [cb for cb in hooks if callable(getattr(cb, "on_iteration", None))]
+    if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):
+        raise TypeError(f"solve: resume_from must be a checkpoint file or folder path; got {type(resume_from).__name__}.")
     if oracles is None:
         oracles = Oracles(problem)
     else:
@@ -198,18 +218,39 @@ def solve(
     for text in bound.budget_warnings(max_iter):
         warnings.warn(text, stacklevel=2)
 
+    elapsed = 0.0
+    status, message, done = "max_iter", "", 0
+    watch = _CurvatureWatch(curvature_patience)
+    header = _header(problem, bound, stochastic, seed, batches)
+    if resume_from is not None:
+        restored = _restore(resume_from, header, problem, bound, oracles, generator, stream, counts, history, watch,
+                            evaluate, hooks)
+        state, generator, elapsed, done = restored
+    last_good = state
+    interrupted = False
+    first = done  # iterations done before this call (a resumed run's)
+
+    def save_checkpoint(path: Any) -> str:
+        """Write the run as it is now (after ``done`` iterations) to ``path``, atomically."""
+        return _save(path, header, state, generator, stream, batches, counts, elapsed, history, watch, evaluate,
+                     hooks, done)
+
+    handle = _RunHandle(save_checkpoint)
+    info = {"problem": problem.name, "solver": bound.name, "options": _plain(bound.resolved_options()),
+            "seed": seed, "max_iter": max_iter, "eval_every": eval_every, "start": first,
+            "stochastic": stochastic, "dtype": str(problem.dtype).replace("torch.", "")}
+    for cb in hooks:
+        if callable(getattr(cb, "on_start", None)):
+            cb.on_start(dict(info))
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=max_iter, desc=f"{solver.name} on {problem.name}", unit="it", dynamic_ncols=True)
+        bar = tqdm(total=max_iter, initial=min(first, max_iter), desc=f"{solver.name} on {problem.name}", unit="it",
+                   dynamic_ncols=True)
 
-    elapsed = 0.0
-    status, message, done = "max_iter", "", 0
-    last_good = state
-    interrupted = False
-    watch = _CurvatureWatch(curvature_patience)
-    for k in range(max_iter):
+    for k in range(first, max_iter):
         _sync(device)
         start = time.perf_counter()
         batches_k = stream(k)
@@ -264,9 +305,15 @@ def solve(
                     message = f"hypergradient norm {metric:.3e} <= tol {tol:g} at iteration {k}."
                     break
                 watch.untrusted_below_tol.append(k)
-            if callback is not None and callback(dict(row)):
-                status, message = "stopped", f"the callback asked to stop at iteration {k}."
+            asked = [cb for cb in hooks if callable(getattr(cb, "on_evaluation", None)) and cb.on_evaluation(dict(row))]
+            if asked:
+                status = "stopped"
+                message = getattr(asked[0], "stop_message", "") or f"the callback asked to stop at iteration {k}."
                 break
+        if per_iteration:
+            handle.iterations = done
+            for cb in per_iteration:
+                cb.on_iteration(k, handle)
         if watch.persistent:
             status, message = "not_strongly_convex", watch.stop_message(bound)
             if not evaluated:
@@ -295,7 +342,7 @@ def solve(
     if watch.inner_growth:
         events["inner_growth"] = watch.inner_growth
 
-    return Result(
+    result = Result(
         x=last_good.x, y=last_good.y,
         v=last_good.v, status=status, message=message, iterations=done, counts=counts, time=elapsed,
         history=history, solver=bound.name, problem=problem.name,
@@ -304,6 +351,113 @@ def solve(
         x_tree=problem.unflatten_x(last_good.x), y_tree=problem.unflatten_y(last_good.y),
         interrupted=interrupted, dtype=str(problem.dtype).replace("torch.", ""),
     )
+    for cb in hooks:
+        if callable(getattr(cb, "on_end", None)):
+            cb.on_end(result)
+    return result
+
+
+class _RunHandle:
+    """What ``on_iteration(k, run)`` receives: ``run.iterations`` (done so far) and ``run.save_checkpoint(path)``."""
+
+    __slots__ = ("iterations", "save_checkpoint")
+
+    def __init__(self, save: Callable[[Any], str]) -> None:
+        self.iterations = 0
+        self.save_checkpoint = save
+
+
+def _without_addresses(text: str) -> str:
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+
+
+def _header(problem: BilevelProblem, bound: Any, stochastic: bool, seed: int, batches: Any) -> dict:
+    """What identifies a run for ``resume_from``: solver, options, problem, seed, sampler."""
+    opts = {k: _without_addresses(str(v)) if isinstance(v, str) else v
+            for k, v in _plain(bound.resolved_options()).items()}
+    return {"solver": bound.name, "options": opts, "stochastic": stochastic, "problem": problem.name,
+            "dx": problem.dx, "dy": problem.dy, "dtype": str(problem.dtype).replace("torch.", ""), "seed": seed,
+            "batches": _without_addresses(repr(batches))}
+
+
+def _save(path: Any, header: dict, state: Any, generator: torch.Generator, stream: Any, batches: Any,
+          counts: Counts, elapsed: float, history: History, watch: "_CurvatureWatch", evaluate: Evaluator,
+          hooks: list, done: int) -> str:
+    if isinstance(batches, FullBatch):
+        stream_state = None
+    elif callable(getattr(stream, "state_dict", None)):
+        stream_state = stream.state_dict()
+    else:
+        raise checkpoint.CheckpointError(
+            f"checkpoint: the batch source {type(batches).__name__} makes a stream without state_dict(), so a resumed "
+            "run could not draw the same batches; use FullBatch or MiniBatch, or give the stream state_dict() and "
+            "load_state_dict().")
+    problem = evaluate.problem
+    payload = {
+        "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "header": header, "iterations": done,
+        "x0": problem.x0, "y0": problem.y0,
+        "run": checkpoint.encode({"state": state, "generator": generator}),
+        "stream": stream_state,
+        "counts": {f.name: getattr(counts, f.name) for f in dataclasses.fields(counts)},
+        "elapsed": elapsed,
+        "history": {"rows": history.to_dicts(), "columns": history.columns},
+        "watch": checkpoint.encode(vars(watch)),
+        "evaluator": {"y_star": evaluate._y_star, "v_star": evaluate._v_star},
+        "callbacks": [[type(cb).__name__, cb.state_dict()] if callable(getattr(cb, "state_dict", None)) else None
+                      for cb in hooks],
+    }
+    return checkpoint.save(payload, path)
+
+
+def _restore(path: Any, header: dict, problem: BilevelProblem, bound: Any, oracles: Any, generator: torch.Generator,
+             stream: Any, counts: Counts, history: History, watch: "_CurvatureWatch", evaluate: Evaluator,
+             hooks: list) -> tuple:
+    """Load the checkpoint at ``path`` into this run's objects; returns (state, generator, elapsed, done)."""
+    payload = checkpoint.load(path, problem.device)
+    where = payload["path"]
+    try:
+        saved = payload["header"]
+        for key in ("problem", "dx", "dy", "dtype", "x0", "solver", "seed", "stochastic", "batches", "options"):
+            if key == "x0":
+                if not (torch.equal(payload["x0"], problem.x0) and torch.equal(payload["y0"], problem.y0)):
+                    raise checkpoint.CheckpointError(
+                        f"resume_from: {where!r} was written for another instance of {problem.name!r} (its x0 or y0 "
+                        "differ); build the problem with the options and seed of the run that wrote it.")
+                continue
+            if saved[key] != header[key]:
+                if key == "options":
+                    diff = sorted(k for k in set(saved[key]) | set(header[key])
+                                  if saved[key].get(k) != header[key].get(k))
+                    shown = "; ".join(f"{k}: {saved[key].get(k)!r} there, {header[key].get(k)!r} here" for k in diff[:4])
+                    raise checkpoint.CheckpointError(
+                        f"resume_from: {where!r} was written with other solver options ({shown}); resume with the "
+                        "options of the run that wrote it.")
+                raise checkpoint.CheckpointError(
+                    f"resume_from: {where!r} was written for {key} {saved[key]!r}, this run has {header[key]!r}; resume "
+                    "with the problem, solver, seed and batches of the run that wrote it.")
+        fresh = bound.init(problem, oracles, torch.Generator(device=problem.device))
+        run = checkpoint.decode(payload["run"], outer=getattr(fresh, "outer", None))
+        state, generator = run["state"], run["generator"]
+        if payload["stream"] is not None:
+            stream.load_state_dict(payload["stream"])
+        for name, value in payload["counts"].items():
+            setattr(counts, name, value)
+        history._rows = [dict(r) for r in payload["history"]["rows"]]
+        history._columns = list(payload["history"]["columns"])
+        for name, value in checkpoint.decode(payload["watch"]).items():
+            setattr(watch, name, value)
+        evaluate._y_star, evaluate._v_star = payload["evaluator"]["y_star"], payload["evaluator"]["v_star"]
+        saved_hooks = payload["callbacks"]
+        for cb, entry in zip(hooks, saved_hooks + [None] * (len(hooks) - len(saved_hooks))):
+            if entry is not None and callable(getattr(cb, "load_state_dict", None)) and entry[0] == type(cb).__name__:
+                cb.load_state_dict(entry[1])
+        return state, generator, float(payload["elapsed"]), int(payload["iterations"])
+    except checkpoint.CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+        raise checkpoint.CheckpointError(
+            f"resume_from: {where!r} is damaged or inconsistent ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
+            "resume from another checkpoint.") from None
 
 
 def _postfix(row: dict) -> dict:

@@ -148,6 +148,20 @@ class _Permutation:
         position = torch.arange(self.n, device=self.device)
         self.order = order[torch.argsort(torch.where(chosen, position - self.n, position))]
 
+    def state_dict(self) -> dict:
+        """What continues this stream exactly: its generator's state, the epoch's order, the position."""
+        return {"generator": self.generator.get_state(), "order": self.order, "pos": self.pos, "epoch": self.epoch,
+                "n": self.n, "size": self.size, "mode": self.mode}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if (state["n"], state["size"], state["mode"]) != (self.n, self.size, self.mode):
+            raise ValueError(f"the saved stream draws {state['size']} of {state['n']} samples ({state['mode']}); this "
+                             f"one {self.size} of {self.n} ({self.mode})")
+        self.generator.set_state(state["generator"].cpu())
+        order = state["order"]
+        self.order = None if order is None else order.to(self.device)
+        self.pos, self.epoch = int(state["pos"]), int(state["epoch"])
+
     def draw(self) -> torch.Tensor:
         if self.pos >= self.n:
             self._new_epoch()
@@ -398,4 +412,29 @@ class MiniBatch:
                 return collate([ds[i] for i in idx.tolist()])
             return idx
 
-        return lambda iteration: Batches(iteration, groups, draw)
+        return _MiniBatchStream(groups, draw, streams)
+
+
+class _MiniBatchStream:
+    """``stream(iteration) -> Batches`` of a ``MiniBatch`` run; ``state_dict()`` / ``load_state_dict()``
+    save and restore every draw group's stream (checkpoints: a resumed run draws the same batches)."""
+
+    __slots__ = ("groups", "draw", "streams")
+
+    def __init__(self, groups: dict, draw: Callable[[str, int], Any], streams: dict) -> None:
+        self.groups, self.draw, self.streams = groups, draw, streams
+
+    def __call__(self, iteration: int) -> Batches:
+        return Batches(iteration, self.groups, self.draw)
+
+    def state_dict(self) -> dict:
+        return {group: stream.state_dict() for group, stream in self.streams.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if set(state) != set(self.streams):
+            raise ValueError(f"the saved draw groups {sorted(state)} differ from this run's {sorted(self.streams)}")
+        for group, stream in self.streams.items():
+            try:
+                stream.load_state_dict(state[group])
+            except ValueError as err:
+                raise ValueError(f"draw group {group!r}: {err}") from None

@@ -60,6 +60,12 @@ from ..inner import GD as InnerGD
 from ..inner import InnerSolver, schedule_value
 from ..linear_solvers.base import Curvature, LinearSolver, SolveInfo
 from ..oracles import point_on
+from ..outer import FIELDS as OUTER_FIELDS
+from ..outer import OuterOptimizer
+from ..outer import build as build_outer
+from ..outer import check_options as check_outer
+from ..outer import record as record_outer
+from ..outer import route as route_outer
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
 from .base import SOLVERS, Solver, add_events
@@ -97,6 +103,8 @@ class AIDState:
     inner_growth: Optional[Tensor] = None
     #: hessian_batch="epoch": (batch,), the HVP draw held for the current v-solver epoch (None before the first)
     hvp_batch: Optional[tuple] = None
+    #: the ``outer`` optimizer of x (``bilevel.outer.OuterOptimizer``; mutable, like the generator), else None
+    outer: Optional[OuterOptimizer] = field(default=None, compare=False)
 
 
 #: where the v-solver's products take their batch (see the module docstring)
@@ -119,6 +127,13 @@ class AID(Solver):
     still follows gradient descent on g (add ½δ‖y‖² to g for that).  Unset or 0: the plain HVP, bit for bit.
     hessian_batch: "iteration" (default), "product" or "epoch": which draw of the ``hvp`` role each of the
     v-solver's products takes under mini-batches (module docstring); no effect with ``FullBatch``.
+    outer: a ``torch.optim`` optimizer for x instead of the plain step (a class, a name such as ``"adam"``, or a
+    dotted path; ``bilevel.outer``), built with ``outer_options`` (e.g. ``{"lr": 1e-2}``; also ``outer.lr=…``)
+    over one flat leaf holding x.  Each iteration writes D_k = ∇_x f − J_k v_k into its ``.grad`` and calls
+    ``step()``; ``outer_scheduler`` (a ``torch.optim.lr_scheduler`` class or name, with
+    ``outer_scheduler_options``; also ``outer_scheduler.step_size=…``) is stepped once per iteration after
+    it.  lr_x is then unused (giving both is an error).  The oracle cost is unchanged.  Unset: the plain
+    step, bit for bit.
 
     Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, the v-solver's HVPs, 1 cross product.
     Samples per iteration with mini-batches (B_r: the batch size of role r): T·B_inner + (HVPs)·B_hvp +
@@ -148,6 +163,10 @@ class AID(Solver):
     v_init: str = "zeros"
     damping: Optional[float] = None
     hessian_batch: Optional[str] = None
+    outer: Any = None
+    outer_options: Optional[Mapping[str, Any]] = None
+    outer_scheduler: Any = None
+    outer_scheduler_options: Optional[Mapping[str, Any]] = None
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -182,6 +201,7 @@ class AID(Solver):
                 f"{owner}: v_init={opts['v_init']!r} would have no effect: the {type(v_solver).__name__} estimate "
                 "is rebuilt from b every iteration (no warm start). Leave v_init='zeros'."
             )
+        check_outer(owner, opts)
         steps = getattr(opts["inner"], "steps", None)
         if steps is not None and self.min_inner_steps:
             check_int(owner, "inner_steps", steps, self.min_inner_steps)
@@ -229,8 +249,9 @@ class AID(Solver):
                     dotted = f"{name}.{option}"
                     short = short_name(name, option) or dotted
                     out[short if short not in out else dotted] = v
-            else:
+            elif name not in OUTER_FIELDS:  # (recorded below, and only when set)
                 out[name] = value
+        out.update(record_outer(self.options(), self.label))
         return out
 
     # ---- cost -------------------------------------------------------------------------------------------
@@ -256,8 +277,9 @@ class AID(Solver):
         if self.v_init == "randn":
             v0 = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
         v_state = self.v_solver.init(torch.zeros_like(y), v0)
+        outer = build_outer(self.label, self, x)
         return AIDState(k=0, x=x, y=y, v=v_state.v, v_state=v_state, iterate=(x, y, v_state.v),
-                        generator=generator)
+                        generator=generator, outer=outer)
 
     def step(self, state: AIDState, oracles: Any, batches: Any) -> AIDState:
         if self.order == "simultaneous":
@@ -269,7 +291,7 @@ class AID(Solver):
         v, v_state, info = self.v_solver.solve(hessian.matvec, b, state.v_state, k=k,
                                                generator=state.generator)
         del b  # not needed for the x-step: one dy-vector less at the cross product
-        x_new = self._x_step(x, gx_f, hessian.on(batches("cross")).cross(v), info, k)
+        x_new = self._x_step(x, gx_f, hessian.on(batches("cross")).cross(v), info, k, state.outer)
         return self._advance(state, x_new, y, v, v_state, info, (x, y, v), grew, info.curvature is None,
                              hessian.kept())
 
@@ -284,7 +306,7 @@ class AID(Solver):
                                                generator=state.generator)
         y_new, grew = self.inner.run_watched(oracles, x, y - theta * d_y, batches, k, steps=self.inner.steps - 1,
                                              first=1, grad0=d_y)
-        x_new = self._x_step(x, gx_f, jv, info, k)
+        x_new = self._x_step(x, gx_f, jv, info, k, state.outer)
         # the iterate's v is v_k, made by the previous iteration's solve
         return self._advance(state, x_new, y_new, v, v_state, info, (x, y, v_old), grew, state.curvature is None,
                              hessian.kept())
@@ -296,9 +318,12 @@ class AID(Solver):
         delta = float(self.damping)
         return lambda u: point.hvp(u) + delta * u
 
-    def _x_step(self, x: Tensor, gx_f: Tensor, jv: Tensor, info: SolveInfo, k: int) -> Tensor:
+    def _x_step(self, x: Tensor, gx_f: Tensor, jv: Tensor, info: SolveInfo, k: int,
+                outer: Optional[OuterOptimizer] = None) -> Tensor:
         if self.freeze_x_first and info.epoch_step is not None and info.epoch_step <= self.freeze_x_first:
-            return x
+            return x  # (an outer optimizer and its scheduler are not stepped either)
+        if outer is not None:
+            return outer.step(x, gx_f - jv)
         return x - schedule_value(self.lr_x, k) * (gx_f - jv)
 
     @staticmethod
@@ -411,6 +436,7 @@ def aid(*, inner: Optional[InnerSolver] = None, v_solver: Optional[LinearSolver]
     """
     identity = {k: options.pop(k) for k in list(options) if k in _IDENTITY_NAMES}
     owner = identity.get("label") or identity.get("name") or "aid"
+    route_outer(options, owner)
     inner = _check_part(owner, "inner", InnerGD() if inner is None else inner)
     if v_solver is not None:
         _check_part(owner, "v_solver", v_solver)

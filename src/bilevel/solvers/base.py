@@ -171,13 +171,22 @@ class Solver(ABC, metaclass=CheckedOptions):
         out = {}
         for name, value in self.options().items():
             out[name] = self.lookup(problem, (name,), stochastic) if value is None else value
-        for name in self.required:
+        if out.get("outer") is not None and "lr_x" in out:  # the optimizer's lr replaces λ: a preset is not used
+            out["lr_x"] = None
+        for name in self._required_options(out):
             if out.get(name) is None:
                 raise ValueError(
                     f"{self.label or type(self).__name__}: {name} has no value: pass {name}=... "
                     f"(problem {problem.name!r} has no scale for it)."
                 )
         return out
+
+    def _required_options(self, opts: Mapping[str, Any]) -> tuple[str, ...]:
+        """The options that must have a value given the resolved ``opts``: ``required``, less lr_x when an
+        ``outer`` optimizer makes the x-step (``bilevel.outer``)."""
+        if opts.get("outer") is not None:
+            return tuple(name for name in self.required if name != "lr_x")
+        return self.required
 
     def bind(self, problem: BilevelProblem, stochastic: bool = False):
         """A frozen copy resolved for ``problem`` and validated once.  ``stochastic=True`` (a mini-batch run)
@@ -202,8 +211,14 @@ class Solver(ABC, metaclass=CheckedOptions):
         return self.bind(problem, stochastic).resolved_options()
 
     def resolved_options(self) -> dict[str, Any]:
-        """A flat record of the options (results, metadata); solvers with parts flatten them."""
-        return self.options()
+        """A flat record of the options (results, metadata); solvers with parts flatten them.  The outer
+        optimizer's options (``bilevel.outer``) appear only when ``outer`` is set."""
+        from ..outer import FIELDS, record
+
+        opts = self.options()
+        if "outer" not in opts:
+            return opts
+        return {**{k: v for k, v in opts.items() if k not in FIELDS}, **record(opts, type(self).__name__)}
 
     def _require_bound(self) -> None:
         if not self._bound:
@@ -220,6 +235,10 @@ def register(cls):
     """Class decorator: register a solver class under ``cls.name``; adds ``cls.create(**options)``."""
 
     def create(klass, **options: Any):
+        if "outer" in klass.option_names():
+            from ..outer import route
+
+            route(options, klass.__name__)  # outer.lr=… → outer_options
         return klass(**options)  # unknown names are rejected, with a suggestion, by CheckedOptions
 
     if "create" not in cls.__dict__:

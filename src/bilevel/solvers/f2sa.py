@@ -12,6 +12,9 @@ from torch import Tensor
 
 from .._validation import check_bool, check_int, check_positive
 from ..inner import InnerGDLoop, schedule_value
+from ..outer import OuterOptimizer
+from ..outer import build as build_outer
+from ..outer import check_options as check_outer
 from ..problem import BilevelProblem
 from ..schedules import PowerDecay, ScheduleLike, as_schedule
 from .base import Solver, register
@@ -32,6 +35,8 @@ class F2SAState:
     v: Optional[Tensor] = None
     direction: Optional[Tensor] = None
     events: Mapping[str, int] = field(default_factory=dict)
+    #: the ``outer`` optimizer of x (``bilevel.outer``; mutable, like a generator), else None
+    outer: Optional[OuterOptimizer] = field(default=None, compare=False)
 
 
 @register
@@ -86,6 +91,9 @@ class F2SA(InnerGDLoop, Solver):
     Published settings (``settings``, looked up by the problem's experiment key; the reference's
     hyper-cleaning runs): ξ0 = 500 (Fashion-MNIST 10), ξ_k = ξ0 (k + 1)^(−1/7), μ_0 = 1, δ_k = 0.1/(k + 1),
     T = 10, θ = 0.1 (the problem's scale); synthetic: the problem's scales λ = 1, θ = 1e-5.
+    ``outer=`` (with ``outer_options``, ``outer_scheduler``, ``outer_scheduler_options``): a ``torch.optim``
+    optimizer makes the x-step from the same direction instead of x − λ·D (``bilevel.outer``; lr_x unused);
+    the oracle cost is unchanged.
     """
 
     name: ClassVar[str] = "f2sa"
@@ -99,6 +107,10 @@ class F2SA(InnerGDLoop, Solver):
     }
 
     lr_x: Optional[ScheduleLike] = None
+    outer: Any = None
+    outer_options: Optional[Mapping[str, Any]] = None
+    outer_scheduler: Any = None
+    outer_scheduler_options: Optional[Mapping[str, Any]] = None
     lr_y: Optional[ScheduleLike] = None
     lr_y_penalized: Optional[ScheduleLike] = None
     mu0: Optional[float] = None
@@ -128,6 +140,7 @@ class F2SA(InnerGDLoop, Solver):
 
     def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "F2SA"
+        check_outer(owner, opts)
         for name in ("lr_x", "lr_y", "lr_y_penalized", "mu_step"):
             if opts.get(name) is not None:
                 as_schedule(opts[name], f"{owner}: {name}")
@@ -149,7 +162,8 @@ class F2SA(InnerGDLoop, Solver):
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> F2SAState:
         self._require_bound()
         x, y0 = problem.x0, problem.y0
-        return F2SAState(k=0, x=x, y=y0, z=y0.clone(), mu=float(self.mu0), iterate=(x, y0, None))
+        return F2SAState(k=0, x=x, y=y0, z=y0.clone(), mu=float(self.mu0), iterate=(x, y0, None),
+                         outer=build_outer(self.label, self, x))
 
     def step(self, state: F2SAState, oracles: Any, batches: Any) -> F2SAState:
         x, y, mu, k = state.x, state.y, state.mu, state.k
@@ -166,7 +180,10 @@ class F2SA(InnerGDLoop, Solver):
         lower = batches("lower")
         direction = oracles.grad_x_f(x, y, batches("upper", T)) + mu * (
             oracles.grad_x_g(x, y, lower) - oracles.grad_x_g(x, z, lower))
-        x_new = (x - schedule_value(self.lr_x, k) * direction).detach()
+        if state.outer is None:
+            x_new = (x - schedule_value(self.lr_x, k) * direction).detach()
+        else:
+            x_new = state.outer.step(x, direction)
         y, z = y.detach(), z.detach()
         mu_new = mu + schedule_value(self.mu_step, k) if self.mu_growth else mu
         return dataclasses.replace(

@@ -13,6 +13,9 @@ from torch import Tensor
 
 from .._validation import check_bool, check_positive
 from ..inner import schedule_value
+from ..outer import OuterOptimizer
+from ..outer import build as build_outer
+from ..outer import check_options as check_outer
 from ..problem import BilevelProblem
 from ..schedules import PowerDecay, ScheduleLike, as_schedule
 from .base import Solver, register
@@ -29,6 +32,8 @@ class HJFBiOState:
     v: Tensor
     iterate: tuple
     events: Mapping[str, int] = field(default_factory=dict)
+    #: the ``outer`` optimizer of x (``bilevel.outer``; mutable, like a generator), else None
+    outer: Optional[OuterOptimizer] = field(default=None, compare=False)
 
 
 @register
@@ -75,6 +80,9 @@ class HJFBiO(Solver):
         HC      500    0.1    0.1 (the reference's effective one)  1    6000 (log every 50)
         Stoc    —      —      —                                    —    —
         ======  =====  =====  ===================================  ===  =====================
+    ``outer=`` (with ``outer_options``, ``outer_scheduler``, ``outer_scheduler_options``): a ``torch.optim``
+    optimizer makes the x-step from the same direction instead of x − λ·D (``bilevel.outer``; lr_x unused);
+    the oracle cost is unchanged.
     """
 
     name: ClassVar[str] = "hjfbio"
@@ -83,6 +91,10 @@ class HJFBiO(Solver):
     settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {"hyperclean": {"eta": 0.1}}
 
     lr_x: Optional[ScheduleLike] = None
+    outer: Any = None
+    outer_options: Optional[Mapping[str, Any]] = None
+    outer_scheduler: Any = None
+    outer_scheduler_options: Optional[Mapping[str, Any]] = None
     lr_y: Optional[ScheduleLike] = None
     eta: Optional[float] = None
     delta: Optional[float] = None
@@ -106,6 +118,7 @@ class HJFBiO(Solver):
 
     def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "HJFBiO"
+        check_outer(owner, opts)
         for name in ("lr_x", "lr_y"):
             if opts.get(name) is not None:
                 as_schedule(opts[name], f"{owner}: {name}")
@@ -163,7 +176,7 @@ class HJFBiO(Solver):
         self._require_bound()
         x, y = problem.x0, problem.y0
         v = torch.zeros_like(y)
-        return HJFBiOState(k=0, x=x, y=y, v=v, iterate=(x, y, v))
+        return HJFBiOState(k=0, x=x, y=y, v=v, iterate=(x, y, v), outer=build_outer(self.label, self, x))
 
     def step(self, state: HJFBiOState, oracles: Any, batches: Any) -> HJFBiOState:
         x, y, v, k = state.x, state.y, state.v, state.k
@@ -175,7 +188,10 @@ class HJFBiO(Solver):
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
         v_new = v - self.eta * (av - b)
         y_new = y - schedule_value(self.lr_y, k) * d_y
-        x_new = x - schedule_value(self.lr_x, k) * (gx_f - jv)
+        if state.outer is None:
+            x_new = x - schedule_value(self.lr_x, k) * (gx_f - jv)
+        else:
+            x_new = state.outer.step(x, gx_f - jv)
         return dataclasses.replace(state, k=k + 1, x=x_new, y=y_new, v=v_new, iterate=(x, y, v))
 
 

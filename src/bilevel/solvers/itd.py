@@ -12,6 +12,9 @@ from torch import Tensor
 
 from .._validation import check_int
 from ..inner import InnerGDLoop, schedule_value
+from ..outer import OuterOptimizer
+from ..outer import build as build_outer
+from ..outer import check_options as check_outer
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
 from .base import Solver, register
@@ -30,6 +33,8 @@ class ITDState:
     v: Optional[Tensor] = None
     direction: Optional[Tensor] = None
     events: Mapping[str, int] = field(default_factory=dict)
+    #: the ``outer`` optimizer of x (``bilevel.outer``; mutable, like a generator), else None
+    outer: Optional[OuterOptimizer] = field(default=None, compare=False)
 
 
 @register
@@ -74,6 +79,9 @@ class ITD(InnerGDLoop, Solver):
     (``"stochastic/hyperclean"``, a mini-batch run) T = 9, λ = 100, θ = 0.1; 20 Newsgroups T = 10, λ = θ = 100.
     Memory: T_b points, each holding what its products need (with closed forms, e.g. 20 Newsgroups, Π on the
     training rows: N·C numbers per point; with autodiff, T_b graphs of ∇_y g).
+    ``outer=`` (with ``outer_options``, ``outer_scheduler``, ``outer_scheduler_options``): a ``torch.optim``
+    optimizer makes the x-step from the same direction instead of x − λ·D (``bilevel.outer``; lr_x unused);
+    the oracle cost is unchanged.
     """
 
     name: ClassVar[str] = "itd"
@@ -85,6 +93,10 @@ class ITD(InnerGDLoop, Solver):
     }
 
     lr_x: Optional[ScheduleLike] = None
+    outer: Any = None
+    outer_options: Optional[Mapping[str, Any]] = None
+    outer_scheduler: Any = None
+    outer_scheduler_options: Optional[Mapping[str, Any]] = None
     lr_y: Optional[ScheduleLike] = None
     inner_steps: Optional[int] = None
     backprop_steps: Optional[int] = None
@@ -109,6 +121,7 @@ class ITD(InnerGDLoop, Solver):
 
     def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "ITD"
+        check_outer(owner, opts)
         for name in ("lr_x", "lr_y"):
             if opts.get(name) is not None:
                 as_schedule(opts[name], f"{owner}: {name}")
@@ -140,7 +153,7 @@ class ITD(InnerGDLoop, Solver):
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> ITDState:
         self._require_bound()
         x, y = problem.x0, problem.y0
-        return ITDState(k=0, x=x, y=y, iterate=(x, y, None))
+        return ITDState(k=0, x=x, y=y, iterate=(x, y, None), outer=build_outer(self.label, self, x))
 
     def step(self, state: ITDState, oracles: Any, batches: Any) -> ITDState:
         x, y, k = state.x, state.y.detach(), state.k  # no gradient through y^0
@@ -160,8 +173,12 @@ class ITD(InnerGDLoop, Solver):
                 p = p - theta * point.hvp(p)
         del points  # release the T_b linearisations (and their graphs) now
         direction, y = direction.detach(), y.detach()
+        if state.outer is None:
+            x_new = (x - schedule_value(self.lr_x, k) * direction).detach()
+        else:
+            x_new = state.outer.step(x, direction)
         return dataclasses.replace(
-            state, k=k + 1, x=(x - schedule_value(self.lr_x, k) * direction).detach(), y=y,
+            state, k=k + 1, x=x_new, y=y,
             iterate=(x, y, None), direction=direction,
         )
 

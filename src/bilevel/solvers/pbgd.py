@@ -12,6 +12,9 @@ from torch import Tensor
 
 from .._validation import check_int
 from ..inner import InnerGDLoop, schedule_value
+from ..outer import OuterOptimizer
+from ..outer import build as build_outer
+from ..outer import check_options as check_outer
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
 from .base import Solver, register
@@ -30,6 +33,8 @@ class PBGDState:
     v: Optional[Tensor] = None
     direction: Optional[Tensor] = None
     events: Mapping[str, int] = field(default_factory=dict)
+    #: the ``outer`` optimizer of x (``bilevel.outer``; mutable, like a generator), else None
+    outer: Optional[OuterOptimizer] = field(default=None, compare=False)
 
 
 @register
@@ -71,6 +76,9 @@ class PBGD(InnerGDLoop, Solver):
     Suggested starting values (PBGD is not in the reference experiments; γ as in Shen & Chen 2023):
     γ ∈ {10, 100}, T = 10; steps from the problems' scales: synthetic λ = 1, θ = 1e-5; hyper-cleaning
     λ = 500, θ = 0.1.
+    ``outer=`` (with ``outer_options``, ``outer_scheduler``, ``outer_scheduler_options``): a ``torch.optim``
+    optimizer makes the x-step from the same direction instead of x − λ·D (``bilevel.outer``; lr_x unused);
+    the oracle cost is unchanged.
     """
 
     name: ClassVar[str] = "pbgd"
@@ -78,6 +86,10 @@ class PBGD(InnerGDLoop, Solver):
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 10, "gamma": 10.0}
 
     lr_x: Optional[ScheduleLike] = None
+    outer: Any = None
+    outer_options: Optional[Mapping[str, Any]] = None
+    outer_scheduler: Any = None
+    outer_scheduler_options: Optional[Mapping[str, Any]] = None
     lr_y: Optional[ScheduleLike] = None
     lr_y_penalized: Optional[ScheduleLike] = None
     gamma: Optional[ScheduleLike] = None
@@ -107,6 +119,7 @@ class PBGD(InnerGDLoop, Solver):
 
     def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "PBGD"
+        check_outer(owner, opts)
         for name in ("lr_x", "lr_y", "lr_y_penalized", "gamma"):
             if opts.get(name) is not None:
                 as_schedule(opts[name], f"{owner}: {name}")
@@ -124,7 +137,7 @@ class PBGD(InnerGDLoop, Solver):
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> PBGDState:
         self._require_bound()
         x, y = problem.x0, problem.y0
-        return PBGDState(k=0, x=x, y=y, y_hat=y.clone(), iterate=(x, y, None))
+        return PBGDState(k=0, x=x, y=y, y_hat=y.clone(), iterate=(x, y, None), outer=build_outer(self.label, self, x))
 
     def step(self, state: PBGDState, oracles: Any, batches: Any) -> PBGDState:
         x, y, k = state.x, state.y, state.k
@@ -138,8 +151,12 @@ class PBGD(InnerGDLoop, Solver):
         gx_f, gy_f = oracles.grad_f(x, y, batches("upper"))
         d_x = gx_f + gamma * (gx_g - gx_g_hat)
         d_y = gy_f + gamma * gy_g
+        if state.outer is None:
+            x_new = (x - schedule_value(self.lr_x, k) * d_x).detach()
+        else:
+            x_new = state.outer.step(x, d_x)
         return dataclasses.replace(
-            state, k=k + 1, x=(x - schedule_value(self.lr_x, k) * d_x).detach(), y=(y - alpha_y * d_y).detach(),
+            state, k=k + 1, x=x_new, y=(y - alpha_y * d_y).detach(),
             y_hat=y_hat.detach(), iterate=(x, y, None), direction=d_x.detach(),
         )
 

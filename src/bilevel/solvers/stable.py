@@ -16,6 +16,9 @@ from ..inner import schedule_value
 from ..linear_solvers.base import Curvature
 from ..linear_solvers.neumann import Neumann
 from ..oracles import point_on
+from ..outer import OuterOptimizer
+from ..outer import build as build_outer
+from ..outer import check_options as check_outer
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
 from .base import Solver, add_events, register
@@ -38,6 +41,8 @@ class StableState:
     events: Mapping[str, int] = field(default_factory=dict)
     curvature: Optional[Curvature] = None
     trusted: bool = True
+    #: the ``outer`` optimizer of x (``bilevel.outer``; mutable, like a generator), else None
+    outer: Optional[OuterOptimizer] = field(default=None, compare=False)
 
 
 @register
@@ -83,6 +88,9 @@ class STABLE(Solver):
         NG      10       0.5    100    100    1    (Ji et al. 2021's Q, η, θ, λ for the task)
         Stoc    —        —      —      —      —
         ======  =======  =====  =====  =====  ===
+    ``outer=`` (with ``outer_options``, ``outer_scheduler``, ``outer_scheduler_options``): a ``torch.optim``
+    optimizer makes the x-step from the same direction instead of x − λ·D (``bilevel.outer``; lr_x unused);
+    the oracle cost is unchanged.
     """
 
     name: ClassVar[str] = "stable"
@@ -92,6 +100,10 @@ class STABLE(Solver):
     settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {"hyperclean": {"v_steps": 20}, "newsgroups": {"v_steps": 10}}
 
     lr_x: Optional[ScheduleLike] = None
+    outer: Any = None
+    outer_options: Optional[Mapping[str, Any]] = None
+    outer_scheduler: Any = None
+    outer_scheduler_options: Optional[Mapping[str, Any]] = None
     lr_y: Optional[ScheduleLike] = None
     eta: Optional[float] = None
     v_steps: Optional[int] = None
@@ -113,6 +125,7 @@ class STABLE(Solver):
 
     def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "STABLE"
+        check_outer(owner, opts)
         for name in ("lr_x", "lr_y"):
             if opts.get(name) is not None:
                 as_schedule(opts[name], f"{owner}: {name}")
@@ -139,7 +152,7 @@ class STABLE(Solver):
         self._require_bound()
         x, y = problem.x0, problem.y0
         v = torch.zeros_like(y)
-        return StableState(k=0, x=x, y=y, v=v, iterate=(x, y, v))
+        return StableState(k=0, x=x, y=y, v=v, iterate=(x, y, v), outer=build_outer(self.label, self, x))
 
     def step(self, state: StableState, oracles: Any, batches: Any) -> StableState:
         x, y, k = state.x, state.y, state.k
@@ -150,7 +163,10 @@ class STABLE(Solver):
         # both sums are rebuilt from b every iteration: a fresh v-solver state each time (nothing carried)
         v, _, info_v = neumann.solve(point.hvp, b, neumann.init(b), k=k)
         cross = point_on(oracles, point, batches("cross"))
-        x_new = x - schedule_value(self.lr_x, k) * (gx_f - cross.cross(v))
+        if state.outer is None:
+            x_new = x - schedule_value(self.lr_x, k) * (gx_f - cross.cross(v))
+        else:
+            x_new = state.outer.step(x, gx_f - cross.cross(v))
         # The correction uses the actual move of x, so it tracks y* along the step just taken.
         t = cross.cross_t(x_new - x)
         z, _, info_z = neumann.solve(point.hvp, t, neumann.init(t), k=k)
