@@ -9,8 +9,8 @@
 Where files are looked for: the ``data_dir=`` argument, else ``$BILEVEL_DATA_DIR``, else the per-user cache
 ``$XDG_CACHE_HOME/bilevel/datasets`` (``~/.cache/bilevel/datasets``); see ``data_dir()``.  Each dataset has
 a sub-folder named ``mnist/``, ``fashion_mnist/``, ``kmnist/`` or ``20newsgroups/`` holding the upstream file
-names, the layout of the project's offline copy (``shared/data``), so ``data_dir=".../shared/data"`` works
-as is.
+names, the layout of the project's offline copy, so ``data_dir=`` can point straight at the root of such a
+copy.
 
 Downloads: with ``download=True``, or by default (``download=None``) unless ``BILEVEL_OFFLINE`` is set,
 missing files are fetched from the upstream sites in ``MIRRORS`` (tried in order), into a temporary file

@@ -1,6 +1,6 @@
 """What each dataset consists of: file names, pinned checksums, download mirrors, constants, citations.
 
-Checksums: the sha256 values come from the project's offline copies (``shared/data/README.md``) and,
+Checksums: the sha256 values come from the project's offline copies (the checksum list kept with them) and,
 for the KMNIST IDX files, from torchvision's published checksum tables; the md5 values are the ones
 upstream publishes and are kept for reference only (verification uses sha256).
 
