@@ -252,3 +252,30 @@ def test_site_builds_strictly_without_the_data(tmp_path):
     assert (tmp_path / "site" / "solvers" / "lancbio" / "index.html").is_file()
     cli = (tmp_path / "site" / "cli" / "index.html").read_text(encoding="utf-8")
     assert "--max-iter" in cli and "generated: cli-reference" not in cli
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(importlib.util.find_spec("griffe") is None, reason="the docs extra is not installed")
+def test_math_stars_are_escaped_outside_code_only():
+    escape = _load_tool("griffe_markdown").escape_math_stars
+    assert escape("cos(J v, J v*) against v* = A⁻¹b") == r"cos(J v, J v\*) against v\* = A⁻¹b"
+    assert escape("f(x, y*(x)), (y* − c), x* solves") == r"f(x, y\*(x)), (y\* − c), x\* solves"
+    assert escape("taken at a *point*, **1 + 1/m HVPs** per y*") == r"taken at a *point*, **1 + 1/m HVPs** per y\*"
+    assert escape("code ``v*`` and `y*` stay, y* not") == r"code ``v*`` and `y*` stay, y\* not"
+    block = "Rule:\n\n    y* = argmin g\n\n    v* = A⁻¹b\nafter y*\n"
+    assert escape(block) == "Rule:\n\n    y* = argmin g\n\n    v* = A⁻¹b\nafter y\\*\n"
+    assert escape(escape("v* and y*(x)")) == escape("v* and y*(x)")  # idempotent: aliases may pass twice
+
+
+def test_readme_links_every_results_page():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for page in sorted((DOCS / "results").glob("*.md")):
+        if page.name != "index.md":
+            assert f"(docs/results/{page.name})" in readme, \
+                f"README's results list does not link docs/results/{page.name}: add it to 'Documentation, examples and results'"
