@@ -279,3 +279,12 @@ def test_readme_links_every_results_page():
         if page.name != "index.md":
             assert f"(docs/results/{page.name})" in readme, \
                 f"README's results list does not link docs/results/{page.name}: add it to 'Documentation, examples and results'"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("griffe") is None, reason="the docs extra is not installed")
+def test_subscripts_and_laid_out_blocks_survive_markdown():
+    escape = _load_tool("griffe_markdown").escape_math_stars
+    assert escape("1 ∇_x f, J v and Jᵀ(x_{k+1} − x_k), `lr_x`") == r"1 ∇\_x f, J v and Jᵀ(x\_{k+1} − x\_k), `lr_x`"
+    table = "Published settings:\n    ======  ===\n    Syn     1e-5\n"
+    assert escape(table) == "Published settings:\n\n    ======  ===\n    Syn     1e-5\n"
+    assert escape("merged key by key::\n\n    batches: {size: 256}\n") == "merged key by key:\n\n    batches: {size: 256}\n"
