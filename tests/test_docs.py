@@ -122,6 +122,8 @@ MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:work|home|Users|root|tmp|mnt|scratch|
 #: the project's offline data copy beside the checkout: fine as a data-dir argument in benchmarks and configs,
 #: never cited by the library, its docs or the examples (a fresh clone has no such folder)
 OUTSIDE_REPO = re.compile(r"\.\./shared|shared/data")
+#: the project's reference notes live outside the repository: cite the papers instead
+REFERENCE_NOTES = re.compile(r"\b(?:algorithms|design)\.md\b|\b(?:algorithms|reference) §")
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg"}
 
 
@@ -146,17 +148,19 @@ def test_no_text_cites_a_path_outside_the_repository():
     library = _committed_text(("src/", "docs/", "examples/", "tools/", "README.md", "mkdocs.yml"))
     assert len(library) > 50
     found = _offending(library, MACHINE_PATH) + _offending(library, OUTSIDE_REPO)
+    found += _offending(library, REFERENCE_NOTES)
     found += _offending(_committed_text(("benchmarks/", "configs/")), MACHINE_PATH)
+    found += _offending(_committed_text(("benchmarks/", "configs/")), REFERENCE_NOTES)
     assert not found, "paths outside the repository (use a placeholder such as /path/to/data):\n" + "\n".join(found)
 
 
 def test_path_patterns():
     for bad in ("see ../shared/data/README.md", "--data-dir /work/shared/data", "out /tmp/report.md",
-                "the copy (``shared/data``)", "/home/user/x"):
-        assert MACHINE_PATH.search(bad) or OUTSIDE_REPO.search(bad), bad
+                "the copy (``shared/data``)", "/home/user/x", "see algorithms.md §4.3", "(reference §4.1)"):
+        assert MACHINE_PATH.search(bad) or OUTSIDE_REPO.search(bad) or REFERENCE_NOTES.search(bad), bad
     for fine in ("--data-dir /path/to/data", "~/.cache/bilevel/datasets", "results/demo.csv", "docs/results/x.md",
                  "bilevel/datasets/_load.py", "https://host/data/file.gz"):
-        assert not (MACHINE_PATH.search(fine) or OUTSIDE_REPO.search(fine)), fine
+        assert not (MACHINE_PATH.search(fine) or OUTSIDE_REPO.search(fine) or REFERENCE_NOTES.search(fine)), fine
 
 
 def _nav_pages(entries) -> list[str]:

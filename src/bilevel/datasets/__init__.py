@@ -35,7 +35,8 @@ KMNIST deviation: offline, only the first 7011 of the 60000 official training im
 non-official ``kmnist-train-imgs-first7011.npz``.  When the full IDX file is absent, that copy is used
 (unless ``download=True`` asks for the full one), ``train_labels`` are cut to the first 7011 to match,
 and ``Dataset.notes`` says so; ``Dataset.files`` records which file was read.  A disjoint 5000 + 5000
-train/validation split is then impossible: see reference §4.2 for the protocol, and report the deviation.
+train/validation split is then impossible: ``bilevel.problems.hyperclean`` says which split it uses instead
+(its ``info``); report the deviation.
 
 20 Newsgroups (``load_newsgroups``, module ``bilevel.datasets.newsgroups``): J. Rennie's "bydate" split,
 11314 train / 7532 test Usenet posts in 20 groups, from ``20newsgroups/20news-bydate.tar.gz``: upstream's
