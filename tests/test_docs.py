@@ -119,8 +119,9 @@ def test_every_docs_figure_is_referenced():
 
 #: absolute paths of a particular machine: never in committed text
 MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:work|home|Users|root|tmp|mnt|scratch|data)/")
-#: the project's offline data copy beside the checkout: fine as a data-dir argument in benchmarks and configs,
-#: never cited by the library, its docs or the examples (a fresh clone has no such folder)
+#: the project's offline data copy beside the checkout: fine as a data-dir argument in the benchmarks' usage
+#: lines, never cited by the library, its docs, the configs (shown on the site) or the examples (a fresh clone
+#: has no such folder)
 OUTSIDE_REPO = re.compile(r"\.\./shared|shared/data")
 #: the project's reference notes live outside the repository: cite the papers instead
 REFERENCE_NOTES = re.compile(r"\b(?:algorithms|design)\.md\b|\b(?:algorithms|reference) §")
@@ -149,6 +150,7 @@ def test_no_text_cites_a_path_outside_the_repository():
     assert len(library) > 50
     found = _offending(library, MACHINE_PATH) + _offending(library, OUTSIDE_REPO)
     found += _offending(library, REFERENCE_NOTES)
+    found += _offending(_committed_text(("configs/",)), OUTSIDE_REPO)  # their header comments are on the site
     found += _offending(_committed_text(("benchmarks/", "configs/")), MACHINE_PATH)
     found += _offending(_committed_text(("benchmarks/", "configs/")), REFERENCE_NOTES)
     assert not found, "paths outside the repository (use a placeholder such as /path/to/data):\n" + "\n".join(found)
@@ -235,6 +237,12 @@ def test_cli_reference_covers_every_command_and_option():
 def test_unknown_marker_is_an_error():
     with pytest.raises(ValueError, match="unknown generated block 'nope'"):
         hooks.render_marker("nope", ".")
+
+
+def test_configs_page_shows_every_config():
+    text = hooks.render_marker("configs", ".")
+    for path in (ROOT / "configs").glob("*.yaml"):
+        assert f"### `configs/{path.name}`" in text
 
 
 def test_solver_table_lists_every_solver():

@@ -129,16 +129,18 @@ def page_list(folder: str, relative_to: str) -> str:
 
 
 def configs_list() -> str:
-    lines = []
+    """Each shipped experiment file with its header comment (what it reproduces, how to run it smaller)."""
+    blocks = []
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         comment = []
         for line in path.read_text(encoding="utf-8").splitlines():
             if not line.startswith("#"):
                 break
-            comment.append(line.lstrip("# ").rstrip())
-        summary = " ".join(c for c in comment if c)
-        lines.append(f"- `configs/{path.name}`: {summary}" if summary else f"- `configs/{path.name}`")
-    return "\n".join(lines)
+            comment.append(line[1:].removeprefix(" ").rstrip())
+        blocks.append(f"### `configs/{path.name}`\n")
+        if comment:
+            blocks.append("```text\n" + "\n".join(comment) + "\n```\n")
+    return "\n".join(blocks)
 
 
 def render_marker(name: str, page_dir: str) -> str:
