@@ -189,9 +189,19 @@ def test_every_solver_has_a_page_in_the_nav():
     nav = set(_nav_pages(config["nav"]))
     for name, module in hooks.solver_modules().items():
         page = DOCS / "solvers" / f"{name}.md"
-        assert page.is_file(), f"solver {name!r} has no page docs/solvers/{name}.md"
+        assert page.is_file(), (f"solver {name!r} has no page: add docs/solvers/{name}.md with a '# <label>' heading "
+                                f"and the line '::: {module}' (the nav picks it up)")
         assert f"::: {module}" in page.read_text(encoding="utf-8"), f"{page.name} does not render {module}"
         assert f"solvers/{name}.md" in nav, f"docs/solvers/{name}.md is not in mkdocs.yml's nav"
+
+
+def test_every_problem_family_is_documented():
+    from bilevel.problems import PROBLEMS
+
+    text = (DOCS / "problems.md").read_text(encoding="utf-8")
+    for name, factory in PROBLEMS.items():
+        assert f"::: {factory.__module__}" in text, \
+            f"problem {name!r} is not on docs/problems.md: add a section with '::: {factory.__module__}'"
 
 
 def test_nav_lists_every_page_and_every_results_page():

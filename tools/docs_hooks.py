@@ -1,7 +1,8 @@
 """mkdocs hooks: the parts of the site generated from the code at build time, so that they cannot go stale.
 
-- the nav sections "Results" and "Examples" list every page of ``docs/results/`` and ``docs/examples/``
-  (a new report page appears without editing ``mkdocs.yml``);
+- the nav sections "Solvers", "Results" and "Examples" list every page of ``docs/solvers/``, ``docs/results/``
+  and ``docs/examples/``: pages named in ``mkdocs.yml`` keep their place, any other is appended (a new report
+  page or solver page appears without editing ``mkdocs.yml``);
 - markers in pages are replaced (``<!-- generated: NAME -->``): ``cli-reference`` (the argparse help of every
   ``bilevel`` command), ``solver-table`` (the registered solvers), ``results-list`` and ``examples-list`` (the
   pages of those folders), ``configs`` (the shipped experiment files with their header comments).
@@ -24,7 +25,7 @@ if str(ROOT / "src") not in sys.path:  # a fresh clone without `pip install -e .
     sys.path.insert(0, str(ROOT / "src"))
 
 #: nav section title → folder under docs/ whose pages it lists (the folder's index.md first)
-AUTO_SECTIONS = {"Results": "results", "Examples": "examples"}
+AUTO_SECTIONS = {"Solvers": "solvers", "Results": "results", "Examples": "examples"}
 MARKER = re.compile(r"<!-- generated: ([a-z-]+) -->")
 HELP_WIDTH = 100
 
