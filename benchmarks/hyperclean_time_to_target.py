@@ -17,7 +17,7 @@ Configurations: ``lancbio:<preset>`` for each name in ``bilevel.solvers.lancbio.
 any registered solver with its defaults (``--solvers``).  Run it alone on an idle machine, one torch thread per
 core you mean to measure (``--threads``):
 
-    python benchmarks/hyperclean_time_to_target.py --data-dir /work/shared/data --threads 2
+    python benchmarks/hyperclean_time_to_target.py --data-dir /path/to/data --threads 2
     python benchmarks/hyperclean_time_to_target.py --quick            # a smoke check: K = 60, seed 1, float64
     python benchmarks/hyperclean_time_to_target.py --presets hyperclean-published --dtypes float32 --no-ratio
 """

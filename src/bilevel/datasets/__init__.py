@@ -9,8 +9,8 @@
 Where files are looked for: the ``data_dir=`` argument, else ``$BILEVEL_DATA_DIR``, else the per-user cache
 ``$XDG_CACHE_HOME/bilevel/datasets`` (``~/.cache/bilevel/datasets``); see ``data_dir()``.  Each dataset has
 a sub-folder named ``mnist/``, ``fashion_mnist/``, ``kmnist/`` or ``20newsgroups/`` holding the upstream file
-names, the layout of the project's offline copy (``shared/data``), so ``data_dir=".../shared/data"`` works
-as is.
+names, the layout of the project's offline copy, so ``data_dir=`` can point straight at the root of such a
+copy.
 
 Downloads: with ``download=True``, or by default (``download=None``) unless ``BILEVEL_OFFLINE`` is set,
 missing files are fetched from the upstream sites in ``MIRRORS`` (tried in order), into a temporary file
@@ -35,7 +35,8 @@ KMNIST deviation: offline, only the first 7011 of the 60000 official training im
 non-official ``kmnist-train-imgs-first7011.npz``.  When the full IDX file is absent, that copy is used
 (unless ``download=True`` asks for the full one), ``train_labels`` are cut to the first 7011 to match,
 and ``Dataset.notes`` says so; ``Dataset.files`` records which file was read.  A disjoint 5000 + 5000
-train/validation split is then impossible: see reference §4.2 for the protocol, and report the deviation.
+train/validation split is then impossible: ``bilevel.problems.hyperclean`` says which split it uses instead
+(its ``info``); report the deviation.
 
 20 Newsgroups (``load_newsgroups``, module ``bilevel.datasets.newsgroups``): J. Rennie's "bydate" split,
 11314 train / 7532 test Usenet posts in 20 groups, from ``20newsgroups/20news-bydate.tar.gz``: upstream's

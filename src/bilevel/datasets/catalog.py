@@ -1,6 +1,6 @@
 """What each dataset consists of: file names, pinned checksums, download mirrors, constants, citations.
 
-Checksums: the sha256 values come from the project's offline copies (``shared/data/README.md``) and,
+Checksums: the sha256 values come from the project's offline copies (the checksum list kept with them) and,
 for the KMNIST IDX files, from torchvision's published checksum tables; the md5 values are the ones
 upstream publishes and are kept for reference only (verification uses sha256).
 
@@ -128,7 +128,7 @@ MIRRORS: dict[str, list[str]] = {
     "20newsgroups": ["https://ndownloader.figshare.com/files/5975967", "http://qwone.com/~jason/20Newsgroups/"],
 }
 
-# (mean, std) of pixel / pixel_max as used by the LancBiO hyper-cleaning experiments (reference §4.2).
+# (mean, std) of pixel / pixel_max as used by the LancBiO hyper-cleaning experiments (the reference code's).
 # Fashion-MNIST's (0.5, 0.5) is a convention; its true statistic is about (0.2860, 0.3530).
 NORMALISATION: dict[str, tuple[float, float]] = {
     "mnist": (0.1307, 0.3081),

@@ -23,7 +23,7 @@ base point v̄ = v_{k₀−1}, the last plain estimate, w = A_{k₀} v̄ (1 HVP)
 plain window is dropped.  Each phase has its own dimension cap through the schedule's phase switch:
 ``DimensionSchedule(..., m_max=<plain cap>, switch_at=k₀, switch_m_max=<residual cap>)``.  Cost: 1 HVP per
 iteration before k₀, 1 + 1/m on average after (``total_matvecs`` counts it exactly).  This is what the
-LancBiO reference runs on deterministic hyper-cleaning (k₀ = 250, plain cap 300, then 10; algorithms §2.9).
+LancBiO reference code runs on deterministic hyper-cleaning (k₀ = 250, plain cap 300, then 10).
 
 Cost per outer iteration: 1 HVP, plus 1 at each restart (none when v̄ = 0): **1 + 1/m on average**
 (2 while m = 1; plain mode 1; ``exact_residual=True`` adds 1 on non-restart iterations).  Vector work is

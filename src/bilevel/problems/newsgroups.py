@@ -14,7 +14,7 @@ feature j's regularisation strength; zero at the start).
     g(x, W) = (1/N_tr) Σᵢ CE(Wᵀaᵢ, cᵢ) + (1/(2pC)) Σ_j e^(x_j) ‖W_j,:‖²
     f(x, W) = (1/N_val) Σᵢ CE(Wᵀaᵢ, cᵢ)   (validation documents; ∇_x f = 0)
 
-Closed forms, with Π = row-softmax(X W), U = X V, E = diag(e^x)/(pC) (derivations in the reference §4.4):
+Closed forms, with Π = row-softmax(X W), U = X V, E = diag(e^x)/(pC) (each by differentiating g and f above):
 
     ∇_W g = (1/N_tr) X_trᵀ (Π − Y) + E W
     A V   = ∇²_WW g·V = (1/N_tr) X_trᵀ [Π ⊙ U − Π ⊙ rowsum(Π ⊙ U)] + E V

@@ -1,4 +1,4 @@
-"""The synthetic problem of the LancBiO experiments (reference §4.1), for any n and κ_G.
+"""The synthetic problem of the LancBiO experiments (Yang, Gao & Yuan, ICLR 2025), for any n and κ_G.
 
     f(x, y) = c₁ cos(xᵀ D₁ y) + ½ ‖D₂ x − y‖²
     g(x, y) = c₀ Σᵢ sin(xᵢ + yᵢ) + log Σᵢ exp(xᵢ yᵢ) + ½ yᵀ (D₃ + G) y
@@ -178,7 +178,7 @@ def synthetic(
     dtype: torch.dtype = torch.float64,
     device: Any = "cpu",
 ) -> BilevelProblem:
-    """The synthetic problem of the LancBiO experiments (reference §4.1), named ``"synthetic"``, with n = dx = dy and κ_G = ``condition``.
+    """The synthetic problem of the LancBiO experiments (Yang, Gao & Yuan, ICLR 2025), named ``"synthetic"``, with n = dx = dy and κ_G = ``condition``.
 
     The paper uses n = 10⁴, κ_G = 1e5, seeds 1–10; tests use n = 50–200, κ_G = 100.  Data generation
     (``synthetic_data``) is cached per (n, condition, seed, dtype, device).  Closed forms: the four

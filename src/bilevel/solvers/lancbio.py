@@ -29,7 +29,7 @@ SETTINGS = {
 
 #: named hyper-cleaning presets (``lancbio(preset=...)``, command line ``-O preset=...``): the v-solver's mode schedule
 #: and dimension schedule, T = 5 (λ = 500 and θ = 0.1 come from the problem's scales either way).
-#: "hyperclean-published": what the LancBiO reference runs on deterministic hyper-cleaning (algorithms §2.9): plain
+#: "hyperclean-published": what the LancBiO reference code runs on deterministic hyper-cleaning: plain
 #: dynamic Lanczos for k < 250, then residual mode (a restart from v̄ = v_249), m = 1 → 10 growing by 1.3 every 50
 #: iterations.  The reference's plain-phase cap of 300 is never reached (m is 8 at k = 249), so the cap 10 gives
 #: the same m(k) for every k, without the unreachable-cap warning and the 300-row basis buffer.
