@@ -201,6 +201,10 @@ def test_automatic_values_are_visible_in_options_history_and_counts():
     expected = bound.expected_counts(30)
     assert res.counts.hvp == expected["hvp"] == 5 * 30 - 1 + 10
     assert res.counts.grad_y_g == expected["grad_y_g"]
+    # with damping δ the v-system is A + δI: η = 1/(L̂ + δ), θ = 1/L̂
+    damped = bilevel.solve(problem, get_solver("amigo_gd", damping=0.5), max_iter=5, eval_every=5).options
+    assert damped["eta"] == pytest.approx(1.0 / (damped["L_est"] + 0.5)) and damped["lr_y"] == pytest.approx(
+        1.0 / damped["L_est"])
 
 
 def test_safeguard_shrinks_a_step_that_makes_the_inner_gradient_grow(monkeypatch):
@@ -341,3 +345,16 @@ def test_zoo_no_step_sizes_reduces_the_true_hypergradient(problem_name, name, bu
     assert res.status in ("converged", "max_iter") and all(math.isfinite(v) for v in norms)
     assert norms[0] / min(norms) >= reduction
     assert res.options["auto"].startswith("lr_x,lr_y")
+
+
+def test_automatic_steps_under_mini_batches():
+    """With MiniBatch the start estimate uses the full data (batch None: its samples are counted), the safeguard
+    is off (mini-batch gradients differ by sampling) and the Ritz values come from the batches' Hessians."""
+    problem = bilevel.problems.quadratic(dx=5, dy=20, condition=10.0, seed=0, n_samples=200, n_samples_f=100)
+    solver = get_solver("amigo_cg", lr_x="auto", lr_y="auto")
+    res = bilevel.solve(problem, solver, max_iter=200, eval_every=50, batches=bilevel.MiniBatch(32), seed=0)
+    norms = res.history.column("hypergrad_norm")
+    assert res.status == "max_iter" and res.options["auto"] == "lr_x,lr_y" and res.options["stochastic"]
+    assert norms[0] / min(norms) > 10
+    L = float(torch.linalg.eigvalsh(problem.info["A"])[-1])
+    assert 0.9 * L <= res.options["L_est"] <= 2 * L

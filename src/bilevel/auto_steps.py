@@ -230,8 +230,9 @@ class AutoSteps:
             lo, hi, _ = lanczos_extremes(point.hvp, y, self.probes, generator)
             if not (math.isfinite(hi) and hi > 0):
                 raise ValueError(
-                    f"automatic steps: the largest Ritz value of ∇²_yy g at (x0, y0) is {hi!r}, so no step can be "
-                    "derived from it (is g(x0, ·) convex and finite?) — pass lr_y and eta, or start elsewhere."
+                    f"automatic steps: the largest Ritz value of ∇²_yy g at (x0, y0) is {hi:.6g}, so no step can be "
+                    "derived from it (is g(x0, ·) convex and finite there?) — pass lr_y (and eta), or start where g is "
+                    "convex in y."
                 )
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         return StepState(L=hi, mu=lo, L0=hi, mu0=lo, delta=delta, sumsq=zero, x0=x,

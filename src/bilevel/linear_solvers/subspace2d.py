@@ -163,14 +163,15 @@ class Subspace2D(LinearSolver):
             aw2 = matvec(w2).detach()
             matvecs += 1
             h12 = 0.5 * (_dot64(w1, aw2) + _dot64(w2, aw1))  # symmetrise H
-            h = torch.tensor([[h11, h12], [h12, _dot64(w2, aw2)]], dtype=torch.float64)
+            h22 = _dot64(w2, aw2)
+            h = torch.tensor([[h11, h12], [h12, h22]], dtype=torch.float64)
             chol, info = torch.linalg.cholesky_ex(h)
             if int(info) == 0 and bool(torch.isfinite(chol).all()):
                 rhs = torch.tensor([[bnorm], [0.0]], dtype=torch.float64)
                 z = torch.cholesky_solve(rhs, chol).reshape(-1).tolist()
                 if all(math.isfinite(t) for t in z):
                     return self._finish(state, z[0] * w1 + z[1] * w2, matvecs, 2, tuple(events),
-                                        h=(h11, h12, float(h[1, 1])))
+                                        h=(h11, h12, h22))
             events.append("indefinite")
             if bool(torch.isfinite(h).all()):
                 lowest = float(torch.linalg.eigvalsh(h)[0])  # H = WᵀAW: its eigenvalues lie in [λ_min, λ_max]

@@ -281,7 +281,10 @@ class AID(Solver):
             v0 = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
         auto = None
         if self.auto_steps is not None:  # the start estimate of L̂, μ̂: probes HVPs at (x_0, y_0), full data
-            auto = self.auto_steps.start(oracles.at(x, y), x, y, generator, float(self.damping or 0.0))
+            try:
+                auto = self.auto_steps.start(oracles.at(x, y), x, y, generator, float(self.damping or 0.0))
+            except ValueError as err:
+                raise ValueError(f"{self.label}: {err}") from None
         v_state = self._parts(auto)[1].init(torch.zeros_like(y), v0)
         return AIDState(k=0, x=x, y=y, v=v_state.v, v_state=v_state, iterate=(x, y, v_state.v),
                         generator=generator, auto=auto)
