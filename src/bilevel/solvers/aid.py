@@ -20,6 +20,11 @@ Options reach the parts by dotted names (``v_solver.m=20``, ``inner.steps=3``) a
 the papers: ``inner_steps`` (T) → ``inner.steps``, ``lr_y`` (θ) → ``inner.lr``, ``v_steps`` (Q) →
 ``v_solver.steps``, and any other option of the v-solver by its own name (``m``, ``eta``, ``rtol``, …).
 
+Step sizes that nothing sets — no user value, no published setting for the problem's experiment, no problem
+scale (a problem built from callables) — or that are given as ``"auto"`` (θ = ``lr_y``, η = the v-solver's
+``eta``, λ = ``lr_x``) are automatic: ``bilevel.auto_steps`` (θ = η = 1/L̂ from a counted Lanczos estimate
+kept current by the v-solver's Ritz values, AdaGrad-norm λ); ``AIDState.auto`` holds the values.
+
 ``damping=δ`` makes every v-solver product (A_k + δI)u (see ``AID``).  Each step exposes the v-solver's
 curvature evidence (``AIDState.curvature``) and whether the evaluated v is trusted; ``solve`` turns them
 into statuses (``not_strongly_convex``, no ``converged`` on an untrusted estimate).
@@ -110,7 +115,8 @@ HESSIAN_BATCH = ("iteration", "product", "epoch")
 class AID(Solver):
     """AID: any inner solver with any v-solver.  ``None`` options are filled at ``bind``.
 
-    lr_x (λ): outer step, a number or a schedule of k.   inner: the inner solver (``GD(steps=T, lr=θ)``).
+    lr_x (λ): outer step, a number, a schedule of k, or "auto" (AdaGrad-norm, ``bilevel.auto_steps``; what an
+    lr_x that nothing sets becomes).   inner: the inner solver (``GD(steps=T, lr=θ)``).
     v_solver: the linear-system solver for v ≈ A⁻¹b (``bilevel.linear_solvers``).
     order: "sequential" or "simultaneous".   freeze_x_first: skip the x-step in the first iterations of
     each v-solver epoch (epoch-based v-solvers only).   v_init: "zeros" (default) or "randn" (v_0 ~ N(0, I)).
@@ -123,7 +129,8 @@ class AID(Solver):
     hessian_batch: "iteration" (default), "product" or "epoch": which draw of the ``hvp`` role each of the
     v-solver's products takes under mini-batches (module docstring); no effect with ``FullBatch``.
 
-    Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, the v-solver's HVPs, 1 cross product.
+    Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, the v-solver's HVPs, 1 cross product; with automatic θ
+    or η, min(10, dy) HVPs once at the start (the curvature estimate) and one host read per iteration.
     Samples per iteration with mini-batches (B_r: the batch size of role r): T·B_inner + (HVPs)·B_hvp +
     B_cross on g, 2·B_upper on f (∇_x f and ∇_y f are one call on one batch, counted once each); an
     autodiff graph build (``linearize``, none on problems with closed-form products) adds its batch again.
