@@ -358,3 +358,16 @@ def test_automatic_steps_under_mini_batches():
     assert norms[0] / min(norms) > 10
     L = float(torch.linalg.eigvalsh(problem.info["A"])[-1])
     assert 0.9 * L <= res.options["L_est"] <= 2 * L
+
+
+def test_divergence_hint_names_the_automatic_steps():
+    from bilevel.run import _step_hint
+
+    problem = quadratic(1.0)
+    assert _step_hint(get_solver("amigo_gd").bind(problem)) == (
+        "the automatic ones (eta, lr_x, lr_y: bilevel.auto_steps) did not suit this problem; pass smaller values "
+        "explicitly.")
+    assert _step_hint(get_solver("amigo_cg", lr_x=2.0).bind(problem)).startswith(
+        "the step sizes given are likely too large (lr_x=2), or the automatic ones (lr_y: bilevel.auto_steps)")
+    assert _step_hint(get_solver("amigo_cg", lr_x=2.0, lr_y=0.5).bind(problem)) == (
+        "the step sizes are likely too large (lr_x=2, lr_y=0.5); try smaller ones.")

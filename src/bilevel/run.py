@@ -330,7 +330,13 @@ def _postfix(row: dict) -> dict:
 def _step_hint(bound: Any) -> str:
     opts = bound.resolved_options()
     names = ("lr_x", "lr_y", "eta", "inner.lr", "v_solver.eta")
-    steps = ", ".join(f"{k}={_describe(opts[k])}" for k in names if opts.get(k) is not None)
+    rules = getattr(bound, "auto_steps", None)
+    auto = set(rules.names) if rules is not None else set()
+    steps = ", ".join(f"{k}={_describe(opts[k])}" for k in names if opts.get(k) is not None and k not in auto)
+    if auto:
+        given = f"the step sizes given are likely too large ({steps}), or " if steps else ""
+        return (f"{given}the automatic ones ({', '.join(sorted(auto))}: bilevel.auto_steps) did not suit this "
+                "problem; pass smaller values explicitly.")
     return f"the step sizes are likely too large ({steps}); try smaller ones." if steps else "try smaller step sizes."
 
 
