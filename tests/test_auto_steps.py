@@ -157,6 +157,9 @@ def test_estimates_are_kept_current_from_the_v_solvers_ritz_values():
     assert res.options["mu_est"] == pytest.approx(float(ev[0]), rel=0.1)
     assert res.options["L_est"] == pytest.approx(float(ev[-1]), rel=1e-6)
     assert res.counts.hvp == solver.expected_counts(40)["hvp"]
+    # the history logs the estimates as they change: L̂ only rises, μ̂ only falls
+    L_col, mu_col = res.history.column("L_est"), res.history.column("mu_est")
+    assert L_col == sorted(L_col) and mu_col == sorted(mu_col, reverse=True) and mu_col[0] > mu_col[-1]
     for name in ("subbio", "amigo_cg"):
         res = bilevel.solve(problem, get_solver(name), max_iter=40, eval_every=13)
         tol = 1e-8 * float(ev[-1])
@@ -371,3 +374,17 @@ def test_divergence_hint_names_the_automatic_steps():
         "the step sizes given are likely too large (lr_x=2), or the automatic ones (lr_y: bilevel.auto_steps)")
     assert _step_hint(get_solver("amigo_cg", lr_x=2.0, lr_y=0.5).bind(problem)) == (
         "the step sizes are likely too large (lr_x=2, lr_y=0.5); try smaller ones.")
+
+
+def test_cli_asks_for_automatic_steps(tmp_path, capsys):
+    import json
+
+    from bilevel.cli import main
+
+    out = tmp_path / "q.csv"
+    assert main(["run", "quadratic", "--solver", "soba", "-O", "lr_y=auto", "-O", "eta=auto", "--max-iter", "5",
+                 "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["options"]["auto"] == "lr_y,eta" and isinstance(meta["options"]["lr_y"], float)
+    assert "L_est" in out.read_text().splitlines()[0]
