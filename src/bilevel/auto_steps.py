@@ -5,6 +5,9 @@ left unset — no user value, no published setting for the problem's experiment,
 it with ``"auto"`` (and any of them can be asked for explicitly: ``lancbio(lr_x="auto")``,
 ``-O lr_y=auto``).  Given values, the solver's ``SETTINGS`` and the problem's ``presets`` always win.
 
+The first-order F2SA uses the same rules for its θ and ξ (``F2SA.auto_steps``), with secant products of ∇_y g
+(``SecantPoint``) in place of HVPs for the start estimate.
+
 Curvature estimate L̂ ≈ L = λ_max(∇²_yy g), μ̂ ≈ λ_min(∇²_yy g):
 
     start      ``probes`` = min(10, dy) Lanczos steps with full reorthogonalisation on the HVP oracle at
@@ -170,6 +173,21 @@ def lanczos_extremes(matvec: Callable[[Tensor], Tensor], like: Tensor, steps: in
     if ext is None:
         return math.nan, math.nan, len(alpha)
     return ext[0], ext[1], len(alpha)
+
+
+class SecantPoint:
+    """First-order stand-in for the HVP oracle at (x, y), for methods that make no second-order call (F2SA):
+    A u ≈ (∇_y g(x, y + h u) − ∇_y g(x, y)) / h with h = sqrt(ε)(1 + ‖y‖)/‖u‖ (exact on a quadratic g; error
+    O(h‖∇³g‖) otherwise).  Cost: one ∇_y g per product, plus one at y."""
+
+    def __init__(self, oracles: Any, x: Tensor, y: Tensor) -> None:
+        self.oracles, self.x, self.y = oracles, x, y
+        self.grad = oracles.grad_y_g(x, y)
+        self.scale = math.sqrt(torch.finfo(y.dtype).eps) * (1.0 + float(torch.linalg.vector_norm(y)))
+
+    def hvp(self, u: Tensor) -> Tensor:
+        h = self.scale / max(float(torch.linalg.vector_norm(u)), 1e-300)
+        return (self.oracles.grad_y_g(self.x, self.y + h * u) - self.grad) / h
 
 
 @dataclass(frozen=True)

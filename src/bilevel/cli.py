@@ -194,8 +194,11 @@ def _option_rows(obj: Any) -> list[tuple[str, str]]:
     if hasattr(obj, "factory") and hasattr(obj, "create"):
         return _algorithm_rows(obj)
     if dataclasses.is_dataclass(obj):
+        from .auto_steps import RULES
+
         defaults = getattr(obj, "defaults", {})
         required = set(getattr(obj, "presettable", ())) | set(getattr(obj, "required", ()))
+        automatic = set(getattr(obj, "auto_options", ()))
         for f in dataclasses.fields(obj):
             if f.default is not dataclasses.MISSING:
                 value = f.default
@@ -204,7 +207,8 @@ def _option_rows(obj: Any) -> list[tuple[str, str]]:
             else:
                 rows.append((f.name, "(required)"))
                 continue
-            rows.append((f.name, _shown(value, defaults, [f.name], f.name in required)))
+            auto = RULES[f.name] if f.name in automatic else ""
+            rows.append((f.name, _shown(value, defaults, [f.name], f.name in required, auto)))
     else:
         for p in inspect.signature(obj).parameters.values():
             if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):

@@ -11,10 +11,11 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_int, check_positive
-from ..inner import InnerGDLoop, schedule_value
+from ..auto_steps import AUTO, PROBES, AutoSteps, SecantPoint, StepState, is_auto
+from ..inner import GD, InnerGDLoop, schedule_value
 from ..problem import BilevelProblem
 from ..schedules import PowerDecay, ScheduleLike, as_schedule
-from .base import Solver, register
+from .base import Solver, add_events, register
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class F2SAState:
     v: Optional[Tensor] = None
     direction: Optional[Tensor] = None
     events: Mapping[str, int] = field(default_factory=dict)
+    #: the automatic steps (``bilevel.auto_steps``), None when lr_x and lr_y are given or preset
+    auto: Optional[StepState] = None
 
 
 @register
@@ -86,6 +89,11 @@ class F2SA(InnerGDLoop, Solver):
     Published settings (``settings``, looked up by the problem's experiment key; the reference's
     hyper-cleaning runs): ξ0 = 500 (Fashion-MNIST 10), ξ_k = ξ0 (k + 1)^(−1/7), μ_0 = 1, δ_k = 0.1/(k + 1),
     T = 10, θ = 0.1 (the problem's scale); synthetic: the problem's scales λ = 1, θ = 1e-5.
+
+    Automatic steps (lr_x and lr_y that nothing sets, or ``"auto"``; ``bilevel.auto_steps``), first-order like
+    the method: θ = 1/L̂ with L̂ from min(10, dy) Lanczos steps on secant products (∇_y g(x, y + hu) − ∇_y g(x, y))/h
+    at (x_0, y_0) (min(10, dy) + 1 extra ∇_y g, once; no HVP), doubled when ‖∇_y g‖ grows at a z-step; α = θ/max(μ, 1)
+    as above; ξ by AdaGrad-norm on the x-direction.  One host read per iteration (the safeguard).
     """
 
     name: ClassVar[str] = "f2sa"
@@ -126,10 +134,15 @@ class F2SA(InnerGDLoop, Solver):
         "counts": {"options": {"inner_steps": 3}},
     }
 
+    #: options that become "auto" when nothing sets them (``bilevel.auto_steps``)
+    auto_options: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y")
+
     def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "F2SA"
         for name in ("lr_x", "lr_y", "lr_y_penalized", "mu_step"):
-            if opts.get(name) is not None:
+            if isinstance(opts.get(name), str) and name in self.auto_options and not is_auto(opts[name]):
+                raise TypeError(f"{owner}: {name} must be a number, a schedule or 'auto'; got str ({opts[name]!r}).")
+            if opts.get(name) is not None and not (name in self.auto_options and is_auto(opts[name])):
                 as_schedule(opts[name], f"{owner}: {name}")
         if opts.get("mu0") is not None:
             check_positive(owner, "mu0", opts["mu0"])
@@ -138,26 +151,55 @@ class F2SA(InnerGDLoop, Solver):
         check_bool(owner, "mu_growth", opts["mu_growth"])
         check_bool(owner, "paired_draws", opts["paired_draws"])
 
+    def unset_value(self, name: str) -> Any:
+        return AUTO if name in self.auto_options else None
+
+    def bind(self, problem: BilevelProblem, stochastic: bool = False):
+        bound = super().bind(problem, stochastic)
+        object.__setattr__(bound, "_probes", min(PROBES, problem.dy))  # the start estimate's secant products
+        return bound
+
+    @property
+    def auto_steps(self) -> Optional[AutoSteps]:
+        """Which steps are automatic (``bilevel.auto_steps``), None when none is."""
+        flags = {"lr_x": is_auto(self.lr_x), "lr_y": is_auto(self.lr_y)}
+        if not any(flags.values()):
+            return None
+        return AutoSteps(**flags, probes=getattr(self, "_probes", PROBES))
+
     def expected_counts(self, iterations: int) -> dict[str, float]:
-        """Per iteration: 2T ∇_y g, T ∇_y f, 1 ∇_x f, 2 ∇_x g; no second-order products."""
+        """Per iteration: 2T ∇_y g, T ∇_y f, 1 ∇_x f, 2 ∇_x g; no second-order products.  An automatic θ adds
+        min(10, dy) + 1 ∇_y g once (the secant estimate)."""
         self._require_bound()
         T, K = self.inner_steps, iterations
-        return {"grad_y_g": 2 * T * K, "grad_y_f": T * K, "grad_x_f": K, "grad_x_g": 2 * K,
+        rules = self.auto_steps
+        start = rules.probes + 1 if rules is not None and rules.needs_curvature else 0
+        return {"grad_y_g": 2 * T * K + start, "grad_y_f": T * K, "grad_x_f": K, "grad_x_g": 2 * K,
                 "hvp": 0, "cross": 0, "cross_t": 0}
 
 
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> F2SAState:
         self._require_bound()
         x, y0 = problem.x0, problem.y0
-        return F2SAState(k=0, x=x, y=y0, z=y0.clone(), mu=float(self.mu0), iterate=(x, y0, None))
+        auto, rules = None, self.auto_steps
+        if rules is not None:
+            try:
+                auto = rules.start(SecantPoint(oracles, x, y0), x, y0, generator)
+            except ValueError as err:
+                raise ValueError(f"{self.label}: {err}") from None
+        return F2SAState(k=0, x=x, y=y0, z=y0.clone(), mu=float(self.mu0), iterate=(x, y0, None), auto=auto)
 
     def step(self, state: F2SAState, oracles: Any, batches: Any) -> F2SAState:
         x, y, mu, k = state.x, state.y, state.mu, state.k
-        theta = schedule_value(self.lr_y, k)
+        auto, rules, grew = state.auto, self.auto_steps, None
+        theta = auto.theta if rules is not None and rules.lr_y else schedule_value(self.lr_y, k)
         penalized = self.lr_y_penalized
         alpha = schedule_value(penalized, k) if penalized is not None else theta / max(mu, 1.0)
         T = self.inner_steps
-        z = self.inner_loop.run(oracles, x, state.z, batches, k)
+        if rules is not None and rules.lr_y:  # automatic θ: the z-loop also reports growth (the safeguard)
+            z, grew = GD(steps=T, lr=theta).run_watched(oracles, x, state.z, batches, k, any_step=True)
+        else:
+            z = self.inner_loop.run(oracles, x, state.z, batches, k)
         shift = 0 if self.paired_draws else T  # unpaired: the y-steps' draws follow the z-steps'
         for t in range(T):
             y = y - alpha * (oracles.grad_y_f(x, y, batches("upper", t))
@@ -166,11 +208,18 @@ class F2SA(InnerGDLoop, Solver):
         lower = batches("lower")
         direction = oracles.grad_x_f(x, y, batches("upper", T)) + mu * (
             oracles.grad_x_g(x, y, lower) - oracles.grad_x_g(x, z, lower))
-        x_new = (x - schedule_value(self.lr_x, k) * direction).detach()
+        events = ()
+        if rules is not None and rules.lr_x:
+            x_new, auto = rules.x_step(auto, x, direction.detach())
+        else:
+            x_new = (x - schedule_value(self.lr_x, k) * direction).detach()
+        if rules is not None:
+            auto, events = rules.observe(auto, grew, None)
         y, z = y.detach(), z.detach()
         mu_new = mu + schedule_value(self.mu_step, k) if self.mu_growth else mu
         return dataclasses.replace(
             state, k=k + 1, x=x_new, y=y, z=z, mu=mu_new, iterate=(x, z, None), direction=direction.detach(),
+            auto=auto, events=add_events(state.events, events),
         )
 
 
