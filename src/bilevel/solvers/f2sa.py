@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_int, check_positive
-from ..auto_steps import AUTO, PROBES, AutoSteps, SecantPoint, StepState, is_auto
+from ..auto_steps import FirstOrderAuto, StepState
 from ..inner import GD, InnerGDLoop, schedule_value
 from ..problem import BilevelProblem
 from ..schedules import PowerDecay, ScheduleLike, as_schedule
@@ -39,7 +39,7 @@ class F2SAState:
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class F2SA(InnerGDLoop, Solver):
+class F2SA(FirstOrderAuto, InnerGDLoop, Solver):
     """F2SA — fully first-order stochastic approximation on the penalty f + μ (g − g*) (Kwon, Kwon, Wright
     & Nowak, "A Fully First-Order Method for Stochastic Bilevel Optimization", ICML 2023).
 
@@ -134,15 +134,10 @@ class F2SA(InnerGDLoop, Solver):
         "counts": {"options": {"inner_steps": 3}},
     }
 
-    #: options that become "auto" when nothing sets them (``bilevel.auto_steps``)
-    auto_options: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y")
-
     def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "F2SA"
         for name in ("lr_x", "lr_y", "lr_y_penalized", "mu_step"):
-            if isinstance(opts.get(name), str) and name in self.auto_options and not is_auto(opts[name]):
-                raise TypeError(f"{owner}: {name} must be a number, a schedule or 'auto'; got str ({opts[name]!r}).")
-            if opts.get(name) is not None and not (name in self.auto_options and is_auto(opts[name])):
+            if opts.get(name) is not None and not self.auto_value(owner, name, opts[name]):
                 as_schedule(opts[name], f"{owner}: {name}")
         if opts.get("mu0") is not None:
             check_positive(owner, "mu0", opts["mu0"])
@@ -151,43 +146,20 @@ class F2SA(InnerGDLoop, Solver):
         check_bool(owner, "mu_growth", opts["mu_growth"])
         check_bool(owner, "paired_draws", opts["paired_draws"])
 
-    def unset_value(self, name: str) -> Any:
-        return AUTO if name in self.auto_options else None
-
-    def bind(self, problem: BilevelProblem, stochastic: bool = False):
-        bound = super().bind(problem, stochastic)
-        object.__setattr__(bound, "_probes", min(PROBES, problem.dy))  # the start estimate's secant products
-        return bound
-
-    @property
-    def auto_steps(self) -> Optional[AutoSteps]:
-        """Which steps are automatic (``bilevel.auto_steps``), None when none is."""
-        flags = {"lr_x": is_auto(self.lr_x), "lr_y": is_auto(self.lr_y)}
-        if not any(flags.values()):
-            return None
-        return AutoSteps(**flags, probes=getattr(self, "_probes", PROBES))
-
     def expected_counts(self, iterations: int) -> dict[str, float]:
         """Per iteration: 2T ∇_y g, T ∇_y f, 1 ∇_x f, 2 ∇_x g; no second-order products.  An automatic θ adds
         min(10, dy) + 1 ∇_y g once (the secant estimate)."""
         self._require_bound()
         T, K = self.inner_steps, iterations
-        rules = self.auto_steps
-        start = rules.probes + 1 if rules is not None and rules.needs_curvature else 0
-        return {"grad_y_g": 2 * T * K + start, "grad_y_f": T * K, "grad_x_f": K, "grad_x_g": 2 * K,
+        return {"grad_y_g": 2 * T * K + self.auto_start_counts(), "grad_y_f": T * K, "grad_x_f": K, "grad_x_g": 2 * K,
                 "hvp": 0, "cross": 0, "cross_t": 0}
 
 
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> F2SAState:
         self._require_bound()
         x, y0 = problem.x0, problem.y0
-        auto, rules = None, self.auto_steps
-        if rules is not None:
-            try:
-                auto = rules.start(SecantPoint(oracles, x, y0), x, y0, generator)
-            except ValueError as err:
-                raise ValueError(f"{self.label}: {err}") from None
-        return F2SAState(k=0, x=x, y=y0, z=y0.clone(), mu=float(self.mu0), iterate=(x, y0, None), auto=auto)
+        return F2SAState(k=0, x=x, y=y0, z=y0.clone(), mu=float(self.mu0), iterate=(x, y0, None),
+                         auto=self.auto_start(oracles, x, y0, generator))
 
     def step(self, state: F2SAState, oracles: Any, batches: Any) -> F2SAState:
         x, y, mu, k = state.x, state.y, state.mu, state.k
