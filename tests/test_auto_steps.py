@@ -332,7 +332,7 @@ def test_zoo_quadratic_ill_conditioned_matches_the_tuned_presets():
 #:   MLP        SubBiO, AmIGO-GD, AmIGO-CG, stocBiO, TTSA 40, BSA 20, SOBA 260; LancBiO only 3.6e2 in 1000 (its first
 #:              estimates, from a one-dimensional Krylov space, send x to the weak-decay side, x ≈ −2, where g is
 #:              barely convex: μ̂ = 3e-3; no divergence)
-#: The Neumann solvers stall at their truncation bias on ridge (1.7e2–3.1e2) and logistic regression (2.9–3.0).
+#: The Neumann solvers stall at their truncation bias on ridge (1.7e2–3.1e2) and logistic regression (3.1–3.2).
 ZOO_RUNS = [
     ("mlp", "subbio", 100, 1e3),
     ("mlp", "soba", 400, 1e3),
