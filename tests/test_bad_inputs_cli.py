@@ -79,7 +79,7 @@ ROWS = [
     # ---- option values (already good)
     Row("bad-solver-value", RUN + ("-O", "m=0"), 2, r"m0 must be an integer >= 1; got 0"),
     Row("negative-step", RUN + ("-O", "lr_x=-1"), 2, r"lr_x must be a positive finite number; got -1"),
-    Row("step-not-a-number", RUN + ("-O", "lr_x=fast"), 2, r"lr_x must be a number or a schedule; got str \('fast'\)"),
+    Row("step-not-a-number", RUN + ("-O", "lr_x=fast"), 2, r"lr_x must be a number, a schedule or 'auto'; got str \('fast'\)"),
     Row("bad-problem-value", RUN + ("-P", "condition=0.5"), 2, r"quadratic: condition must be >= 1"),
     Row("negative-problem-seed", RUN + ("-P", "seed=-1"), 2, r"quadratic: seed must be >= 0; got -1"),
     Row("c0-not-strongly-convex", ("run", "synthetic", "-P", "n=5", "-P", "c0=1.5"), 2, r"\|c0\| must be < 1"),
@@ -371,8 +371,8 @@ IN_PROCESS = [
                     r"with \.mean\(\) or \.sum\(\)\. — .*the history so far \(\d+ evaluations\) is in ",
               code=1),
     InProcess("custom-problem-without-steps",
-              _cli(["run", "toy", "--max-iter", "2", "--no-progress", "--out", "{tmp}/t.csv"], _toy()),
-              None, r"^bilevel: LancBiO: lr_x has no value: pass lr_x=\.\.\. \(problem 'toy' has no scale for it\)",
+              _cli(["run", "toy", "--solver", "stable", "--max-iter", "2", "--no-progress", "--out", "{tmp}/t.csv"], _toy()),
+              None, r"^bilevel: STABLE: lr_x has no value: pass lr_x=\.\.\. \(problem 'toy' has no scale for it\)",
               code=2),
     InProcess("x0-y0-on-meta", lambda: bilevel.BilevelProblem(_f, _g_cpu, _meta(), _meta()), ProblemError,
               r"x0 is on the meta device \(a shape without values\) but f and g compute with tensors on 'cpu' — "

@@ -59,8 +59,8 @@ def test_list_and_show(capsys):
     assert "subproblem" in shown and "'galerkin'" in shown and "1 + 1/m HVPs on average" in shown
     assert "lr_x" in shown and "v_solver.m [m]" in shown
     # a step size comes from the experiment's settings or the problem's scales, which a custom problem lacks
-    assert re.search(r"\n  lr_x +from the experiment's settings or the problem's scales; required: pass it for "
-                     r"your own problem\n", shown)
+    assert re.search(r"\n  lr_x +from the experiment's settings or the problem's scales, else auto \(AdaGrad-norm: λ_k = 1 / sqrt", shown)
+    assert re.search(r"\n  inner\.lr \[lr_y\] +from the experiment's settings or the problem's scales, else auto \(θ = 1/L̂", shown)
     assert re.search(r"\n  v_solver\.m \[m\] +from the experiment's settings or the problem's scales, else 10\n", shown)
     assert "a BilevelProblem you build from callables has neither" in " ".join(shown.split())
     assert main(["show", "synthetic"]) == 0

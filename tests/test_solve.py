@@ -226,7 +226,7 @@ def _no_preset_problem():
         (lambda p: lancbio(inner_steps=-2), ValueError, "inner_steps must be >= 0; got -2"),
         (lambda p: subbio(eta=0.0), ValueError, "eta"),
         (lambda p: get_solver("lancbo"), ValueError, "Did you mean 'lancbio'"),
-        (lambda p: bilevel.solve(p, lancbio(lr_y=0.1)), ValueError, "lr_x has no value"),
+        (lambda p: bilevel.solve(p, lancbio(lr_x="atuo")), TypeError, "lr_x must be a number, a schedule or 'auto'"),
         (lambda p: bilevel.solve(p, lancbio(lr_x=0.1, lr_y=0.1, inner_steps=0, order="simultaneous")),
          ValueError, "needs inner_steps >= 1"),
     ],

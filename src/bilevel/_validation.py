@@ -134,3 +134,10 @@ class Part(metaclass=CheckedOptions):
         missing = self.missing
         if missing:
             raise ValueError(f"{self._no_value(missing[0])}, or call .resolved(presets) before using it.")
+        for name in self.presettable:
+            value = getattr(self, name)
+            if isinstance(value, str) and value == "auto":
+                raise ValueError(
+                    f"{type(self).__name__}: {name}='auto' is filled at every step by an AID solver (bilevel.solvers.aid); "
+                    f"on its own pass a number, e.g. {type(self).__name__}({name}=0.1)."
+                )

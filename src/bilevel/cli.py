@@ -142,15 +142,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 _RESOLVED = "from the experiment's settings or the problem's scales"
 
 
-def _shown(value: Any, defaults: Any, keys: Sequence[str], required: bool = False) -> str:
+def _shown(value: Any, defaults: Any, keys: Sequence[str], required: bool = False, auto: str = "") -> str:
     """How ``show`` describes an option: its value, or where an unset one comes from.  A problem built from
     callables has no experiment settings and no scales, so an option without a library default is then the
-    user's to pass."""
+    user's to pass, or automatic (``auto``: the rule, for the AID loop's step sizes)."""
     if value is not None:
         return repr(value)
     fallback = next((defaults[k] for k in keys if k in defaults and defaults[k] is not None), None)
     if fallback is not None:
         return f"{_RESOLVED}, else {fallback!r}"
+    if auto:
+        return f"{_RESOLVED}, else auto ({auto})"
     if required:
         return f"{_RESOLVED}; required: pass it for your own problem"
     return f"{_RESOLVED}, else None (see below)"
@@ -158,9 +160,11 @@ def _shown(value: Any, defaults: Any, keys: Sequence[str], required: bool = Fals
 
 def _algorithm_rows(entry: Any) -> list[tuple[str, str]]:
     """Options of a factory-built algorithm, its parts' options by dotted name (short form in brackets)."""
-    from .solvers.aid import short_name
+    from .auto_steps import RULES
+    from .solvers.aid import _AUTO_PARTS, AID, short_name
 
     solver = entry.create()
+    automatic = isinstance(solver, AID)
     required = set(getattr(solver, "required", ()))
     top_defaults = dict(solver.defaults)
     if getattr(solver, "default_order", None) is not None:
@@ -177,11 +181,13 @@ def _algorithm_rows(entry: Any) -> list[tuple[str, str]]:
                 label = dotted + (f" [{short}]" if short and short != dotted else "")
                 keys = [dotted] + ([short] if short else [])
                 defaults = {**{k: part_defaults.get(option) for k in keys}, **solver.defaults}
-                rows.append((label, _shown(v, defaults, keys, option in presettable)))
+                auto = RULES[short] if automatic and (name, option) in _AUTO_PARTS and option in presettable else ""
+                rows.append((label, _shown(v, defaults, keys, option in presettable, auto)))
         elif name in _OUTER_ROWS and value is None:
             rows.append((name, _OUTER_ROWS[name]))
         else:
-            rows.append((name, _shown(value, top_defaults, [name], name in required)))
+            auto = RULES[name] if automatic and name == "lr_x" else ""
+            rows.append((name, _shown(value, top_defaults, [name], name in required, auto)))
     return rows
 
 
@@ -200,8 +206,11 @@ def _option_rows(obj: Any) -> list[tuple[str, str]]:
     if hasattr(obj, "factory") and hasattr(obj, "create"):
         return _algorithm_rows(obj)
     if dataclasses.is_dataclass(obj):
+        from .auto_steps import RULES
+
         defaults = getattr(obj, "defaults", {})
         required = set(getattr(obj, "presettable", ())) | set(getattr(obj, "required", ()))
+        automatic = set(getattr(obj, "auto_options", ()))
         for f in dataclasses.fields(obj):
             if f.default is not dataclasses.MISSING:
                 value = f.default
@@ -213,7 +222,8 @@ def _option_rows(obj: Any) -> list[tuple[str, str]]:
             if f.name in _OUTER_ROWS and value is None:
                 rows.append((f.name, _OUTER_ROWS[f.name]))
                 continue
-            rows.append((f.name, _shown(value, defaults, [f.name], f.name in required)))
+            auto = RULES[f.name] if f.name in automatic else ""
+            rows.append((f.name, _shown(value, defaults, [f.name], f.name in required, auto)))
     else:
         for p in inspect.signature(obj).parameters.values():
             if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
@@ -237,7 +247,9 @@ def cmd_show(args: argparse.Namespace) -> int:
                     "An option resolved \"from the experiment's settings or the problem's scales\" takes the "
                     "solver's published value for a built-in problem's experiment, else the problem's presets; "
                     "a BilevelProblem you build from callables has neither, so pass the options marked "
-                    "required (e.g. -O lr_x=... or solver(lr_x=...)).", width=100, initial_indent="  ",
+                    "required (e.g. -O lr_x=... or solver(lr_x=...)); those marked auto are then set from the "
+                    "curvature of g and the hypergradients seen (bilevel.auto_steps; -O lr_y=auto asks for it "
+                    "anywhere).", width=100, initial_indent="  ",
                     subsequent_indent="  "))
             print()
             print(inspect.getdoc(obj) or "(no docstring)")

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ._validation import Part, check_int
+from .auto_steps import is_auto
 from .registry import Registry
 from .schedules import ScheduleLike, as_schedule
 
@@ -41,9 +42,11 @@ class InnerSolver(Part):
         raise NotImplementedError
 
     def run_watched(self, oracles: Any, x: Tensor, y: Tensor, batches: Any, k: int, steps: Optional[int] = None,
-                    first: int = 0, grad0: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+                    first: int = 0, grad0: Optional[Tensor] = None, any_step: bool = False
+                    ) -> tuple[Tensor, Optional[Tensor]]:
         """``run``, plus a 0-dim bool tensor (never read here: no host sync) that is True when the lower
-        gradient norm grew at every step, or None when the solver cannot tell (see ``GD.run_watched``)."""
+        gradient norm grew at every step (at some step with ``any_step``), or None when the solver cannot
+        tell (see ``GD.run_watched``)."""
         return self.run(oracles, x, y, batches, k, steps, first), None
 
 
@@ -67,7 +70,7 @@ class GD(InnerSolver):
     def validate(self, opts: Mapping[str, Any]) -> None:
         if opts.get("steps") is not None:
             check_int("GD", "steps", opts["steps"], 0)
-        if opts.get("lr") is not None:
+        if opts.get("lr") is not None and not is_auto(opts["lr"]):  # "auto": filled per step by the AID loop
             as_schedule(opts["lr"], "GD: lr")
 
     def run(self, oracles: Any, x: Tensor, y: Tensor, batches: Any, k: int, steps: Optional[int] = None,
@@ -79,7 +82,8 @@ class GD(InnerSolver):
         return y
 
     def run_watched(self, oracles: Any, x: Tensor, y: Tensor, batches: Any, k: int, steps: Optional[int] = None,
-                    first: int = 0, grad0: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+                    first: int = 0, grad0: Optional[Tensor] = None, any_step: bool = False
+                    ) -> tuple[Tensor, Optional[Tensor]]:
         """``run`` (the same y, bit for bit), and whether ‖∇_y g(x, y_t)‖ grew at every step t.
 
         For g(x, ·) convex and L-smooth and θ ≤ 2/L, gradient descent never increases ‖∇_y g‖ (each step
@@ -89,7 +93,10 @@ class GD(InnerSolver):
         finiteness read-back per iteration); None with fewer than three gradients (``grad0``: the gradient
         at y already taken by the caller) or with mini-batch draws, whose gradients differ by sampling.
         Growth is not reported while the last step θ‖∇_y g‖ is below 1000 ulps of ‖y‖: there the gradient is
-        round-off (a converged y) and its norm moves at random."""
+        round-off (a converged y) and its norm moves at random.
+
+        ``any_step=True`` (the automatic steps' safeguard, ``bilevel.auto_steps``): True when the norm grew at
+        some step (two gradients suffice), which θ ≤ 2/L rules out for a convex g."""
         lr = schedule_value(self.lr, k)
         norms = [] if grad0 is None else [torch.linalg.vector_norm(grad0)]
         watch = bool(getattr(batches, "full", False))
@@ -98,10 +105,11 @@ class GD(InnerSolver):
             if watch:
                 norms.append(torch.linalg.vector_norm(grad))
             y = y - lr * grad
-        if not watch or len(norms) < 3:
+        if not watch or len(norms) < (2 if any_step else 3):
             return y, None
         norms_t = torch.stack(norms)
-        grew = torch.all(norms_t[1:] > norms_t[:-1])
+        rose = norms_t[1:] > norms_t[:-1]
+        grew = torch.any(rose) if any_step else torch.all(rose)
         # at the round-off floor (a converged y: steps of a few ulps of y) the norms are noise, not growth
         above_noise = lr * norms_t[-1] > _NOISE_ULPS * torch.finfo(y.dtype).eps * torch.linalg.vector_norm(y)
         return y, grew & above_noise

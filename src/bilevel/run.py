@@ -283,7 +283,8 @@ def solve(
         evaluated = k % eval_every == 0 or last
         if evaluated:
             try:
-                row = {"iteration": k, "time": elapsed, **counted(), **evaluate(x_k, y_k, v_k)}
+                row = {"iteration": k, "time": elapsed, **counted(), **evaluate(x_k, y_k, v_k),
+                       **_auto_record(bound, new_state)}
             except GroundTruthError as err:
                 if err.kind == "convergence":
                     raise
@@ -346,7 +347,7 @@ def solve(
         x=last_good.x, y=last_good.y,
         v=last_good.v, status=status, message=message, iterations=done, counts=counts, time=elapsed,
         history=history, solver=bound.name, problem=problem.name,
-        options={**_plain(bound.resolved_options()), "stochastic": stochastic},
+        options={**_plain(bound.resolved_options()), **_auto_options(bound, last_good), "stochastic": stochastic},
         events=events, seed=seed,
         x_tree=problem.unflatten_x(last_good.x), y_tree=problem.unflatten_y(last_good.y),
         interrupted=interrupted, dtype=str(problem.dtype).replace("torch.", ""),
@@ -460,6 +461,21 @@ def _restore(path: Any, header: dict, problem: BilevelProblem, bound: Any, oracl
             "resume from another checkpoint.") from None
 
 
+def _auto_record(bound: Any, state: Any) -> dict:
+    """The automatic step sizes and curvature estimates now (``bilevel.auto_steps``): history columns."""
+    auto, rules = getattr(state, "auto", None), getattr(bound, "auto_steps", None)
+    return rules.record(auto) if auto is not None and rules is not None else {}
+
+
+def _auto_options(bound: Any, state: Any) -> dict:
+    """For ``Result.options``: the last automatic values (numbers replace "auto") and ``"auto"``, the names
+    that were automatic, comma-separated (JSON and Parquet keep one type per column)."""
+    rules = getattr(bound, "auto_steps", None)
+    if rules is None:
+        return {}
+    return {**_auto_record(bound, state), "auto": ",".join(rules.names)}
+
+
 def _postfix(row: dict) -> dict:
     keys = ("hypergrad_norm", "hypergrad_est_norm", "residual")
     return {k: f"{row[k]:.2e}" for k in keys if k in row}
@@ -468,7 +484,13 @@ def _postfix(row: dict) -> dict:
 def _step_hint(bound: Any) -> str:
     opts = bound.resolved_options()
     names = ("lr_x", "lr_y", "eta", "inner.lr", "v_solver.eta")
-    steps = ", ".join(f"{k}={_describe(opts[k])}" for k in names if opts.get(k) is not None)
+    rules = getattr(bound, "auto_steps", None)
+    auto = set(rules.names) if rules is not None else set()
+    steps = ", ".join(f"{k}={_describe(opts[k])}" for k in names if opts.get(k) is not None and k not in auto)
+    if auto:
+        given = f"the step sizes given are likely too large ({steps}), or " if steps else ""
+        return (f"{given}the automatic ones ({', '.join(sorted(auto))}: bilevel.auto_steps) did not suit this "
+                "problem; pass smaller values explicitly.")
     return f"the step sizes are likely too large ({steps}); try smaller ones." if steps else "try smaller step sizes."
 
 

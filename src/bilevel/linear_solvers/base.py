@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .._validation import Part, check_int, check_positive
+from ..auto_steps import is_auto
 from ..registry import Registry
 
 MatVec = Callable[[Tensor], Tensor]
@@ -96,7 +97,7 @@ class LinearSolver(Part, ABC):
     def _check_eta_steps(self, options: Mapping[str, Any]) -> None:
         """The step η > 0 and the number of terms/steps Q ≥ 1 shared by GD and the Neumann solvers."""
         owner = type(self).__name__
-        if options["eta"] is not None:
+        if options["eta"] is not None and not is_auto(options["eta"]):  # "auto": filled per step by the AID loop
             object.__setattr__(self, "eta", check_positive(owner, "eta", options["eta"]))
         if options["steps"] is not None:
             check_int(owner, "steps", options["steps"], minimum=1)
@@ -141,6 +142,12 @@ class LinearSolver(Part, ABC):
         overrides it, so that its basis is built on one operator)."""
         return True
 
+    def spectrum(self, state: Any) -> Optional[tuple[float, float]]:
+        """(smallest, largest) Ritz value of A from the work of the call that made ``state`` (its projected
+        system), computed from scalars the solver already has (no product); None when it has none (the
+        default).  The automatic steps read it (``bilevel.auto_steps``)."""
+        return None
+
     def curvature_fallback(self, events: Mapping[str, int], n: int) -> str:
         """What this solver did in the ``n`` calls with curvature evidence (``events``: the run's event
         counts), as a clause for run messages."""
@@ -157,12 +164,33 @@ def rayleigh(u: Tensor, au: Tensor) -> Tensor:
 
 def read_back(v: Tensor, smallest: Optional[Tensor]) -> tuple[bool, bool, Optional[float]]:
     """One host read of (v finite, v ≠ 0, the smallest Rayleigh quotient if it is ≤ 0 else None)."""
+    return read_back_quotients(v, smallest, None)[:3]
+
+
+def track_quotients(quotients: Optional[tuple[Tensor, Tensor]], u: Tensor, au: Tensor) -> tuple[Tensor, Tensor]:
+    """(smallest, largest) Rayleigh quotient uᵀAu/‖u‖² met so far, on the device (u = 0 counts for neither)."""
+    q = rayleigh(u, au)
+    high = torch.where(torch.isinf(q), torch.full_like(q, -math.inf), q)
+    if quotients is None:
+        return q, high
+    return torch.minimum(quotients[0], q), torch.maximum(quotients[1], high)
+
+
+def read_back_quotients(v: Tensor, smallest: Optional[Tensor], largest: Optional[Tensor]
+                        ) -> tuple[bool, bool, Optional[float], tuple]:
+    """``read_back``, plus (smallest, largest) Rayleigh quotient as floats when ``largest`` is given (else ()),
+    in the same single host read.  Both lie in [λ_min, λ_max]: the curvature the automatic steps read."""
     parts = [torch.isfinite(v).all(), torch.any(v != 0)]
     if smallest is not None:
         parts += [smallest <= 0, smallest]
+    if largest is not None:
+        parts += [largest]
     vals = torch.stack([t.to(torch.float64) for t in parts]).tolist()
     curv = vals[3] if smallest is not None and vals[2] else None
-    return bool(vals[0]), bool(vals[1]), curv
+    extremes = ()
+    if smallest is not None and largest is not None and all(math.isfinite(t) for t in (vals[3], vals[4])):
+        extremes = (vals[3], vals[4])
+    return bool(vals[0]), bool(vals[1]), curv, extremes
 
 
 def known_zero(v0: Optional[Tensor]) -> bool:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_int, check_positive
+from ..auto_steps import tridiagonal_extremes
 from .base import LINEAR_SOLVERS, Curvature, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
 
 
@@ -51,6 +52,8 @@ class CGState:
     v: Tensor
     v_is_zero: bool = True
     residual_norm: Optional[float] = None
+    #: the last call's CG coefficients (a_i, β_i) of its completed steps (the Lanczos matrix of its Krylov space)
+    coefficients: tuple = ()
 
 
 @LINEAR_SOLVERS.register
@@ -77,6 +80,17 @@ class CG(LinearSolver):
         if options["rtol"] is not None:
             object.__setattr__(self, "rtol", check_positive("CG", "rtol", options["rtol"]))
         check_bool("CG", "warm_start", options["warm_start"])
+
+    def spectrum(self, state: CGState) -> Optional[tuple[float, float]]:
+        """Extreme Ritz values of the Lanczos matrix of the last call's CG run (Golub & Van Loan, Matrix
+        Computations, §11.3): with step sizes a_i and ratios β_i = ‖r_{i+1}‖²/‖r_i‖²,
+        T_ii = 1/a_i + β_{i−1}/a_{i−1} (β_0/a_0 = 0) and T_{i,i+1} = sqrt(β_i)/a_i."""
+        c = state.coefficients
+        if not c:
+            return None
+        diag = [1.0 / c[0][0]] + [1.0 / c[i][0] + c[i - 1][1] / c[i - 1][0] for i in range(1, len(c))]
+        off = [math.sqrt(max(c[i][1], 0.0)) / c[i][0] for i in range(len(c) - 1)]
+        return tridiagonal_extremes(diag, off)
 
     def curvature_fallback(self, events: Mapping[str, int], n: int) -> str:
         return f"CG stopped at the non-positive curvature and kept its last v ({n} times)"
@@ -130,6 +144,7 @@ class CG(LinearSolver):
         stop = self.rtol * float(torch.linalg.vector_norm(b)) if self.rtol is not None else 0.0
         moved = False
         curvature = None
+        coefficients: list[tuple[float, float]] = []
         if not math.isfinite(rr):
             events.append("nonfinite")
         elif rr == 0.0 or math.sqrt(rr) <= stop:
@@ -154,6 +169,7 @@ class CG(LinearSolver):
                     events.append("nonfinite")
                     break
                 v, r, moved = v + a * p, r_new, True
+                coefficients.append((a, rr_new / rr))
                 if rr_new == 0.0 or math.sqrt(rr_new) <= stop:
                     rr = rr_new
                     events.append("converged")
@@ -161,7 +177,8 @@ class CG(LinearSolver):
                 p = r + (rr_new / rr) * p
                 rr = rr_new
         new_state = replace(
-            state, v=v, v_is_zero=from_zero and not moved, residual_norm=math.sqrt(rr) if math.isfinite(rr) else rr
+            state, v=v, v_is_zero=from_zero and not moved, residual_norm=math.sqrt(rr) if math.isfinite(rr) else rr,
+            coefficients=tuple(coefficients),
         )
         return v, new_state, SolveInfo(matvecs=matvecs, events=tuple(events), curvature=curvature)
 

@@ -36,7 +36,17 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool
-from .base import LINEAR_SOLVERS, Curvature, LinearSolver, MatVec, SolveInfo, initial_v, known_zero, rayleigh, read_back
+from .base import (
+    LINEAR_SOLVERS,
+    Curvature,
+    LinearSolver,
+    MatVec,
+    SolveInfo,
+    initial_v,
+    known_zero,
+    read_back_quotients,
+    track_quotients,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,8 @@ class GDState:
 
     v: Tensor
     v_is_zero: bool = True
+    #: (smallest, largest) Rayleigh quotient vᵀAv/‖v‖² of the last call's products, () if it made none
+    quotients: tuple = ()
 
 
 @LINEAR_SOLVERS.register
@@ -90,6 +102,11 @@ class GD(LinearSolver):
             return float((self.steps - 1) * iterations)
         return float(self.steps * iterations - (1 if v0_zero else 0))
 
+    def spectrum(self, state: GDState) -> Optional[tuple[float, float]]:
+        """The extreme Rayleigh quotients of the last call's iterates (in [λ_min, λ_max]; when η > 2/λ_max the
+        iterates turn towards the top eigenvector, so the largest nears λ_max exactly when it matters)."""
+        return state.quotients or None
+
     def solve(
         self,
         matvec: MatVec,
@@ -109,21 +126,21 @@ class GD(LinearSolver):
         else:
             v = state.v
             first = 0
-        smallest = None  # the smallest vᵀAv/‖v‖² met, kept on the device
+        quotients = None  # the smallest and largest vᵀAv/‖v‖² met, kept on the device
         for _ in range(first, self.steps):
             av = matvec(v).detach()
-            quotient = rayleigh(v, av)
-            smallest = quotient if smallest is None else torch.minimum(smallest, quotient)
+            quotients = track_quotients(quotients, v, av)
             v = v - eta * (av - b)
             matvecs += 1
-        finite, nonzero, curv = read_back(v, smallest)
+        smallest, largest = quotients if quotients is not None else (None, None)
+        finite, nonzero, curv, extremes = read_back_quotients(v, smallest, largest)
         events = () if finite else ("nonfinite",)
         curvature = None
         if curv is not None:
             events += ("indefinite",)
             curvature = Curvature("GD: the Rayleigh quotient vᵀAv/‖v‖² at an iterate", curv)
         # v = η b ≠ 0 unless b = 0; keep the flag honest in that corner case too.
-        new_state = replace(state, v=v, v_is_zero=not nonzero)
+        new_state = replace(state, v=v, v_is_zero=not nonzero, quotients=extremes)
         return v, new_state, SolveInfo(matvecs=matvecs, events=events, curvature=curvature)
 
 

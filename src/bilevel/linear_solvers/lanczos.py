@@ -89,6 +89,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_choice, check_positive
+from ..auto_steps import tridiagonal_extremes
 from ..schedules import DimensionSchedule, as_dimension_schedule
 from ._tridiagonal import ldl_solve, minres_solve, positive_pivots
 from .base import LINEAR_SOLVERS, Curvature, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
@@ -287,6 +288,13 @@ class Lanczos(LinearSolver):
                 f"(it gets to {sched(max(max_iter - 1, 0))}); {sched!r}."
             ]
         return []
+
+    def spectrum(self, state: LanczosState) -> Optional[tuple[float, float]]:
+        """Extreme Ritz values of the current T_j (the basis's tridiagonal matrix; in the dynamic basis it mixes
+        the Hessians of the epoch's iterates), None before the first step."""
+        if state.j < 1:
+            return None
+        return tridiagonal_extremes(state.alpha[: state.j], state.beta[: state.j - 1])
 
     def curvature_fallback(self, events: Mapping[str, int], n: int) -> str:
         indefinite, below = events.get("indefinite", 0), events.get("below_mu_lb", 0)

@@ -46,7 +46,16 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool
-from .base import LINEAR_SOLVERS, Curvature, LinearSolver, MatVec, SolveInfo, initial_v, rayleigh, read_back
+from .base import (
+    LINEAR_SOLVERS,
+    Curvature,
+    LinearSolver,
+    MatVec,
+    SolveInfo,
+    initial_v,
+    read_back_quotients,
+    track_quotients,
+)
 from .gd import GD, GDState
 
 
@@ -56,6 +65,8 @@ class NeumannState:
 
     v: Tensor
     last_p: Optional[int] = None
+    #: (smallest, largest) Rayleigh quotient rᵀAr/‖r‖² of the last call's series terms, () if it made no product
+    quotients: tuple = ()
 
 
 @LINEAR_SOLVERS.register
@@ -114,13 +125,12 @@ class Neumann(LinearSolver):
         b = b.detach()
         eta = self.eta
         last_p = state.last_p
-        smallest = None  # the smallest rᵀAr/‖r‖² met, kept on the device
+        quotients = None  # the smallest and largest rᵀAr/‖r‖² met, kept on the device
 
         def product(r: Tensor) -> Tensor:
-            nonlocal smallest
+            nonlocal quotients
             ar = matvec(r).detach()
-            quotient = rayleigh(r, ar)
-            smallest = quotient if smallest is None else torch.minimum(smallest, quotient)
+            quotients = track_quotients(quotients, r, ar)
             return ar
 
         if self.randomized:
@@ -138,13 +148,20 @@ class Neumann(LinearSolver):
                 total = total + r
             v = eta * total
             matvecs = self.steps
-        finite, _, curv = read_back(v, smallest)
+        smallest, largest = quotients if quotients is not None else (None, None)
+        finite, _, curv, extremes = read_back_quotients(v, smallest, largest)
         events = () if finite else ("nonfinite",)
         curvature = None
         if curv is not None:
             events += ("indefinite",)
             curvature = Curvature("Neumann: the Rayleigh quotient rᵀAr/‖r‖² of a series term", curv)
-        return v, replace(state, v=v, last_p=last_p), SolveInfo(matvecs=matvecs, events=events, curvature=curvature)
+        return v, replace(state, v=v, last_p=last_p, quotients=extremes), SolveInfo(matvecs=matvecs, events=events,
+                                                                                    curvature=curvature)
+
+    def spectrum(self, state: NeumannState) -> Optional[tuple[float, float]]:
+        """The extreme Rayleigh quotients of the last call's series terms r_i = (I − ηA)^i b (in [λ_min, λ_max];
+        when η > 2/λ_max the terms turn towards the top eigenvector, so the largest nears λ_max)."""
+        return state.quotients or None
 
 
 @LINEAR_SOLVERS.register

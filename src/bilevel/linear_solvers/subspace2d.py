@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_positive
+from ..auto_steps import is_auto
 from .base import LINEAR_SOLVERS, Curvature, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
 
 
@@ -58,6 +59,8 @@ class Subspace2DState:
     v: Tensor
     v_is_zero: bool = True
     dim: int = 0
+    #: the last call's projected system H = WᵀAW: (h11,) in one dimension, (h11, h12, h22) in two, () if none
+    h: tuple = ()
 
 
 @LINEAR_SOLVERS.register
@@ -78,9 +81,20 @@ class Subspace2D(LinearSolver):
     eps: float = 1e-10
 
     def validate(self, options: Mapping[str, Any]) -> None:
-        if options["eta"] is not None:
+        if options["eta"] is not None and not is_auto(options["eta"]):  # "auto": filled per step by the AID loop
             object.__setattr__(self, "eta", check_positive("Subspace2D", "eta", options["eta"]))
         object.__setattr__(self, "eps", check_positive("Subspace2D", "eps", options["eps"], allow_zero=True))
+
+    def spectrum(self, state: Subspace2DState) -> Optional[tuple[float, float]]:
+        """The eigenvalues of the last call's H = WᵀAW (a compression of A: they lie in [λ_min, λ_max]);
+        h11 = w1ᵀAw1 when the subspace was one-dimensional."""
+        h = state.h
+        if not h or not all(math.isfinite(t) for t in h):
+            return None
+        if len(h) == 1:
+            return h[0], h[0]
+        mean, half = 0.5 * (h[0] + h[2]), math.hypot(0.5 * (h[0] - h[2]), h[1])
+        return mean - half, mean + half
 
     def curvature_fallback(self, events: Mapping[str, int], n: int) -> str:
         return f"SubBiO fell back to the one-dimensional solve along b, or kept the previous v ({n} times)"
@@ -149,35 +163,37 @@ class Subspace2D(LinearSolver):
             aw2 = matvec(w2).detach()
             matvecs += 1
             h12 = 0.5 * (_dot64(w1, aw2) + _dot64(w2, aw1))  # symmetrise H
-            h = torch.tensor([[h11, h12], [h12, _dot64(w2, aw2)]], dtype=torch.float64)
+            h22 = _dot64(w2, aw2)
+            h = torch.tensor([[h11, h12], [h12, h22]], dtype=torch.float64)
             chol, info = torch.linalg.cholesky_ex(h)
             if int(info) == 0 and bool(torch.isfinite(chol).all()):
                 rhs = torch.tensor([[bnorm], [0.0]], dtype=torch.float64)
                 z = torch.cholesky_solve(rhs, chol).reshape(-1).tolist()
                 if all(math.isfinite(t) for t in z):
-                    return self._finish(state, z[0] * w1 + z[1] * w2, matvecs, 2, tuple(events))
+                    return self._finish(state, z[0] * w1 + z[1] * w2, matvecs, 2, tuple(events),
+                                        h=(h11, h12, h22))
             events.append("indefinite")
             if bool(torch.isfinite(h).all()):
                 lowest = float(torch.linalg.eigvalsh(h)[0])  # H = WᵀAW: its eigenvalues lie in [λ_min, λ_max]
                 curvature = Curvature("SubBiO: the smallest eigenvalue of the 2×2 system H = WᵀAW", lowest)
         # One-dimensional solve: the exact line search along b, z = ‖b‖ / (w1ᵀA w1).
         if math.isfinite(h11) and h11 > 0.0:
-            return self._finish(state, (bnorm / h11) * w1, matvecs, 1, tuple(events), curvature=curvature)
+            return self._finish(state, (bnorm / h11) * w1, matvecs, 1, tuple(events), curvature=curvature, h=(h11,))
         if "indefinite" not in events:
             events.append("indefinite")
         if curvature is None and math.isfinite(h11):
             curvature = Curvature("SubBiO: the curvature bᵀAb/‖b‖² along b", h11)
-        return self._finish(state, state.v, matvecs, 0, tuple(events), keep=True, curvature=curvature)
+        return self._finish(state, state.v, matvecs, 0, tuple(events), keep=True, curvature=curvature, h=(h11,))
 
     @staticmethod
     def _finish(
         state: Subspace2DState, v: Tensor, matvecs: int, dim: int, events: tuple[str, ...], keep: bool = False,
-        curvature: Optional[Curvature] = None,
+        curvature: Optional[Curvature] = None, h: tuple = (),
     ) -> tuple[Tensor, Subspace2DState, SolveInfo]:
         if keep:
-            new_state = replace(state, dim=dim)
+            new_state = replace(state, dim=dim, h=h)
         else:
-            new_state = replace(state, v=v, v_is_zero=dim == 0, dim=dim)  # only the zero_rhs answer is exactly 0
+            new_state = replace(state, v=v, v_is_zero=dim == 0, dim=dim, h=h)  # only the zero_rhs answer is exactly 0
         return new_state.v, new_state, SolveInfo(matvecs=matvecs, events=events, curvature=curvature)
 
 

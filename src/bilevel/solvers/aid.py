@@ -20,6 +20,11 @@ Options reach the parts by dotted names (``v_solver.m=20``, ``inner.steps=3``) a
 the papers: ``inner_steps`` (T) → ``inner.steps``, ``lr_y`` (θ) → ``inner.lr``, ``v_steps`` (Q) →
 ``v_solver.steps``, and any other option of the v-solver by its own name (``m``, ``eta``, ``rtol``, …).
 
+Step sizes that nothing sets — no user value, no published setting for the problem's experiment, no problem
+scale (a problem built from callables) — or that are given as ``"auto"`` (θ = ``lr_y``, η = the v-solver's
+``eta``, λ = ``lr_x``) are automatic: ``bilevel.auto_steps`` (θ = η = 1/L̂ from a counted Lanczos estimate
+kept current by the v-solver's Ritz values, AdaGrad-norm λ); ``AIDState.auto`` holds the values.
+
 ``damping=δ`` makes every v-solver product (A_k + δI)u (see ``AID``).  Each step exposes the v-solver's
 curvature evidence (``AIDState.curvature``) and whether the evaluated v is trusted; ``solve`` turns them
 into statuses (``not_strongly_convex``, no ``converged`` on an untrusted estimate).
@@ -56,6 +61,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_choice, check_int, check_positive, suggest
+from ..auto_steps import AUTO, PROBES, AutoSteps, StepState, is_auto
 from ..inner import GD as InnerGD
 from ..inner import InnerSolver, schedule_value
 from ..linear_solvers.base import Curvature, LinearSolver, SolveInfo
@@ -105,6 +111,8 @@ class AIDState:
     hvp_batch: Optional[tuple] = None
     #: the ``outer`` optimizer of x (``bilevel.outer.OuterOptimizer``; mutable, like the generator), else None
     outer: Optional[OuterOptimizer] = field(default=None, compare=False)
+    #: the automatic step sizes and curvature estimates L̂, μ̂ (``bilevel.auto_steps``); None when no step is "auto"
+    auto: Optional[StepState] = None
 
 
 #: where the v-solver's products take their batch (see the module docstring)
@@ -115,7 +123,8 @@ HESSIAN_BATCH = ("iteration", "product", "epoch")
 class AID(Solver):
     """AID: any inner solver with any v-solver.  ``None`` options are filled at ``bind``.
 
-    lr_x (λ): outer step, a number or a schedule of k.   inner: the inner solver (``GD(steps=T, lr=θ)``).
+    lr_x (λ): outer step, a number, a schedule of k, or "auto" (AdaGrad-norm, ``bilevel.auto_steps``; what an
+    lr_x that nothing sets becomes).   inner: the inner solver (``GD(steps=T, lr=θ)``).
     v_solver: the linear-system solver for v ≈ A⁻¹b (``bilevel.linear_solvers``).
     order: "sequential" or "simultaneous".   freeze_x_first: skip the x-step in the first iterations of
     each v-solver epoch (epoch-based v-solvers only).   v_init: "zeros" (default) or "randn" (v_0 ~ N(0, I)).
@@ -135,7 +144,8 @@ class AID(Solver):
     it.  lr_x is then unused (giving both is an error).  The oracle cost is unchanged.  Unset: the plain
     step, bit for bit.
 
-    Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, the v-solver's HVPs, 1 cross product.
+    Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, the v-solver's HVPs, 1 cross product; with automatic θ
+    or η, min(10, dy) HVPs once at the start (the curvature estimate) and one host read per iteration.
     Samples per iteration with mini-batches (B_r: the batch size of role r): T·B_inner + (HVPs)·B_hvp +
     B_cross on g, 2·B_upper on f (∇_x f and ∇_y f are one call on one batch, counted once each); an
     autodiff graph build (``linearize``, none on problems with closed-form products) adds its batch again.
@@ -153,6 +163,8 @@ class AID(Solver):
     min_inner_steps: int = field(default=0, metadata=_IDENTITY, repr=False)
     batch_roles: Mapping[str, str] = field(default_factory=dict, metadata=_IDENTITY, repr=False,
                                            compare=False)
+    #: set by ``bind``: which steps are automatic (``bilevel.auto_steps``), None when none is
+    auto_steps: Optional[AutoSteps] = field(default=None, metadata=_IDENTITY, repr=False, compare=False)
 
     # options
     lr_x: Optional[ScheduleLike] = None
@@ -179,7 +191,9 @@ class AID(Solver):
     # ---- checks -----------------------------------------------------------------------------------------
     def validate(self, opts: Mapping[str, Any]) -> None:
         owner = self.label
-        if opts.get("lr_x") is not None:
+        if isinstance(opts.get("lr_x"), str) and not is_auto(opts["lr_x"]):
+            raise TypeError(f"{owner}: lr_x must be a number, a schedule or 'auto'; got str ({opts['lr_x']!r}).")
+        if opts.get("lr_x") is not None and not is_auto(opts["lr_x"]):
             as_schedule(opts["lr_x"], f"{owner}: lr_x")
         _check_part(owner, "inner", opts.get("inner"))
         v_solver = _check_part(owner, "v_solver", opts.get("v_solver"))
@@ -230,12 +244,21 @@ class AID(Solver):
                     found = self.lookup(problem, keys, stochastic)
                     if found is not None:
                         values[option] = found
+                    elif (part, option) in _AUTO_PARTS and option in obj.presettable:
+                        values[option] = AUTO  # nothing sets it: from curvature (bilevel.auto_steps)
             try:
                 opts[part] = obj.resolved(values)
             except ValueError as err:
                 hint = {"inner": "inner_steps/lr_y", "v_solver": "its option"}[part]
                 raise ValueError(f"{self.label}: {err} (set it as {part}.<option> or {hint}).") from None
+        flags = {"lr_x": is_auto(opts["lr_x"]), "lr_y": is_auto(getattr(opts["inner"], "lr", None)),
+                 "eta": is_auto(getattr(opts["v_solver"], "eta", None))}
+        opts["auto_steps"] = AutoSteps(**flags, probes=min(PROBES, problem.dy)) if any(flags.values()) else None
         return opts
+
+    def unset_value(self, name: str) -> Any:
+        """``lr_x`` left unset with nothing to fill it: automatic (``bilevel.auto_steps``)."""
+        return AUTO if name == "lr_x" else None
 
     def resolved_options(self) -> dict[str, Any]:
         """Flat record of every option (results, metadata): the parts' options by the papers' short names
@@ -260,14 +283,22 @@ class AID(Solver):
         (Simultaneous order: the first of the T y-steps uses ∇_y g at the linearisation point.)"""
         self._require_bound()
         K = iterations
+        probes = self.auto_steps.probes if self.auto_steps is not None and self.auto_steps.needs_curvature else 0
         return {
             "grad_y_g": self.inner.steps * K, "grad_x_f": K, "grad_y_f": K, "grad_x_g": 0,
             "cross": K, "cross_t": 0,
-            "hvp": self.v_solver.total_matvecs(K, v0_zero=self.v_init == "zeros"),
+            "hvp": self._counted_v_solver.total_matvecs(K, v0_zero=self.v_init == "zeros") + probes,
         }
 
+    @property
+    def _counted_v_solver(self) -> LinearSolver:
+        """The v-solver for cost questions: an automatic η (which no count depends on) stood in for by 1."""
+        if self.auto_steps is not None and self.auto_steps.eta:
+            return dataclasses.replace(self.v_solver, eta=1.0)
+        return self.v_solver
+
     def budget_warnings(self, max_iter: int) -> list[str]:
-        return [f"{self.label}: {text}" for text in self.v_solver.budget_warnings(max_iter)]
+        return [f"{self.label}: {text}" for text in self._counted_v_solver.budget_warnings(max_iter)]
 
     # ---- the run ----------------------------------------------------------------------------------------
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> AIDState:
@@ -276,40 +307,84 @@ class AID(Solver):
         v0 = None
         if self.v_init == "randn":
             v0 = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
-        v_state = self.v_solver.init(torch.zeros_like(y), v0)
+        auto = None
+        if self.auto_steps is not None:  # the start estimate of L̂, μ̂: probes HVPs at (x_0, y_0), full data
+            try:
+                auto = self.auto_steps.start(oracles.at(x, y), x, y, generator, float(self.damping or 0.0))
+            except ValueError as err:
+                raise ValueError(f"{self.label}: {err}") from None
+        v_state = self._parts(auto)[1].init(torch.zeros_like(y), v0)
         outer = build_outer(self.label, self, x)
         return AIDState(k=0, x=x, y=y, v=v_state.v, v_state=v_state, iterate=(x, y, v_state.v),
-                        generator=generator, outer=outer)
+                        generator=generator, outer=outer, auto=auto)
 
     def step(self, state: AIDState, oracles: Any, batches: Any) -> AIDState:
         if self.order == "simultaneous":
             return self._step_simultaneous(state, oracles, batches)
         x, k = state.x, state.k
-        y, grew = self.inner.run_watched(oracles, x, state.y, batches, k)
+        inner, v_solver = self._parts(state.auto)
+        y, grew = inner.run_watched(oracles, x, state.y, batches, k, **self._watch)
         hessian = _Hessian(self, oracles, x, y, batches, state)
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
-        v, v_state, info = self.v_solver.solve(hessian.matvec, b, state.v_state, k=k,
-                                               generator=state.generator)
+        v, v_state, info = v_solver.solve(hessian.matvec, b, state.v_state, k=k, generator=state.generator)
         del b  # not needed for the x-step: one dy-vector less at the cross product
-        x_new = self._x_step(x, gx_f, hessian.on(batches("cross")).cross(v), info, k, state.outer)
+        x_new, auto = self._x_update(x, gx_f, hessian.on(batches("cross")).cross(v), info, k, state.auto,
+                                     state.outer)
         return self._advance(state, x_new, y, v, v_state, info, (x, y, v), grew, info.curvature is None,
-                             hessian.kept())
+                             hessian.kept(), self._observe(auto, grew, v_state))
 
     def _step_simultaneous(self, state: AIDState, oracles: Any, batches: Any) -> AIDState:
         x, y, v_old, k = state.x, state.y, state.v, state.k
-        theta = schedule_value(self.inner.lr, k)
+        inner, v_solver = self._parts(state.auto)
+        theta = schedule_value(inner.lr, k)
         hessian = _Hessian(self, oracles, x, y, batches, state)
         d_y = hessian.point().grad_y_g()
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
         jv = hessian.on(batches("cross")).cross(v_old)
-        v, v_state, info = self.v_solver.solve(hessian.matvec, b, state.v_state, k=k,
-                                               generator=state.generator)
-        y_new, grew = self.inner.run_watched(oracles, x, y - theta * d_y, batches, k, steps=self.inner.steps - 1,
-                                             first=1, grad0=d_y)
-        x_new = self._x_step(x, gx_f, jv, info, k, state.outer)
+        v, v_state, info = v_solver.solve(hessian.matvec, b, state.v_state, k=k, generator=state.generator)
+        y_new, grew = inner.run_watched(oracles, x, y - theta * d_y, batches, k, steps=inner.steps - 1,
+                                        first=1, grad0=d_y, **self._watch)
+        x_new, auto = self._x_update(x, gx_f, jv, info, k, state.auto, state.outer)
         # the iterate's v is v_k, made by the previous iteration's solve
         return self._advance(state, x_new, y_new, v, v_state, info, (x, y, v_old), grew, state.curvature is None,
-                             hessian.kept())
+                             hessian.kept(), self._observe(auto, grew, v_state))
+
+    # ---- automatic steps (bilevel.auto_steps) --------------------------------------------------------------
+    def _parts(self, auto: Optional[StepState]) -> tuple[InnerSolver, LinearSolver]:
+        """The inner solver and the v-solver with the automatic θ, η of ``auto`` filled in (the configured
+        parts themselves when nothing is automatic)."""
+        inner, v_solver = self.inner, self.v_solver
+        if auto is None:
+            return inner, v_solver
+        if self.auto_steps.lr_y:
+            inner = dataclasses.replace(inner, lr=auto.theta)
+        if self.auto_steps.eta:
+            v_solver = dataclasses.replace(v_solver, eta=auto.eta)
+        return inner, v_solver
+
+    @property
+    def _watch(self) -> dict:
+        """With an automatic θ the inner loop reports growth of ‖∇_y g‖ at any step (the safeguard's signal;
+        the run then gets no every-step ``inner_growth`` flag)."""
+        return {"any_step": True} if self.auto_steps is not None and self.auto_steps.lr_y else {}
+
+    def _x_update(self, x: Tensor, gx_f: Tensor, jv: Tensor, info: SolveInfo, k: int,
+                  auto: Optional[StepState], outer: Optional[OuterOptimizer] = None
+                  ) -> tuple[Tensor, Optional[StepState]]:
+        """The x-step: ``_x_step`` (λ, or an ``outer`` optimizer), or with an automatic λ the rule of
+        ``bilevel.auto_steps`` (never both: with ``outer`` lr_x is not used, so it is not automatic)."""
+        if auto is None or not self.auto_steps.lr_x:
+            return self._x_step(x, gx_f, jv, info, k, outer), auto
+        if self.freeze_x_first and info.epoch_step is not None and info.epoch_step <= self.freeze_x_first:
+            return x, auto
+        return self.auto_steps.x_step(auto, x, gx_f - jv)
+
+    def _observe(self, auto: Optional[StepState], grew: Optional[Tensor], v_state: Any) -> tuple:
+        """(the updated estimates, their events) after a step: the v-solver's Ritz values, the growth flag."""
+        if auto is None:
+            return None, ()
+        return self.auto_steps.observe(auto, grew if self.auto_steps.lr_y else None,
+                                       self.v_solver.spectrum(v_state))
 
     def _matvec(self, point: Any) -> Callable[[Tensor], Tensor]:
         """u ↦ A u, or (A + δI) u with ``damping`` δ > 0."""
@@ -326,14 +401,16 @@ class AID(Solver):
             return outer.step(x, gx_f - jv)
         return x - schedule_value(self.lr_x, k) * (gx_f - jv)
 
-    @staticmethod
-    def _advance(state: AIDState, x, y, v, v_state, info: SolveInfo, iterate, grew, trusted: bool,
-                 held: Optional[tuple]) -> AIDState:
+    def _advance(self, state: AIDState, x, y, v, v_state, info: SolveInfo, iterate, grew, trusted: bool,
+                 held: Optional[tuple], observed: tuple = (None, ())) -> AIDState:
+        auto, auto_events = observed
+        if auto is not None and self.auto_steps.lr_y:
+            grew = None  # the any-step flag fed the safeguard; it is not the every-step flag solve reports
         return dataclasses.replace(
             state, k=state.k + 1, x=x, y=y, v=v, v_state=v_state, iterate=iterate, last_info=info,
-            events=add_events(state.events, info.events), curvature=info.curvature, probed=info.matvecs > 0,
-            trusted=trusted,
-            inner_growth=grew, hvp_batch=held,
+            events=add_events(state.events, info.events + auto_events), curvature=info.curvature,
+            probed=info.matvecs > 0, trusted=trusted,
+            inner_growth=grew, hvp_batch=held, auto=auto,
         )
 
 
@@ -391,6 +468,8 @@ class _Hessian:
 
 
 _IDENTITY_NAMES = frozenset(f.name for f in dataclasses.fields(AID) if f.metadata.get("identity"))
+#: part options filled with "auto" when nothing sets them (θ of the inner loop, η of a v-solver that has one)
+_AUTO_PARTS = (("inner", "lr"), ("v_solver", "eta"))
 
 
 # ---- assembling ------------------------------------------------------------------------------------------

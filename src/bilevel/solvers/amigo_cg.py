@@ -58,8 +58,9 @@ def amigo_cg(**options: Any) -> AID:
     Draws per iteration: T inner, 1 upper, 1 hvp, 1 cross.  Samples per iteration: (T + Q + 2)·B on g
     (T + Q + 1 in the first), 2·B_upper on f.
 
-    lr_x and lr_y accept schedules.  Step sizes come from the problem's scales or the user; the library
-    only defaults T = 10, Q = 5 (the HC setting).
+    lr_x and lr_y accept schedules.  Step sizes come from the problem's scales or the user (else they are
+    automatic: θ = 1/L̂ with L̂ from Lanczos and CG's own Ritz values, AdaGrad-norm λ; ``bilevel.auto_steps``);
+    the library only defaults T = 10, Q = 5 (the HC setting).
 
     Published settings (T, Q and Fashion-MNIST's λ from ``SETTINGS``; Stoc: ``"stochastic/hyperclean"``):
 

@@ -54,7 +54,8 @@ def amigo_gd(**options: Any) -> AID:
     ``hessian_batch="iteration"`` puts the Q products on one draw instead.
 
     η is a constant (GD's step); lr_x and lr_y accept schedules.  η and the step sizes come from the
-    problem's scales or the user; the library only defaults T = 10, Q = 5 (the HC setting).
+    problem's scales or the user (else they are automatic: θ = η = 1/L̂, AdaGrad-norm λ; ``bilevel.auto_steps``);
+    the library only defaults T = 10, Q = 5 (the HC setting).
 
     Published settings (T, Q from ``SETTINGS``; η, λ, θ are the problems' scales):
 

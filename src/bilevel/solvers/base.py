@@ -175,6 +175,8 @@ class Solver(ABC, metaclass=CheckedOptions):
             out["lr_x"] = None
         for name in self._required_options(out):
             if out.get(name) is None:
+                out[name] = self.unset_value(name)
+            if out.get(name) is None:
                 raise ValueError(
                     f"{self.label or type(self).__name__}: {name} has no value: pass {name}=... "
                     f"(problem {problem.name!r} has no scale for it)."
@@ -187,6 +189,11 @@ class Solver(ABC, metaclass=CheckedOptions):
         if opts.get("outer") is not None:
             return tuple(name for name in self.required if name != "lr_x")
         return self.required
+
+    def unset_value(self, name: str) -> Any:
+        """The value of a required option that nothing set (None: an error).  The AID loop answers
+        ``"auto"`` for its step sizes (``bilevel.auto_steps``)."""
+        return None
 
     def bind(self, problem: BilevelProblem, stochastic: bool = False):
         """A frozen copy resolved for ``problem`` and validated once.  ``stochastic=True`` (a mini-batch run)

@@ -55,7 +55,8 @@ def bsa(*, compat_hybrid: bool = False, **options: Any) -> AID:
     Step sizes: the published analysis uses decaying inner steps and an outer step of order 1/√K; pass
     schedules as lr_y and lr_x (the synthetic reference uses λ_k = max(0.01, k^(−1/2)), i.e.
     ``PowerDecay(1, 0.5, offset=1, floor=0.01)``); η is a constant.  The library only defaults
-    T = 10, Q = 10.  T is always honoured (the reference's stochastic run made 1 inner step although it
+    T = 10, Q = 10 (step sizes that nothing sets are automatic: θ = η = 1/L̂, AdaGrad-norm λ;
+    ``bilevel.auto_steps``).  T is always honoured (the reference's stochastic run made 1 inner step although it
     configured 9).
 
     ``compat_hybrid=True`` (compatibility only, off by default): the reference's synthetic estimator,

@@ -11,13 +11,14 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_int, check_positive
-from ..inner import InnerGDLoop, schedule_value
+from ..auto_steps import FirstOrderAuto, StepState
+from ..inner import GD, InnerGDLoop, schedule_value
 from ..outer import OuterOptimizer
 from ..outer import build as build_outer
 from ..outer import check_options as check_outer
 from ..problem import BilevelProblem
 from ..schedules import PowerDecay, ScheduleLike, as_schedule
-from .base import Solver, register
+from .base import Solver, add_events, register
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,13 @@ class F2SAState:
     events: Mapping[str, int] = field(default_factory=dict)
     #: the ``outer`` optimizer of x (``bilevel.outer``; mutable, like a generator), else None
     outer: Optional[OuterOptimizer] = field(default=None, compare=False)
+    #: the automatic steps (``bilevel.auto_steps``), None when lr_x and lr_y are given or preset
+    auto: Optional[StepState] = None
 
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class F2SA(InnerGDLoop, Solver):
+class F2SA(FirstOrderAuto, InnerGDLoop, Solver):
     """F2SA — fully first-order stochastic approximation on the penalty f + μ (g − g*) (Kwon, Kwon, Wright
     & Nowak, "A Fully First-Order Method for Stochastic Bilevel Optimization", ICML 2023).
 
@@ -94,6 +97,11 @@ class F2SA(InnerGDLoop, Solver):
     ``outer=`` (with ``outer_options``, ``outer_scheduler``, ``outer_scheduler_options``): a ``torch.optim``
     optimizer makes the x-step from the same direction instead of x − λ·D (``bilevel.outer``; lr_x unused);
     the oracle cost is unchanged.
+
+    Automatic steps (lr_x and lr_y that nothing sets, or ``"auto"``; ``bilevel.auto_steps``), first-order like
+    the method: θ = 1/L̂ with L̂ from min(10, dy) Lanczos steps on secant products (∇_y g(x, y + hu) − ∇_y g(x, y))/h
+    at (x_0, y_0) (min(10, dy) + 1 extra ∇_y g, once; no HVP), doubled when ‖∇_y g‖ grows at a z-step; α = θ/max(μ, 1)
+    as above; ξ by AdaGrad-norm on the x-direction.  One host read per iteration (the safeguard).
     """
 
     name: ClassVar[str] = "f2sa"
@@ -142,7 +150,7 @@ class F2SA(InnerGDLoop, Solver):
         owner = "F2SA"
         check_outer(owner, opts)
         for name in ("lr_x", "lr_y", "lr_y_penalized", "mu_step"):
-            if opts.get(name) is not None:
+            if opts.get(name) is not None and not self.auto_value(owner, name, opts[name]):
                 as_schedule(opts[name], f"{owner}: {name}")
         if opts.get("mu0") is not None:
             check_positive(owner, "mu0", opts["mu0"])
@@ -152,10 +160,11 @@ class F2SA(InnerGDLoop, Solver):
         check_bool(owner, "paired_draws", opts["paired_draws"])
 
     def expected_counts(self, iterations: int) -> dict[str, float]:
-        """Per iteration: 2T ∇_y g, T ∇_y f, 1 ∇_x f, 2 ∇_x g; no second-order products."""
+        """Per iteration: 2T ∇_y g, T ∇_y f, 1 ∇_x f, 2 ∇_x g; no second-order products.  An automatic θ adds
+        min(10, dy) + 1 ∇_y g once (the secant estimate)."""
         self._require_bound()
         T, K = self.inner_steps, iterations
-        return {"grad_y_g": 2 * T * K, "grad_y_f": T * K, "grad_x_f": K, "grad_x_g": 2 * K,
+        return {"grad_y_g": 2 * T * K + self.auto_start_counts(), "grad_y_f": T * K, "grad_x_f": K, "grad_x_g": 2 * K,
                 "hvp": 0, "cross": 0, "cross_t": 0}
 
 
@@ -163,15 +172,20 @@ class F2SA(InnerGDLoop, Solver):
         self._require_bound()
         x, y0 = problem.x0, problem.y0
         return F2SAState(k=0, x=x, y=y0, z=y0.clone(), mu=float(self.mu0), iterate=(x, y0, None),
-                         outer=build_outer(self.label, self, x))
+                         outer=build_outer(self.label, self, x),
+                         auto=self.auto_start(oracles, x, y0, generator))
 
     def step(self, state: F2SAState, oracles: Any, batches: Any) -> F2SAState:
         x, y, mu, k = state.x, state.y, state.mu, state.k
-        theta = schedule_value(self.lr_y, k)
+        auto, rules, grew = state.auto, self.auto_steps, None
+        theta = auto.theta if rules is not None and rules.lr_y else schedule_value(self.lr_y, k)
         penalized = self.lr_y_penalized
         alpha = schedule_value(penalized, k) if penalized is not None else theta / max(mu, 1.0)
         T = self.inner_steps
-        z = self.inner_loop.run(oracles, x, state.z, batches, k)
+        if rules is not None and rules.lr_y:  # automatic θ: the z-loop also reports growth (the safeguard)
+            z, grew = GD(steps=T, lr=theta).run_watched(oracles, x, state.z, batches, k, any_step=True)
+        else:
+            z = self.inner_loop.run(oracles, x, state.z, batches, k)
         shift = 0 if self.paired_draws else T  # unpaired: the y-steps' draws follow the z-steps'
         for t in range(T):
             y = y - alpha * (oracles.grad_y_f(x, y, batches("upper", t))
@@ -180,14 +194,20 @@ class F2SA(InnerGDLoop, Solver):
         lower = batches("lower")
         direction = oracles.grad_x_f(x, y, batches("upper", T)) + mu * (
             oracles.grad_x_g(x, y, lower) - oracles.grad_x_g(x, z, lower))
-        if state.outer is None:
+        events = ()
+        if rules is not None and rules.lr_x:
+            x_new, auto = rules.x_step(auto, x, direction.detach())
+        elif state.outer is None:
             x_new = (x - schedule_value(self.lr_x, k) * direction).detach()
         else:
             x_new = state.outer.step(x, direction)
+        if rules is not None:
+            auto, events = rules.observe(auto, grew, None)
         y, z = y.detach(), z.detach()
         mu_new = mu + schedule_value(self.mu_step, k) if self.mu_growth else mu
         return dataclasses.replace(
             state, k=k + 1, x=x_new, y=y, z=z, mu=mu_new, iterate=(x, z, None), direction=direction.detach(),
+            auto=auto, events=add_events(state.events, events),
         )
 
 

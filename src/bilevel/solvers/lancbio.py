@@ -244,6 +244,8 @@ def lancbio(*, preset: Optional[str] = None, **options: Any) -> AID:
                                m = DimensionSchedule(1, 1.3, 50, 30, switch_at=500, switch_m_max=50),
                                hessian_batch="iteration", rescale_base=True (library choice, above)
         20 Newsgroups:         T = 10, λ = θ = 100 (Ji, Yang & Liang 2021), m = 3 (library choice, above), K = 50
+    Without settings or scales the step sizes are automatic (θ = 1/L̂, L̂ from Lanczos and the Ritz values of
+    T_j; AdaGrad-norm λ; ``bilevel.auto_steps``).
     Library defaults when the problem has no settings: m = 10, T = 5, and hessian_batch="epoch" (mini-batch
     runs only: under the full batch every mode makes the same products, bit for bit).
     """

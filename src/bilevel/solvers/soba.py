@@ -68,7 +68,8 @@ def soba(**options: Any) -> AID:
     Step sizes: the published theory uses ρ_k ∝ k^(−2/5) for y and v and γ_k ∝ k^(−3/5) for x; pass
     schedules as lr_y and lr_x (e.g. ``PowerDecay(θ0, 0.4)``, ``PowerDecay(λ0, 0.6)``).  eta is a constant
     (the GD v-solver's step), as in the experiments.  inner_steps (T) defaults to 1; T > 1 adds T − 1
-    plain y-steps after the simultaneous one.
+    plain y-steps after the simultaneous one.  Without settings or scales the step sizes are automatic
+    (θ = η = 1/L̂, L̂ raised by the GD iterates' Rayleigh quotients; AdaGrad-norm λ; ``bilevel.auto_steps``).
 
     Published settings (η, θ, λ are the problems' scales; Stoc: ``SETTINGS["stochastic/hyperclean"]``, and
     B = 128 is given to the sampler):

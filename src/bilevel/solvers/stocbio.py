@@ -58,7 +58,8 @@ def stocbio(**options: Any) -> AID:
     (T + Q + 1)·B on g, 2·B_upper on f.
 
     lr_x and lr_y accept schedules; η is a constant.  Step sizes come from the problem's scales or the
-    user; the library only defaults T = 10, Q = 10.
+    user (else they are automatic: θ = η = 1/L̂, AdaGrad-norm λ; ``bilevel.auto_steps``; the truncation bias
+    then stays (1 − μ/L)^(Q+1)); the library only defaults T = 10, Q = 10.
 
     Published settings (T, Q from ``SETTINGS``; Stoc: ``"stochastic/hyperclean"``):
 

@@ -57,7 +57,9 @@ def subbio(**options: Any) -> AID:
     λ = 500, θ = 0.1; stochastic (``SETTINGS["stochastic/hyperclean"]``, looked up for mini-batch runs) η = 0.1,
     T = 3, λ = 100 → 50 and θ = 0.1 → 0.05 from k = 500, B = 256 (the sampler's ``MiniBatch(256)``); 20 Newsgroups
     (Ji, Yang & Liang 2021's settings for the task) η = 0.5, T = 10, λ = θ = 100.
-    Options: eta, eps (Subspace2D's), plus the AID options.  Library default T = 5.
+    Options: eta, eps (Subspace2D's), plus the AID options.  Library default T = 5.  Without settings or
+    scales the step sizes are automatic (θ = η = 1/L̂, L̂ raised by the eigenvalues of H; AdaGrad-norm λ;
+    ``bilevel.auto_steps``).
     """
     return aid(name="subbio", label="SubBiO", v_solver=Subspace2D(), defaults={"inner_steps": 5},
                settings=SETTINGS, required=("lr_x",), **options)

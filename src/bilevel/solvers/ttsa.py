@@ -56,7 +56,8 @@ def ttsa(*, compat_hybrid: bool = False, **options: Any) -> AID:
     product; ``random_cost`` (counts are compared with their expectation).
 
     Step sizes: the published ones are λ_k ∝ k^(−3/5) and θ_k ∝ k^(−2/5): pass schedules as lr_x and lr_y
-    (e.g. ``PowerDecay(λ0, 0.6)``); η is a constant.  inner_steps defaults to 1.
+    (e.g. ``PowerDecay(λ0, 0.6)``); η is a constant.  inner_steps defaults to 1.  Without settings or scales
+    the step sizes are automatic (θ = η = 1/L̂, AdaGrad-norm λ; ``bilevel.auto_steps``).
 
     ``compat_hybrid=True`` (compatibility only, off by default): the reference's synthetic estimator,
     c = η with no Q factor followed by Q GD steps on v (p + Q HVPs, (Q − 1)/2 + Q expected); it is biased
