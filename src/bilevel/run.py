@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ._validation import check_int, check_positive
 from .history import History
+from .kinds import check_kind, problem_kind
 from .metrics import Evaluator
 from .oracles import CountingOracles, Counts, Oracles
 from .problem import BilevelProblem
@@ -118,11 +119,13 @@ def solve(
     stream is started with the solver's ``batch_roles``, then each iteration
     ``state = bound.step(state, counting_oracles, stream(k))``.
     """
-    if not isinstance(problem, BilevelProblem):
-        raise TypeError(f"problem must be a bilevel.BilevelProblem; got {type(problem).__name__}.")
+    if not isinstance(problem, BilevelProblem) and problem_kind(problem) != "rl":
+        raise TypeError(f"problem must be a bilevel.BilevelProblem (or a bilevel.rl.RLProblem); got "
+                        f"{type(problem).__name__}.")
     if not isinstance(solver, Solver):
         hint = " Did you forget the parentheses, e.g. bilevel.solvers.lancbio()?" if callable(solver) else ""
         raise TypeError(f"solver must be a bilevel solver instance; got {type(solver).__name__}.{hint}")
+    check_kind(solver, problem)  # an RL solver on a classic problem, or an AID solver on an RL problem
     check_int("solve", "max_iter", max_iter, 0)
     check_int("solve", "eval_every", eval_every, 1)
     check_int("solve", "seed", seed, 0)
@@ -134,6 +137,15 @@ def solve(
         check_int("solve", "curvature_patience", curvature_patience, 1)
     if callback is not None and not callable(callback):
         raise TypeError(f"solve: callback must be callable(row) -> bool; got {type(callback).__name__}.")
+    if problem_kind(problem) == "rl":
+        if batches is not None and not isinstance(batches, FullBatch):
+            raise ValueError("solve: an RL problem draws its own samples (transitions, trajectories); "
+                             f"got batches={type(batches).__name__} — leave batches unset.")
+        from .rl.run import solve_rl
+
+        return solve_rl(problem, solver, max_iter=max_iter, max_time=max_time, eval_every=eval_every, seed=seed,
+                        tol=tol, true_hypergradient=true_hypergradient, callback=callback, progress=progress,
+                        oracles=oracles)
     if oracles is None:
         oracles = Oracles(problem)
     else:

@@ -1,0 +1,195 @@
+"""The counted oracles of a bilevel RL problem: every model access and derivative a solver makes.
+
+RL solvers never count by hand: they call these methods and ``RLOracles`` records the cost.
+
+| count | one unit is |
+|---|---|
+| ``sweeps`` | one soft value-iteration sweep V ← τ logsumexp((r + γPV)/τ) on one MDP (a pass over its model) |
+| ``policy_sweeps`` | one policy-evaluation sweep of a vector reward, D ← Σ_a π (J + γ P D) on one MDP |
+| ``adjoint_products`` | one product with (I − γP_π) or its transpose on one MDP |
+| ``reward_evals`` / ``reward_grads`` | one evaluation of r(x) / one vector-Jacobian product through r |
+| ``reward_jacobians`` | one full Jacobian ∂r/∂x |
+| ``upper_grads`` / ``upper_values`` | one (∇_x F, ∂F/∂π) / one value of F or of the sampled loss |
+| ``transitions`` | one sampled next state s' ~ P(·|s, a) (a generative-model query or an environment step) |
+| ``trajectories`` | one sampled episode |
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import mdp as M
+from .problem import RLProblem
+
+__all__ = ["RLCounts", "RLOracles", "Trajectories"]
+
+
+@dataclass
+class RLCounts:
+    """Oracle calls of an RL run, by type (see the module table)."""
+
+    sweeps: int = 0
+    policy_sweeps: int = 0
+    adjoint_products: int = 0
+    reward_evals: int = 0
+    reward_grads: int = 0
+    reward_jacobians: int = 0
+    upper_grads: int = 0
+    upper_values: int = 0
+    transitions: int = 0
+    trajectories: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def copy(self) -> "RLCounts":
+        return RLCounts(**asdict(self))
+
+    def __sub__(self, other: "RLCounts") -> "RLCounts":
+        return RLCounts(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class Trajectories:
+    """N sampled episodes as tensors: ``states[N, H+1]``, ``actions[N, H]``, ``alive[N, H]`` (step t was taken:
+    the episode had not ended before it), ``context[N]`` (index of the MDP in the flattened batch)."""
+
+    states: Tensor
+    actions: Tensor
+    alive: Tensor
+    context: Tensor
+
+    @property
+    def steps(self) -> int:
+        return int(self.alive.sum())
+
+
+class RLOracles:
+    """Counted access to ``problem``'s model, reward and upper loss (``counts``: an ``RLCounts``)."""
+
+    def __init__(self, problem: RLProblem, counts: Optional[RLCounts] = None) -> None:
+        self.problem = problem
+        self.counts = counts if counts is not None else RLCounts()
+        p = problem
+        n = p.n_contexts
+        S, A = p.n_states, p.n_actions
+        # flattened-context views used by the samplers; the cumulative kernel makes a draw one searchsorted
+        self._cumP = p.P.reshape(n, S, A, S).cumsum(-1)
+        self._cumP[..., -1] = 1.0  # exact 1 at the end guards against rounding of the sums
+        self._cumrho = p.rho.expand(p.batch_shape + (S,)).reshape(n, S).cumsum(-1)
+        self._cumrho[..., -1] = 1.0
+        self._terminal = p.terminal.reshape(n, S)
+
+    # ---- lower level ------------------------------------------------------------------------------
+    def reward(self, x: Tensor) -> Tensor:
+        self.counts.reward_evals += 1
+        with torch.no_grad():
+            return self.problem.reward(x)
+
+    def reward_vjp(self, x: Tensor, Z: Tensor) -> Tensor:
+        self.counts.reward_grads += 1
+        return self.problem.reward_vjp(x, Z)
+
+    def reward_jacobian(self, x: Tensor) -> Tensor:
+        self.counts.reward_jacobians += 1
+        return self.problem.reward_jac(x)
+
+    def soft_vi(self, r: Tensor, V: Tensor, sweeps: int, P: Optional[Tensor] = None) -> Tensor:
+        """``sweeps`` soft value-iteration sweeps from V on the model P (default: the problem's)."""
+        p = self.problem
+        self.counts.sweeps += sweeps * p.n_contexts
+        return M.soft_vi(r, p.P if P is None else P, V, p.gamma, p.tau, sweeps, p.terminal)
+
+    def policy_evaluation(self, J: Tensor, pi: Tensor, D: Tensor, sweeps: int, P: Optional[Tensor] = None) -> Tensor:
+        """``sweeps`` sweeps of D_s ← Σ_a π_sa (J_sa + γ Σ_s' P(s'|s,a) D_s') (D: [..., S, d], J: [..., S, A, d]):
+        policy evaluation of the vector reward J, whose fixed point is ∇_x V when J = ∂r/∂x."""
+        p = self.problem
+        P = p.P if P is None else P
+        self.counts.policy_sweeps += sweeps * p.n_contexts
+        live = (~p.terminal).to(p.dtype).unsqueeze(-1)
+        for _ in range(sweeps):
+            DQ = J + p.gamma * torch.matmul(P, D.unsqueeze(-3))  # [..., S, A, d]
+            D = torch.einsum("...sa,...sad->...sd", pi, DQ) * live
+        return D
+
+    def adjoint_product(self, pi: Tensor, w: Tensor, transpose: bool) -> Tensor:
+        """(I − γP_π) w, or (I − γP_π)ᵀ w."""
+        p = self.problem
+        self.counts.adjoint_products += p.n_contexts
+        Ppi = M.policy_matrix(p.P, pi, p.terminal)
+        if transpose:
+            return w - p.gamma * torch.matmul(w.unsqueeze(-2), Ppi).squeeze(-2)
+        return w - p.gamma * torch.matmul(Ppi, w.unsqueeze(-1)).squeeze(-1)
+
+    # ---- upper level ------------------------------------------------------------------------------
+    def upper_grads(self, x: Tensor, pi: Tensor) -> tuple[Tensor, Tensor]:
+        self.counts.upper_grads += 1
+        return self.problem.upper_grads(x, pi)
+
+    def upper_value(self, x: Tensor, pi: Tensor) -> Tensor:
+        self.counts.upper_values += 1
+        with torch.no_grad():
+            return self.problem.upper(x, pi)
+
+    # ---- sampling ---------------------------------------------------------------------------------
+    def sample_kernel(self, n: int, generator: torch.Generator) -> Tensor:
+        """An empirical kernel P̂ from ``n`` draws s' ~ P(·|s, a) for every (s, a) of every MDP (a generative
+        model: n·|S|·|A| transitions per MDP); P̂ is unbiased for P."""
+        p = self.problem
+        C, S, A = p.n_contexts, p.n_states, p.n_actions
+        self.counts.transitions += n * S * A * C
+        u = torch.rand((C, S, A, n), generator=generator, dtype=p.dtype, device=p.device)
+        nxt = torch.searchsorted(self._cumP, u).clamp_(max=S - 1)
+        Phat = torch.zeros((C, S, A, S), dtype=p.dtype, device=p.device)
+        Phat.scatter_add_(-1, nxt, torch.full_like(u, 1.0 / n))
+        return Phat.reshape(p.P.shape)
+
+    def trajectories(self, pi: Tensor, n: int, horizon: int, generator: torch.Generator,
+                     context: Optional[Tensor] = None) -> Trajectories:
+        """``n`` episodes of at most ``horizon`` steps from ρ under π, all stepped together as tensors.
+        ``context``: the MDP index of each episode (flattened batch; default: uniform draws)."""
+        p = self.problem
+        C, S, A = p.n_contexts, p.n_states, p.n_actions
+        dev = p.device
+        if context is None:
+            context = torch.randint(C, (n,), generator=generator, device=dev)
+        cumpi = pi.reshape(C, S, A).cumsum(-1)
+        cumpi[..., -1] = 1.0
+        u0 = torch.rand((n, 1), generator=generator, dtype=p.dtype, device=dev)
+        s = torch.searchsorted(self._cumrho[context], u0).squeeze(-1).clamp_(max=S - 1)
+        # all uniforms at once: one for the action, one for the next state per step
+        ua = torch.rand((horizon, n, 1), generator=generator, dtype=p.dtype, device=dev)
+        us = torch.rand((horizon, n, 1), generator=generator, dtype=p.dtype, device=dev)
+        states = torch.empty((n, horizon + 1), dtype=torch.long, device=dev)
+        actions = torch.empty((n, horizon), dtype=torch.long, device=dev)
+        alive = torch.empty((n, horizon), dtype=torch.bool, device=dev)
+        live = ~self._terminal[context, s]
+        states[:, 0] = s
+        for t in range(horizon):
+            a = torch.searchsorted(cumpi[context, s], ua[t]).squeeze(-1).clamp_(max=A - 1)
+            nxt = torch.searchsorted(self._cumP[context, s, a], us[t]).squeeze(-1).clamp_(max=S - 1)
+            s = torch.where(live, nxt, s)
+            actions[:, t] = a
+            alive[:, t] = live
+            states[:, t + 1] = s
+            live = live & ~self._terminal[context, s]
+        taken = int(alive.sum())
+        self.counts.transitions += taken
+        self.counts.trajectories += n
+        return Trajectories(states=states, actions=actions, alive=alive, context=context)
+
+    def trajectory_losses(self, x: Tensor, d: Trajectories) -> Tensor:
+        """l(d_i; x) for each sampled episode (differentiable in x when x requires grad)."""
+        p = self.problem
+        tr = p.trajectory
+        self.counts.upper_values += 1
+        C, S, A = p.n_contexts, p.n_states, p.n_actions
+        c = tr.cost(x).expand(p.batch_shape + (S, A, S)).reshape(C, S, A, S)
+        H = d.actions.shape[1]
+        step = c[d.context.unsqueeze(1), d.states[:, :-1], d.actions, d.states[:, 1:]]
+        disc = tr.gamma ** torch.arange(H, dtype=p.dtype, device=p.device)
+        return (step * disc * d.alive).sum(1)

@@ -1,0 +1,183 @@
+"""Bilevel RL: exact soft solves and hypergradients against independent truth, problem kinds, the solvers.
+
+Truth: soft policy iteration against plain value iteration run to convergence, the exact hypergradient
+against central finite differences of φ(x) (φ from converged solves), float64 throughout.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import bilevel
+from bilevel.cli import main
+from bilevel.kinds import problems_for, solvers_for
+from bilevel.problems import get_problem
+from bilevel.rl import RLOracles, RLProblem, TrajectoryLoss
+from bilevel.rl import mdp as M
+from bilevel.solvers import get_solver
+
+DT = torch.float64
+
+
+def random_problem(seed, S=6, A=3, dx=4, contexts=(), terminal=False, trajectory=False, gamma=0.8, tau=0.5):
+    """A random small MDP with a nonlinear reward r(x) = 2 tanh(Bx) and an upper loss that couples x and π."""
+    g = torch.Generator().manual_seed(seed)
+    P = torch.rand(contexts + (S, A, S), generator=g, dtype=DT) ** 3
+    P /= P.sum(-1, keepdim=True)
+    B = torch.randn(contexts + (S, A, dx), generator=g, dtype=DT)
+    rho = torch.rand(S, generator=g, dtype=DT)
+    rho /= rho.sum()
+    C = torch.randn(S, A, generator=g, dtype=DT)
+    x0 = torch.randn(dx, generator=g, dtype=DT)
+    term = torch.zeros(S, dtype=torch.bool)
+    term[-1] = terminal
+    cost = torch.randn(contexts + (S, A, S), generator=g, dtype=DT)
+
+    def reward(x):
+        return 2 * torch.tanh(B @ x)
+
+    def upper(x, pi):
+        return 0.5 * x.square().sum() + (C * pi.square()).sum((-1, -2)) + x.sum() * pi[..., 0, 0]
+
+    kw = dict(gamma=gamma, tau=tau, rho=rho, terminal=term)
+    if trajectory:
+        return RLProblem(P, reward, x0, trajectory=TrajectoryLoss(lambda x: cost * (1 + x[0]), 0.9, 25), **kw)
+    return RLProblem(P, reward, x0, upper=upper, **kw)
+
+
+def central_differences(problem, x, h=1e-5):
+    return torch.stack([(problem.phi(x + h * e) - problem.phi(x - h * e)) / (2 * h)
+                        for e in torch.eye(x.numel(), dtype=DT)])
+
+
+# ---- exact solves ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("terminal", [False, True])
+def test_soft_policy_iteration_matches_value_iteration_to_convergence(terminal):
+    p = random_problem(1, terminal=terminal, gamma=0.9)
+    r = p.reward(p.x0)
+    V_pi = M.soft_optimal(r, p.P, p.gamma, p.tau, p.terminal)
+    V_vi = M.soft_vi(r, p.P, torch.zeros(p.n_states, dtype=DT), p.gamma, p.tau, 600, p.terminal)
+    assert torch.allclose(V_pi, V_vi, rtol=0, atol=1e-12)
+    # the soft Bellman equation holds, and V* is the soft value of its own greedy policy
+    Q = M.soft_q(r, p.P, V_pi, p.gamma)
+    assert torch.allclose(M.soft_v(Q, p.tau, p.terminal), V_pi, atol=1e-12)
+    pi = M.soft_policy(Q, p.tau, p.terminal)
+    assert torch.allclose(M.evaluate_policy(r, p.P, pi, p.gamma, p.tau, p.terminal), V_pi, atol=1e-11)
+    if terminal:
+        assert V_pi[-1] == 0
+
+
+def test_soft_value_iteration_is_batched_over_mdps():
+    p = random_problem(2, contexts=(3,))
+    r = p.reward(p.x0)
+    V = M.soft_vi(r, p.P, torch.zeros(3, p.n_states, dtype=DT), p.gamma, p.tau, 7)
+    for c in range(3):
+        one = M.soft_vi(r[c], p.P[c], torch.zeros(p.n_states, dtype=DT), p.gamma, p.tau, 7)
+        assert torch.allclose(V[c], one, atol=1e-14)
+
+
+def test_log_sum_exp_is_stable_for_large_rewards():
+    p = get_problem("rl_synthetic", seed=0)  # rewards of order 10² at x0, τ = 1
+    r = p.reward(p.x0)
+    assert float(r.abs().max()) > 50
+    V, Q, pi = p.solve_lower(p.x0)
+    assert torch.isfinite(V).all() and torch.allclose(pi.sum(-1), torch.ones(p.n_states, dtype=DT))
+
+
+@pytest.mark.parametrize("case", [
+    {"seed": 0}, {"seed": 1, "terminal": True}, {"seed": 2, "trajectory": True},
+    {"seed": 3, "trajectory": True, "terminal": True}, {"seed": 4, "contexts": (2,)},
+])
+def test_exact_hypergradient_equals_central_differences(case):
+    p = random_problem(**case)
+    x = p.x0
+    t = p.truth(x)
+    fd = central_differences(p, x)
+    assert float((fd - t.grad).norm() / t.grad.norm()) < 1e-6
+
+
+def test_exact_hypergradient_on_rl_synthetic():
+    p = get_problem("rl_synthetic", seed=0, dim=8)
+    x = p.x0 * 0.3  # moderate rewards: a policy far from deterministic, so the reward term matters
+    t = p.truth(x)
+    fd = central_differences(p, x, h=1e-6)
+    assert float((fd - t.grad).norm() / t.grad.norm()) < 1e-6
+    assert float((t.grad - x).norm()) > 1e-2 * float(t.grad.norm())  # the policy term is not negligible
+
+
+def test_trajectory_loss_expectation_equals_the_mean_of_sampled_losses():
+    p = random_problem(5, trajectory=True, terminal=True)
+    _, _, pi = p.solve_lower(p.x0)
+    o = RLOracles(p)
+    d = o.trajectories(pi, 20000, p.trajectory.horizon, torch.Generator().manual_seed(0))
+    losses = o.trajectory_losses(p.x0, d)
+    exact = float(p.expected_trajectory_loss(p.x0, pi))
+    assert abs(float(losses.mean()) - exact) < 4 * float(losses.std()) / 20000 ** 0.5
+    assert o.counts.trajectories == 20000 and o.counts.transitions == d.steps
+
+
+# ---- problem kinds --------------------------------------------------------------------------------------
+def test_kinds_are_declared():
+    assert "rl_synthetic" in problems_for("rl") and "rl_synthetic" not in problems_for("classic")
+    assert {"m_sobirl"} <= set(solvers_for("rl"))
+    assert not set(solvers_for("rl")) & set(solvers_for("classic"))
+
+
+@pytest.mark.parametrize("solver", ["lancbio", "amigo_cg", "f2sa", "itd"])
+def test_classic_solvers_refuse_an_rl_problem(solver):
+    p = get_problem("rl_synthetic", seed=0, dim=5)
+    for call in (lambda: bilevel.solve(p, get_solver(solver), max_iter=1),
+                 lambda: get_solver(solver).bind(p)):
+        with pytest.raises(ValueError) as err:
+            call()
+        text = str(err.value)
+        assert "\n" not in text and "bilevel RL problem" in text and "m_sobirl" in text
+
+
+def test_rl_solvers_refuse_a_classic_problem():
+    q = bilevel.problems.quadratic(seed=0)
+    for name in solvers_for("rl"):
+        with pytest.raises(ValueError) as err:
+            bilevel.solve(q, get_solver(name, lr_x=0.1), max_iter=1)
+        text = str(err.value)
+        assert "\n" not in text and "classic bilevel problem" in text and "lancbio" in text
+
+
+# ---- M-SoBiRL -------------------------------------------------------------------------------------------
+def test_m_sobirl_solves_rl_synthetic():
+    """§4.5 with the published settings (T = 10, ζ = 0.5, β = 8e-3), one seed: φ → 1 (the global minimum),
+    the amortised estimate converges to the exact hypergradient, and the counts are exactly as documented."""
+    p = get_problem("rl_synthetic", seed=0)
+    solver = get_solver("m_sobirl")
+    res = bilevel.solve(p, solver, max_iter=800, eval_every=100, seed=0)
+    first, last = res.history[0], res.history.last()
+    assert first["phi"] > 40
+    assert last["phi"] <= 1.001 and last["hypergrad_norm"] < 2e-2
+    assert last["hypergrad_rel_error"] < 1e-6  # w and V have converged to the exact adjoint and V*
+    assert last["value_error"] < 1e-6
+    assert res.counts.as_dict() == {**{k: 0 for k in res.counts.as_dict()},
+                                    **solver.bind(p).expected_counts(800, p)}
+
+
+def test_m_sobirl_is_deterministic_given_the_seed():
+    p = get_problem("rl_synthetic", seed=3, dim=10)
+    a = bilevel.solve(p, get_solver("m_sobirl"), max_iter=20, eval_every=5, seed=1)
+    b = bilevel.solve(p, get_solver("m_sobirl"), max_iter=20, eval_every=5, seed=1)
+    assert torch.equal(a.x, b.x) and a.history.last() == b.history.last() | {"time": a.history.last()["time"]}
+
+
+def test_cli_runs_m_sobirl_and_prints_truth_next_to_the_estimate(tmp_path, capsys):
+    out = tmp_path / "run.csv"
+    code = main(["run", "rl_synthetic", "--solver", "m_sobirl", "--max-iter", "30", "--eval-every", "10",
+                 "-P", "dim=20", "--no-progress", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "phi=" in text and "hypergrad_norm=" in text and "hypergrad_est_norm=" in text
+    rows = list(csv.DictReader(open(out)))
+    assert {"phi", "hypergrad_norm", "hypergrad_est_norm", "sweeps"} <= set(rows[0])
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["counts"]["sweeps"] == 300 and meta["options"]["lr_x"] == 8e-3
