@@ -181,3 +181,92 @@ def test_cli_runs_m_sobirl_and_prints_truth_next_to_the_estimate(tmp_path, capsy
     assert {"phi", "hypergrad_norm", "hypergrad_est_norm", "sweeps"} <= set(rows[0])
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["counts"]["sweeps"] == 300 and meta["options"]["lr_x"] == 8e-3
+
+
+# ---- estimators against the exact hypergradient ---------------------------------------------------------
+def exact_grad_V(p, x, pi):
+    """∇_x V* = (I − γP_π)⁻¹ Φ, Φ_s = Σ_a π_sa ∇_x r_sa (dense solve: independent of the solvers' sweeps)."""
+    J = torch.autograd.functional.jacobian(p.reward, x)
+    Phi = torch.einsum("...sa,...sad->...sd", pi, J) * (~p.terminal).unsqueeze(-1)
+    A = torch.eye(p.n_states, dtype=DT) - p.gamma * M.policy_matrix(p.P, pi, p.terminal)
+    return torch.linalg.solve(A, Phi)
+
+
+def estimates(name, p, x, draws, **options):
+    """``draws`` estimates at x from one state at the exact lower solution (V*, and ∇_x V* or the exact
+    adjoint as the solver's auxiliary variable), each step with its own generator."""
+    import dataclasses
+
+    bound = get_solver(name, lr_x=1e-3, **options).bind(p)
+    t = p.truth(x)
+    o = RLOracles(p)
+    state = bound.init(p, o, torch.Generator().manual_seed(0))
+    aux = {"m_sobirl": t.w, "sobirl": exact_grad_V(p, x, t.pi), "stoc_sobirl": exact_grad_V(p, x, t.pi)}.get(name)
+    state = dataclasses.replace(state, x=x, V=t.V, w=aux)
+    out = []
+    for i in range(draws):
+        s = dataclasses.replace(state, generator=torch.Generator().manual_seed(1000 + i))
+        out.append(bound.step(s, o).iterate[3])
+    return torch.stack(out), t.grad, o.counts
+
+
+def test_m_sobirl_estimate_at_the_exact_lower_solution_is_exact():
+    p = random_problem(0)
+    est, grad, counts = estimates("m_sobirl", p, p.x0, 1, sweeps=50)
+    assert float((est[0] - grad).norm() / grad.norm()) < 1e-10
+
+
+def test_stoc_sobirl_is_unbiased():
+    p = random_problem(3, trajectory=True, terminal=True)
+    x = p.x0
+    est, grad, counts = estimates("stoc_sobirl", p, x, 300, sweeps=60, trajectories=100)
+    mean = est.mean(0)
+    spread = float(est.var(0).sum() / est.shape[0]) ** 0.5  # the standard error of the mean, in norm
+    assert float((mean - grad).norm()) < 3 * spread
+    assert spread < 0.1 * float(grad.norm())  # the check has power: the noise is small next to ∇φ
+    assert counts.trajectories == 300 * 100
+
+
+def test_sobirl_bias_falls_with_the_number_of_samples():
+    p = random_problem(0, S=5, A=2, dx=3)
+    x = p.x0
+    errors = []
+    for n in (3, 30, 300):
+        est, grad, _ = estimates("sobirl", p, x, 200, sweeps=40, samples=n)
+        errors.append(float((est.mean(0) - grad).norm() / grad.norm()))
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.02, errors
+
+
+def test_zeroth_order_difference_is_second_order_accurate_and_unbiased_for_smoothing():
+    from bilevel.solvers.zeroth_order import ZerothOrder
+
+    p = random_problem(1)
+    x = p.x0
+    t = p.truth(x)
+    bound = get_solver("zeroth_order", lr_x=1e-3, sweeps=200).bind(p)
+    o = RLOracles(p)
+    u = torch.randn(p.dx, generator=torch.Generator().manual_seed(0), dtype=DT)
+    errs = []
+    for mu in (0.01, 0.005, 0.0025):  # φ is strongly curved here: the asymptotic regime starts near μ = 0.01
+        diff = (ZerothOrder._value(bound, o, x + mu * u, t.V, None) - ZerothOrder._value(bound, o, x - mu * u, t.V, None))
+        errs.append(abs(float(diff) / (2 * mu) - float(u @ t.grad)))
+    # the bias of the two-point difference is O(μ²): halving μ divides it by about 4
+    assert 3.0 < errs[0] / errs[1] < 5.0 and 3.0 < errs[1] / errs[2] < 5.0, errs
+    est, grad, _ = estimates("zeroth_order", p, x, 400, sweeps=60, radius=1e-3)
+    spread = float(est.var(0).sum() / est.shape[0]) ** 0.5
+    assert float((est.mean(0) - grad).norm()) < 3 * spread
+
+
+@pytest.mark.parametrize("name,options", [
+    ("sobirl", {"samples": 20}), ("zeroth_order", {"directions": 2}),
+    ("stoc_sobirl", {"trajectories": 7}),
+])
+def test_counts_are_exactly_as_documented(name, options):
+    p = random_problem(0, trajectory=name == "stoc_sobirl", contexts=(2,))
+    solver = get_solver(name, lr_x=1e-2, **options)
+    res = bilevel.solve(p, solver, max_iter=6, eval_every=3)
+    expected = solver.bind(p).expected_counts(6, p)
+    got = {k: v for k, v in res.counts.as_dict().items() if v}
+    if name == "stoc_sobirl":  # episode lengths are random: their steps are counted as they happen (see
+        got.pop("transitions")  # test_trajectory_loss_expectation_equals_the_mean_of_sampled_losses)
+    assert got == {k: v for k, v in expected.items() if v}

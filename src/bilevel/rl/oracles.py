@@ -104,17 +104,21 @@ class RLOracles:
         self.counts.sweeps += sweeps * p.n_contexts
         return M.soft_vi(r, p.P if P is None else P, V, p.gamma, p.tau, sweeps, p.terminal)
 
-    def policy_evaluation(self, J: Tensor, pi: Tensor, D: Tensor, sweeps: int, P: Optional[Tensor] = None) -> Tensor:
-        """``sweeps`` sweeps of D_s ← Σ_a π_sa (J_sa + γ Σ_s' P(s'|s,a) D_s') (D: [..., S, d], J: [..., S, A, d]):
-        policy evaluation of the vector reward J, whose fixed point is ∇_x V when J = ∂r/∂x."""
+    def policy_evaluation(self, J: Tensor, pi: Tensor, D: Tensor, sweeps: int,
+                          P: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """``sweeps`` sweeps of D_Q ← J + γ P D, D_s ← Σ_a π_sa D_Q[s, a] (D: [..., S, d], J: [..., S, A, d]):
+        policy evaluation of the vector reward J, whose fixed point is (∇_x V, ∇_x Q) when J = ∂r/∂x and π is
+        the soft-optimal policy (envelope theorem: ∇_x V_s = Σ_a π_sa ∇_x Q_sa).  Returns (D, D_Q) of the
+        last sweep."""
         p = self.problem
         P = p.P if P is None else P
         self.counts.policy_sweeps += sweeps * p.n_contexts
         live = (~p.terminal).to(p.dtype).unsqueeze(-1)
+        DQ = J
         for _ in range(sweeps):
             DQ = J + p.gamma * torch.matmul(P, D.unsqueeze(-3))  # [..., S, A, d]
             D = torch.einsum("...sa,...sad->...sd", pi, DQ) * live
-        return D
+        return D, DQ
 
     def adjoint_product(self, pi: Tensor, w: Tensor, transpose: bool) -> Tensor:
         """(I − γP_π) w, or (I − γP_π)ᵀ w."""

@@ -218,8 +218,11 @@ class RLProblem:
         """∂r/∂x, ``[..., S, A, dx]`` (closed form, else forward-mode autodiff: dx JVPs)."""
         if self.reward_jacobian is not None:
             return self.reward_jacobian(x)
-        J = torch.func.jacfwd(self.reward)(x.detach())
-        return J
+        import warnings
+
+        with warnings.catch_warnings():  # torch.func's first use trips torch's own torch.jit deprecation warning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.func.jacfwd(self.reward)(x.detach())
 
     def upper(self, x: Tensor, pi: Tensor) -> Tensor:
         """F(x, π): the mean over the batch of MDPs of the per-MDP upper loss."""
