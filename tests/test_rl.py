@@ -23,7 +23,8 @@ from bilevel.solvers import get_solver
 DT = torch.float64
 
 
-def random_problem(seed, S=6, A=3, dx=4, contexts=(), terminal=False, trajectory=False, gamma=0.8, tau=0.5):
+def random_problem(seed, S=6, A=3, dx=4, contexts=(), terminal=False, trajectory=False, gamma=0.8, tau=0.5,
+                   horizon=25):
     """A random small MDP with a nonlinear reward r(x) = 2 tanh(Bx) and an upper loss that couples x and π."""
     g = torch.Generator().manual_seed(seed)
     P = torch.rand(contexts + (S, A, S), generator=g, dtype=DT) ** 3
@@ -45,7 +46,7 @@ def random_problem(seed, S=6, A=3, dx=4, contexts=(), terminal=False, trajectory
 
     kw = dict(gamma=gamma, tau=tau, rho=rho, terminal=term)
     if trajectory:
-        return RLProblem(P, reward, x0, trajectory=TrajectoryLoss(lambda x: cost * (1 + x[0]), 0.9, 25), **kw)
+        return RLProblem(P, reward, x0, trajectory=TrajectoryLoss(lambda x: cost * (1 + x[0]), 0.9, horizon), **kw)
     return RLProblem(P, reward, x0, upper=upper, **kw)
 
 
@@ -227,6 +228,20 @@ def test_stoc_sobirl_is_unbiased():
     assert counts.trajectories == 300 * 100
 
 
+def test_hpgd_is_unbiased():
+    """Over draws of the episodes, the sampled step, the second action and the geometric rollout lengths (and
+    of the context, for a batch of two MDPs)."""
+    for case in ({"seed": 3, "terminal": True}, {"seed": 6, "contexts": (2,)}):
+        # short episodes and γ = 0.5 (short geometric rollouts) keep the REINFORCE-type variance testable
+        p = random_problem(trajectory=True, gamma=0.5, horizon=8, **case)
+        est, grad, counts = estimates("hpgd", p, p.x0, 200, sweeps=60, trajectories=500)
+        spread = float(est.var(0).sum() / est.shape[0]) ** 0.5
+        assert float((est.mean(0) - grad).norm()) < 3 * spread, case
+        # the power of the check (the context draw adds the spread of the per-context gradients)
+        assert spread < (0.15 if "contexts" not in case else 0.4) * float(grad.norm()), case
+        assert counts.trajectories == 200 * 3 * 500
+
+
 def test_sobirl_bias_falls_with_the_number_of_samples():
     p = random_problem(0, S=5, A=2, dx=3)
     x = p.x0
@@ -259,14 +274,54 @@ def test_zeroth_order_difference_is_second_order_accurate_and_unbiased_for_smoot
 
 @pytest.mark.parametrize("name,options", [
     ("sobirl", {"samples": 20}), ("zeroth_order", {"directions": 2}),
-    ("stoc_sobirl", {"trajectories": 7}),
+    ("stoc_sobirl", {"trajectories": 7}), ("hpgd", {"trajectories": 5}), ("pbrl", {"lr_theta": 0.1}),
 ])
 def test_counts_are_exactly_as_documented(name, options):
-    p = random_problem(0, trajectory=name == "stoc_sobirl", contexts=(2,))
+    p = random_problem(0, trajectory=name in ("stoc_sobirl", "hpgd"), contexts=(2,))
     solver = get_solver(name, lr_x=1e-2, **options)
     res = bilevel.solve(p, solver, max_iter=6, eval_every=3)
     expected = solver.bind(p).expected_counts(6, p)
     got = {k: v for k, v in res.counts.as_dict().items() if v}
-    if name == "stoc_sobirl":  # episode lengths are random: their steps are counted as they happen (see
+    if name in ("stoc_sobirl", "hpgd"):  # episode lengths are random: their steps are counted as they happen (see
         got.pop("transitions")  # test_trajectory_loss_expectation_equals_the_mean_of_sampled_losses)
     assert got == {k: v for k, v in expected.items() if v}
+
+
+def test_pbrl_penalty_gradients_equal_central_differences():
+    """∇_x p and ∇_θ p of p(x, θ) = ρᵀV*(x) − ρᵀV^{softmax θ}(x), from exact inner quantities, against central
+    differences of p computed with exact solves."""
+    from bilevel.solvers.pbrl import PBRL
+
+    p = random_problem(2, terminal=True)
+    x = p.x0
+    theta = torch.randn(p.n_states, p.n_actions, generator=torch.Generator().manual_seed(1), dtype=DT)
+    live = ~p.terminal
+
+    def penalty(x, theta):
+        r = p.reward(x)
+        V = M.soft_optimal(r, p.P, p.gamma, p.tau, p.terminal)
+        V_theta = M.evaluate_policy(r, p.P, torch.softmax(theta, -1), p.gamma, p.tau, p.terminal)
+        return p.rho @ V - p.rho @ V_theta
+
+    def occupancy(pi):
+        A = torch.eye(p.n_states, dtype=DT) - p.gamma * M.policy_matrix(p.P, pi, p.terminal)
+        return torch.linalg.solve(A.T, p.rho * live)
+
+    r = p.reward(x)
+    V, _, pi_star = p.solve_lower(x)
+    pi = torch.softmax(theta, -1)
+    V_theta = M.evaluate_policy(r, p.P, pi, p.gamma, p.tau, p.terminal)
+    gx, gtheta = PBRL.penalty_gradients(RLOracles(p), x, r, pi_star, theta, V_theta, occupancy(pi_star), occupancy(pi))
+    h = 1e-6
+    fd_x = torch.stack([(penalty(x + h * e, theta) - penalty(x - h * e, theta)) / (2 * h) for e in torch.eye(p.dx, dtype=DT)])
+    E = torch.eye(theta.numel(), dtype=DT).reshape(-1, *theta.shape)
+    fd_t = torch.stack([(penalty(x, theta + h * e) - penalty(x, theta - h * e)) / (2 * h) for e in E]).reshape(theta.shape)
+    assert float((gx - fd_x).norm() / fd_x.norm()) < 1e-6
+    assert float((gtheta - fd_t).norm() / fd_t.norm()) < 1e-6
+
+
+def test_pbrl_and_sobirl_reduce_phi_on_rl_synthetic():
+    p = get_problem("rl_synthetic", seed=0)
+    for name, phi_max in (("sobirl", 1.001), ("pbrl", 1.5)):  # PBRL keeps its O(1/λ) penalty bias (λ = 1)
+        res = bilevel.solve(p, get_solver(name), max_iter=800, eval_every=400, seed=0)
+        assert res.history[0]["phi"] > 40 and res.history.last()["phi"] < phi_max, name

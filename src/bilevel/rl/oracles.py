@@ -68,6 +68,13 @@ class Trajectories:
         return int(self.alive.sum())
 
 
+def _draw(cum: Tensor, u: Tensor) -> Tensor:
+    """Inverse-CDF draws: the first index i with cum[..., i] ≥ u (cum: [..., K] cumulative probabilities ending
+    in 1, u: [...] uniforms).  A comparison and a sum: for the small K of tabular MDPs this is much faster than a
+    batched ``searchsorted``."""
+    return (cum < u.unsqueeze(-1)).sum(-1).clamp_(max=cum.shape[-1] - 1)
+
+
 class RLOracles:
     """Counted access to ``problem``'s model, reward and upper loss (``counts``: an ``RLCounts``)."""
 
@@ -147,7 +154,7 @@ class RLOracles:
         C, S, A = p.n_contexts, p.n_states, p.n_actions
         self.counts.transitions += n * S * A * C
         u = torch.rand((C, S, A, n), generator=generator, dtype=p.dtype, device=p.device)
-        nxt = torch.searchsorted(self._cumP, u).clamp_(max=S - 1)
+        nxt = _draw(self._cumP.unsqueeze(-2), u)
         Phat = torch.zeros((C, S, A, S), dtype=p.dtype, device=p.device)
         Phat.scatter_add_(-1, nxt, torch.full_like(u, 1.0 / n))
         return Phat.reshape(p.P.shape)
@@ -163,19 +170,19 @@ class RLOracles:
             context = torch.randint(C, (n,), generator=generator, device=dev)
         cumpi = pi.reshape(C, S, A).cumsum(-1)
         cumpi[..., -1] = 1.0
-        u0 = torch.rand((n, 1), generator=generator, dtype=p.dtype, device=dev)
-        s = torch.searchsorted(self._cumrho[context], u0).squeeze(-1).clamp_(max=S - 1)
+        u0 = torch.rand(n, generator=generator, dtype=p.dtype, device=dev)
+        s = _draw(self._cumrho[context], u0)
         # all uniforms at once: one for the action, one for the next state per step
-        ua = torch.rand((horizon, n, 1), generator=generator, dtype=p.dtype, device=dev)
-        us = torch.rand((horizon, n, 1), generator=generator, dtype=p.dtype, device=dev)
+        ua = torch.rand((horizon, n), generator=generator, dtype=p.dtype, device=dev)
+        us = torch.rand((horizon, n), generator=generator, dtype=p.dtype, device=dev)
         states = torch.empty((n, horizon + 1), dtype=torch.long, device=dev)
         actions = torch.empty((n, horizon), dtype=torch.long, device=dev)
         alive = torch.empty((n, horizon), dtype=torch.bool, device=dev)
         live = ~self._terminal[context, s]
         states[:, 0] = s
         for t in range(horizon):
-            a = torch.searchsorted(cumpi[context, s], ua[t]).squeeze(-1).clamp_(max=A - 1)
-            nxt = torch.searchsorted(self._cumP[context, s, a], us[t]).squeeze(-1).clamp_(max=S - 1)
+            a = _draw(cumpi[context, s], ua[t])
+            nxt = _draw(self._cumP[context, s, a], us[t])
             s = torch.where(live, nxt, s)
             actions[:, t] = a
             alive[:, t] = live
@@ -185,6 +192,42 @@ class RLOracles:
         self.counts.transitions += taken
         self.counts.trajectories += n
         return Trajectories(states=states, actions=actions, alive=alive, context=context)
+
+    def reward_rollouts(self, pi: Tensor, J: Tensor, s0: Tensor, a0: Tensor, context: Tensor,
+                        generator: torch.Generator, max_steps: int = 100000) -> Tensor:
+        """Σ_{k < K} J[s_k, a_k] along one rollout per start (s0[i], a0[i]) in MDP context[i] under π (a_k ~ π
+        after the first action), each of geometric length K ~ Geom(1 − γ) (P(K > k) = γ^k) or until a
+        terminal state: an unbiased estimate of Σ_k γ^k E[J[s_k, a_k]], i.e. of ∂_x Q(s0, a0) when J = ∂r/∂x.
+        J: ``[..., S, A, d]``; returns ``[n, d]``.  Counts n rollouts (as trajectories) and their steps."""
+        p = self.problem
+        C, S, A = p.n_contexts, p.n_states, p.n_actions
+        Jf = J.reshape(C, S, A, -1)
+        cumpi = pi.reshape(C, S, A).cumsum(-1)
+        cumpi[..., -1] = 1.0
+        n = s0.shape[0]
+        # K ≥ 1 with P(K > k) = γ^k: K = 1 + floor(log U / log γ)
+        if p.gamma > 0:
+            u = torch.rand(n, generator=generator, dtype=p.dtype, device=p.device).clamp_(min=1e-300)
+            K = 1 + torch.floor(torch.log(u) / torch.log(torch.tensor(p.gamma, dtype=p.dtype))).long()
+        else:
+            K = torch.ones(n, dtype=torch.long, device=p.device)
+        out = torch.zeros(n, Jf.shape[-1], dtype=p.dtype, device=p.device)
+        s, a = s0.clone(), a0.clone()
+        live = ~self._terminal[context, s]
+        steps, k = 0, 0
+        while bool(live.any()) and k < max_steps:
+            out += Jf[context, s, a] * live.unsqueeze(-1)
+            steps += int(live.sum())
+            us = torch.rand(n, generator=generator, dtype=p.dtype, device=p.device)
+            nxt = _draw(self._cumP[context, s, a], us)
+            s = torch.where(live, nxt, s)
+            k += 1
+            live = live & (k < K) & ~self._terminal[context, s]
+            ua = torch.rand(n, generator=generator, dtype=p.dtype, device=p.device)
+            a = _draw(cumpi[context, s], ua)
+        self.counts.trajectories += n
+        self.counts.transitions += steps
+        return out
 
     def trajectory_losses(self, x: Tensor, d: Trajectories) -> Tensor:
         """l(d_i; x) for each sampled episode (differentiable in x when x requires grad)."""
