@@ -325,3 +325,46 @@ def test_pbrl_and_sobirl_reduce_phi_on_rl_synthetic():
     for name, phi_max in (("sobirl", 1.001), ("pbrl", 1.5)):  # PBRL keeps its O(1/λ) penalty bias (λ = 1)
         res = bilevel.solve(p, get_solver(name), max_iter=800, eval_every=400, seed=0)
         assert res.history[0]["phi"] > 40 and res.history.last()["phi"] < phi_max, name
+
+
+# ---- FourRooms ------------------------------------------------------------------------------------------
+def test_fourrooms_layout_and_kernel():
+    from bilevel.problems.fourrooms import DOORS, GOALS, START, TARGET, fourrooms_grid
+
+    free = fourrooms_grid()
+    assert int(free.sum()) == 104
+    assert all(free[r, c] for r, c in (*DOORS, START, TARGET, *GOALS))
+    p = get_problem("fourrooms", lam=0.003)
+    assert p.tau == 0.003 and p.info["beta_reg"] == 3.0 and p.batch_shape == (2,)
+    cells = [tuple(map(int, rc)) for rc in free.nonzero()]
+    s = cells.index((2, 2))  # an open cell: each move lands on a different free neighbour
+    right = cells.index((2, 3))
+    assert abs(float(p.P[0, s, 1, right]) - 0.67) < 1e-12 and abs(float(p.P[0, s, 0, right]) - 0.11) < 1e-12
+    corner = cells.index((1, 1))  # up and left hit walls: the agent stays
+    assert abs(float(p.P[0, corner, 0, corner]) - (0.67 + 0.11)) < 1e-12
+    assert int(p.terminal[0].sum()) == 1 and int(p.terminal[1].sum()) == 1
+
+
+def test_fourrooms_exact_hypergradient_along_random_directions():
+    p = get_problem("fourrooms", lam=0.005)
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 * torch.randn(p.dx, generator=g, dtype=DT)
+    t = p.truth(x)
+    h = 1e-5
+    for _ in range(2):
+        u = torch.randn(p.dx, generator=g, dtype=DT)
+        fd = float((p.phi(x + h * u) - p.phi(x - h * u)) / (2 * h))
+        assert abs(fd - float(u @ t.grad)) < 1e-6 * float(u.norm() * t.grad.norm())
+    # the logged metric is the exact upper value, the negative of φ
+    assert abs(-float(t.phi) - float(p.metrics(x, t)["upper_value"])) == 0
+
+
+def test_cli_runs_hpgd_on_fourrooms(tmp_path, capsys):
+    out = tmp_path / "fr.csv"
+    code = main(["run", "fourrooms", "--solver", "hpgd", "--max-iter", "2", "--eval-every", "1",
+                 "-O", "trajectories=5", "--no-progress", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "upper_value=" in text and "hypergrad_norm=" in text and "hypergrad_est_norm=" in text
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["options"]["clip"] == 1.0 and meta["counts"]["trajectories"] == 2 * 3 * 5

@@ -77,6 +77,14 @@ class RLSolver(Solver):
                                             None if pi is None else pi.detach()),
                                    extra={**state.extra, **extra})
 
+    def clipped(self, direction: Tensor) -> Tensor:
+        """The x-step direction rescaled to norm ≤ ``clip`` (the option; 0 or absent: unchanged), as in the
+        FourRooms protocol of Thoma et al. (SGD with the gradient clipped to norm 1)."""
+        clip = getattr(self, "clip", 0.0) or 0.0
+        if not clip:
+            return direction
+        return direction * torch.clamp(clip / torch.linalg.vector_norm(direction).clamp(min=1e-300), max=1.0)
+
     @staticmethod
     def check_oracles(oracles: Any) -> RLOracles:
         if not isinstance(oracles, RLOracles):

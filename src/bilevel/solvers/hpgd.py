@@ -116,10 +116,7 @@ class HPGD(RLSolver):
         V = o.soft_vi(r, state.V, self.sweeps)
         pi = M.soft_policy(M.soft_q(r, p.P, V, p.gamma), p.tau, p.terminal)
         estimate = self.estimate(o, x, pi, o.reward_jacobian(x), context, gen)
-        direction = estimate
-        if self.clip:
-            direction = estimate * torch.clamp(self.clip / torch.linalg.vector_norm(estimate).clamp(min=1e-300), max=1.0)
-        return self.advance(state, x, x - self.lr_x * direction, V, None, estimate, pi, context=context)
+        return self.advance(state, x, x - self.lr_x * self.clipped(estimate), V, None, estimate, pi, context=context)
 
 
 def hpgd(**options: Any) -> HPGD:

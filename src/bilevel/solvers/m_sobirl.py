@@ -29,11 +29,13 @@ class MSoBiRL(RLSolver):
         b(s') = Σ_{s,a} (δ_{ss'} − γP(s'|s, a)) u_sa
         w ← w − ζ (I − γP_π)((I − γP_π)ᵀ w − b)       (one step on ½‖(I − γP_π)ᵀw − b‖²)  [zeta = ζ]
         D_k = ∇_x F(x_k, π) + τ⁻¹ ∇_x ⟨r(x_k), π ⊙ (G − w 1ᵀ)⟩
-        x_{k+1} = x_k − β D_k                                                             [lr_x = β]
+        x_{k+1} = x_k − β clip(D_k)                                                       [lr_x = β]
 
     With V = V*(x) and w the exact adjoint, D equals ∇φ(x) (see ``bilevel.rl.problem``).  Nothing here uses
     strong convexity: the soft-optimal policy is unique, and the adjoint system is well posed because
     I − γP_π is invertible (γ < 1).
+
+    clip(D) = D·min(1, c/‖D‖) with c = ``clip`` (default 0: no clipping; FourRooms protocol: 1).
 
     Oracle cost per iteration (exact, counted): T soft value-iteration sweeps per MDP, 2 adjoint products
     per MDP, 1 reward evaluation, 1 reward vector-Jacobian product, 1 upper gradient; no linear solves and no
@@ -45,18 +47,21 @@ class MSoBiRL(RLSolver):
 
     name: ClassVar[str] = "m_sobirl"
     label: ClassVar[str] = "M-SoBiRL"
-    defaults: ClassVar[Mapping[str, Any]] = {"sweeps": 10, "zeta": 0.5}
+    defaults: ClassVar[Mapping[str, Any]] = {"clip": 0.0, "sweeps": 10, "zeta": 0.5}
     settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "rl_synthetic": {"lr_x": 8e-3, "sweeps": 10, "zeta": 0.5},
-        "fourrooms": {"lr_x": 0.5, "sweeps": 10, "zeta": 0.5},
+        "fourrooms": {"lr_x": 0.5, "clip": 1.0, "sweeps": 10, "zeta": 0.5},
     }
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     lr_x: Optional[float] = None
+    clip: Optional[float] = None
     zeta: Optional[float] = None
     sweeps: Optional[int] = None
 
     def validate(self, opts: Mapping[str, Any]) -> None:
+        if opts.get("clip") is not None:
+            check_positive(self.label, "clip", opts["clip"], allow_zero=True)
         for name in ("lr_x", "zeta"):
             if opts.get(name) is not None:
                 check_positive(self.label, name, opts[name])
@@ -87,7 +92,7 @@ class MSoBiRL(RLSolver):
         residual = o.adjoint_product(pi, state.w, transpose=True) - b
         w = state.w - self.zeta * o.adjoint_product(pi, residual, transpose=False)
         estimate = gx + o.reward_vjp(x, pi * (G - w.unsqueeze(-1)) * live) / p.tau
-        return self.advance(state, x, x - self.lr_x * estimate, V, w, estimate, pi)
+        return self.advance(state, x, x - self.lr_x * self.clipped(estimate), V, w, estimate, pi)
 
 
 def m_sobirl(**options: Any) -> MSoBiRL:

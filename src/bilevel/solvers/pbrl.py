@@ -42,11 +42,13 @@ class PBRL(RLSolver):
 
         V ← T soft value-iteration sweeps (V*);  π* = softmax((r + γPV)/τ)                 [sweeps = T]
         V^θ ← T soft policy-evaluation sweeps of π_θ;  d_*, d_θ ← T occupancy sweeps each
-        x_{k+1} = x_k − β (∇_x F(x_k, π_θ) + λ ∇_x p)                                         [lr_x = β]
+        x_{k+1} = x_k − β clip(∇_x F(x_k, π_θ) + λ ∇_x p)                                     [lr_x = β]
         θ_{k+1} = θ_k − α (∇_θ F(x_k, π_θ) + λ ∇_θ p)                                       [lr_theta = α]
 
     The x-direction is the estimate recorded against ∇φ: it is biased by O(1/λ) (the penalty solutions
     approach the bilevel ones as λ grows; Shen, Yang & Chen, Thm. on ε-approximate solutions).
+
+    clip(D) = D·min(1, c/‖D‖) with c = ``clip`` (default 0: no clipping; FourRooms protocol: 1).
 
     Oracle cost per iteration (exact, counted): T soft value-iteration sweeps and T policy-evaluation sweeps
     (value of π_θ) per MDP, 2T adjoint products (occupancy sweeps of π* and π_θ) per MDP, 1 reward
@@ -55,20 +57,23 @@ class PBRL(RLSolver):
 
     name: ClassVar[str] = "pbrl"
     label: ClassVar[str] = "PBRL"
-    defaults: ClassVar[Mapping[str, Any]] = {"sweeps": 10, "penalty": 10.0}
+    defaults: ClassVar[Mapping[str, Any]] = {"clip": 0.0, "sweeps": 10, "penalty": 10.0}
     settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "rl_synthetic": {"lr_x": 8e-3, "lr_theta": 5.0, "penalty": 1.0, "sweeps": 10},  # ours: stable at β = 8e-3
-        "fourrooms": {"lr_x": 0.5, "lr_theta": 0.5, "penalty": 10.0, "sweeps": 10},
+        "fourrooms": {"lr_x": 0.5, "clip": 1.0, "lr_theta": 0.5, "penalty": 10.0, "sweeps": 10},
     }
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_theta")
 
     lr_x: Optional[float] = None
+    clip: Optional[float] = None
     lr_theta: Optional[float] = None
     penalty: Optional[float] = None
     sweeps: Optional[int] = None
 
     def validate(self, opts: Mapping[str, Any]) -> None:
+        if opts.get("clip") is not None:
+            check_positive(self.label, "clip", opts["clip"], allow_zero=True)
         for name in ("lr_x", "lr_theta", "penalty"):
             if opts.get(name) is not None:
                 check_positive(self.label, name, opts[name])
@@ -124,7 +129,7 @@ class PBRL(RLSolver):
         ftheta = pi * (G - (pi * G).sum(-1, keepdim=True))
         direction = fx + self.penalty * px
         theta_new = theta - self.lr_theta * (ftheta + self.penalty * ptheta)
-        return self.advance(state, x, x - self.lr_x * direction, V, theta_new, direction, pi,
+        return self.advance(state, x, x - self.lr_x * self.clipped(direction), V, theta_new, direction, pi,
                             V_theta=V_theta, d_star=d_star, d_theta=d_theta)
 
 

@@ -49,10 +49,12 @@ class StocSoBiRL(RLSolver):
         (D, D_Q) ← T sweeps of D_Q = J + γPD,  D_s = Σ_a π_sa D_Q[s, a]
         d_1 … d_N ~ π (vectorised episodes of at most H steps)                    [trajectories = N]
         D_k = (1/N) Σ_i [∇_x l(d_i; x_k) + τ⁻¹ l(d_i; x_k) Σ_t (D_Q[s_t, a_t] − D[s_t])]
-        x_{k+1} = x_k − β D_k                                                              [lr_x = β]
+        x_{k+1} = x_k − β clip(D_k)                                                        [lr_x = β]
 
     Unbiased for ∇φ(x_k) when V, D have converged (tested over many draws); its variance is that of a
     REINFORCE estimator (no baseline is subtracted, so the estimate stays exactly the formula above).
+
+    clip(D) = D·min(1, c/‖D‖) with c = ``clip`` (default 0: no clipping; FourRooms protocol: 1).
 
     Oracle cost per iteration (exact, counted): T soft value-iteration sweeps and T policy-evaluation sweeps
     per MDP, N sampled episodes (their steps counted as transitions), 1 reward evaluation, 1 reward Jacobian,
@@ -62,17 +64,20 @@ class StocSoBiRL(RLSolver):
     name: ClassVar[str] = "stoc_sobirl"
     label: ClassVar[str] = "Stoc-SoBiRL"
     needs_trajectory_loss: ClassVar[bool] = True
-    defaults: ClassVar[Mapping[str, Any]] = {"sweeps": 10, "trajectories": 100}
+    defaults: ClassVar[Mapping[str, Any]] = {"clip": 0.0, "sweeps": 10, "trajectories": 100}
     settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "fourrooms": {"lr_x": 0.5, "sweeps": 10, "trajectories": 50},
+        "fourrooms": {"lr_x": 0.5, "clip": 1.0, "sweeps": 10, "trajectories": 50},
     }
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     lr_x: Optional[float] = None
+    clip: Optional[float] = None
     sweeps: Optional[int] = None
     trajectories: Optional[int] = None
 
     def validate(self, opts: Mapping[str, Any]) -> None:
+        if opts.get("clip") is not None:
+            check_positive(self.label, "clip", opts["clip"], allow_zero=True)
         if opts.get("lr_x") is not None:
             check_positive(self.label, "lr_x", opts["lr_x"])
         for name in ("sweeps", "trajectories"):
@@ -100,7 +105,7 @@ class StocSoBiRL(RLSolver):
         D, DQ = o.policy_evaluation(o.reward_jacobian(x), pi, state.w, self.sweeps)
         d = o.trajectories(pi, self.trajectories, p.trajectory.horizon, state.generator)
         estimate = score_function_estimate(o, x, d, DQ, D)
-        return self.advance(state, x, x - self.lr_x * estimate, V, D, estimate, pi)
+        return self.advance(state, x, x - self.lr_x * self.clipped(estimate), V, D, estimate, pi)
 
 
 def stoc_sobirl(**options: Any) -> StocSoBiRL:

@@ -28,12 +28,14 @@ class ZerothOrder(RLSolver):
         for j = 1 … K: u_j ~ N(0, I);  V_± ← T sweeps at x_k ± μ u_j from V;  F_± = F(x_k ± μ u_j, π_T)
                                                                           [directions = K, radius = μ]
         D_k = (1/K) Σ_j (F_+ − F_−)/(2μ) · u_j
-        x_{k+1} = x_k − β D_k                                                              [lr_x = β]
+        x_{k+1} = x_k − β clip(D_k)                                                        [lr_x = β]
 
     F is the exact upper loss from the model, or, with ``trajectories = N > 0`` (and a trajectory loss), the
     mean sampled loss of N episodes at each of x ± μu (common random numbers: the same uniforms at both
     points).  E[D_k] = ∇φ_μ(x_k), the gradient of the Gaussian smoothing φ_μ(x) = E_u φ(x + μu), which differs
     from ∇φ by O(μ²) for a smooth φ (the bias stated and tested: it falls with μ); the variance grows like dx/K.
+
+    clip(D) = D·min(1, c/‖D‖) with c = ``clip`` (default 0: no clipping; FourRooms protocol: 1).
 
     Oracle cost per iteration (exact, counted): T(1 + 2K) soft value-iteration sweeps per MDP, 1 + 2K reward
     evaluations, 2K upper values (or 2K·N sampled episodes); no derivatives.
@@ -41,20 +43,23 @@ class ZerothOrder(RLSolver):
 
     name: ClassVar[str] = "zeroth_order"
     label: ClassVar[str] = "Zeroth-order"
-    defaults: ClassVar[Mapping[str, Any]] = {"sweeps": 10, "directions": 1, "radius": 1e-3, "trajectories": 0}
+    defaults: ClassVar[Mapping[str, Any]] = {"clip": 0.0, "sweeps": 10, "directions": 1, "radius": 1e-3, "trajectories": 0}
     settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "rl_synthetic": {"lr_x": 8e-3},
-        "fourrooms": {"lr_x": 0.5, "radius": 0.1, "trajectories": 50},
+        "fourrooms": {"lr_x": 0.5, "clip": 1.0, "radius": 0.1, "trajectories": 50},
     }
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     lr_x: Optional[float] = None
+    clip: Optional[float] = None
     sweeps: Optional[int] = None
     directions: Optional[int] = None
     radius: Optional[float] = None
     trajectories: Optional[int] = None
 
     def validate(self, opts: Mapping[str, Any]) -> None:
+        if opts.get("clip") is not None:
+            check_positive(self.label, "clip", opts["clip"], allow_zero=True)
         for name in ("lr_x", "radius"):
             if opts.get(name) is not None:
                 check_positive(self.label, name, opts[name])
@@ -109,7 +114,7 @@ class ZerothOrder(RLSolver):
             minus = self._value(o, x - self.radius * u, V, seed)
             estimate = estimate + (plus - minus) / (2 * self.radius) * u
         estimate = estimate / self.directions
-        return self.advance(state, x, x - self.lr_x * estimate, V, None, estimate, pi)
+        return self.advance(state, x, x - self.lr_x * self.clipped(estimate), V, None, estimate, pi)
 
 
 def zeroth_order(**options: Any) -> ZerothOrder:
