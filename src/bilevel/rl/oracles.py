@@ -16,6 +16,7 @@ RL solvers never count by hand: they call these methods and ``RLOracles`` record
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
@@ -176,18 +177,27 @@ class RLOracles:
         ua = torch.rand((horizon, n), generator=generator, dtype=p.dtype, device=dev)
         us = torch.rand((horizon, n), generator=generator, dtype=p.dtype, device=dev)
         states = torch.empty((n, horizon + 1), dtype=torch.long, device=dev)
-        actions = torch.empty((n, horizon), dtype=torch.long, device=dev)
-        alive = torch.empty((n, horizon), dtype=torch.bool, device=dev)
-        live = ~self._terminal[context, s]
+        actions = torch.zeros((n, horizon), dtype=torch.long, device=dev)
+        alive = torch.zeros((n, horizon), dtype=torch.bool, device=dev)
+        # flat tables: one gather per draw instead of a three-index lookup
+        pi_rows = cumpi.reshape(C * S, A)
+        P_rows = self._cumP.reshape(C * S * A, S)
+        term = self._terminal.reshape(C * S)
+        base = context * S
+        live = ~term[base + s]
         states[:, 0] = s
         for t in range(horizon):
-            a = _draw(cumpi[context, s], ua[t])
-            nxt = _draw(self._cumP[context, s, a], us[t])
+            if t % 16 == 0 and t and not bool(live.any()):  # every episode has ended: the rest stays as it is
+                states[:, t:] = s.unsqueeze(1)
+                break
+            row = base + s
+            a = _draw(pi_rows[row], ua[t])
+            nxt = _draw(P_rows[row * A + a], us[t])
             s = torch.where(live, nxt, s)
             actions[:, t] = a
             alive[:, t] = live
             states[:, t + 1] = s
-            live = live & ~self._terminal[context, s]
+            live = live & ~term[base + s]
         taken = int(alive.sum())
         self.counts.transitions += taken
         self.counts.trajectories += n
@@ -201,30 +211,36 @@ class RLOracles:
         J: ``[..., S, A, d]``; returns ``[n, d]``.  Counts n rollouts (as trajectories) and their steps."""
         p = self.problem
         C, S, A = p.n_contexts, p.n_states, p.n_actions
-        Jf = J.reshape(C, S, A, -1)
+        Jf = J.reshape(C * S * A, -1)
         cumpi = pi.reshape(C, S, A).cumsum(-1)
         cumpi[..., -1] = 1.0
+        pi_rows = cumpi.reshape(C * S, A)
+        P_rows = self._cumP.reshape(C * S * A, S)
+        term = self._terminal.reshape(C * S)
+        base = context * S
         n = s0.shape[0]
         # K ≥ 1 with P(K > k) = γ^k: K = 1 + floor(log U / log γ)
         if p.gamma > 0:
             u = torch.rand(n, generator=generator, dtype=p.dtype, device=p.device).clamp_(min=1e-300)
-            K = 1 + torch.floor(torch.log(u) / torch.log(torch.tensor(p.gamma, dtype=p.dtype))).long()
+            K = 1 + torch.floor(torch.log(u) / math.log(p.gamma)).long()
         else:
             K = torch.ones(n, dtype=torch.long, device=p.device)
         out = torch.zeros(n, Jf.shape[-1], dtype=p.dtype, device=p.device)
         s, a = s0.clone(), a0.clone()
-        live = ~self._terminal[context, s]
-        steps, k = 0, 0
-        while bool(live.any()) and k < max_steps:
-            out += Jf[context, s, a] * live.unsqueeze(-1)
-            steps += int(live.sum())
+        live = ~term[base + s]
+        taken = torch.zeros((), dtype=torch.long, device=p.device)
+        k = 0
+        while k < max_steps and bool(live.any()):
+            row = (base + s) * A + a
+            out += Jf[row] * live.unsqueeze(-1)
+            taken += live.sum()
             us = torch.rand(n, generator=generator, dtype=p.dtype, device=p.device)
-            nxt = _draw(self._cumP[context, s, a], us)
-            s = torch.where(live, nxt, s)
+            s = torch.where(live, _draw(P_rows[row], us), s)
             k += 1
-            live = live & (k < K) & ~self._terminal[context, s]
+            live = live & (k < K) & ~term[base + s]
             ua = torch.rand(n, generator=generator, dtype=p.dtype, device=p.device)
-            a = _draw(cumpi[context, s], ua)
+            a = _draw(pi_rows[base + s], ua)
+        steps = int(taken)
         self.counts.trajectories += n
         self.counts.transitions += steps
         return out
