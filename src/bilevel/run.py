@@ -120,8 +120,7 @@ def solve(
     ``state = bound.step(state, counting_oracles, stream(k))``.
     """
     if not isinstance(problem, BilevelProblem) and problem_kind(problem) != "rl":
-        raise TypeError(f"problem must be a bilevel.BilevelProblem (or a bilevel.rl.RLProblem); got "
-                        f"{type(problem).__name__}.")
+        raise TypeError(f"problem must be a bilevel.BilevelProblem; got {type(problem).__name__}.")
     if not isinstance(solver, Solver):
         hint = " Did you forget the parentheses, e.g. bilevel.solvers.lancbio()?" if callable(solver) else ""
         raise TypeError(f"solver must be a bilevel solver instance; got {type(solver).__name__}.{hint}")
