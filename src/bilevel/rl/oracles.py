@@ -245,6 +245,55 @@ class RLOracles:
         self.counts.transitions += steps
         return out
 
+    def coupled_rollout_differences(self, pi: Tensor, J: Tensor, s0: Tensor, a0: Tensor, b0: Tensor, context: Tensor,
+                                    generator: torch.Generator, max_steps: int = 100000) -> Tensor:
+        """Σ_{k<K} J[s_k, a_k] − Σ_{k<K} J[s'_k, a'_k] for pairs of rollouts from (s0, a0) and (s0, b0) under π,
+        coupled: one geometric length K ∼ Geom(1 − γ) and the same uniforms for both chains at every step.
+        Each chain alone is a rollout of ``reward_rollouts``, so the difference is unbiased for
+        ∂_x Q(s0, a0) − ∂_x Q(s0, b0); once the chains meet (same state, hence the same action from the same
+        uniform) their remaining terms cancel exactly, so a pair stops there (or at a terminal state, or at
+        K): far fewer sampled steps, and a lower variance than independent rollouts.  Counts 2 rollouts per
+        pair (as trajectories) and the steps both chains took."""
+        p = self.problem
+        C, S, A = p.n_contexts, p.n_states, p.n_actions
+        Jf = J.reshape(C * S * A, -1)
+        cumpi = pi.reshape(C, S, A).cumsum(-1)
+        cumpi[..., -1] = 1.0
+        pi_rows = cumpi.reshape(C * S, A)
+        P_rows = self._cumP.reshape(C * S * A, S)
+        term = self._terminal.reshape(C * S)
+        base = context * S
+        n = s0.shape[0]
+        if p.gamma > 0:
+            u = torch.rand(n, generator=generator, dtype=p.dtype, device=p.device).clamp_(min=1e-300)
+            K = 1 + torch.floor(torch.log(u) / math.log(p.gamma)).long()
+        else:
+            K = torch.ones(n, dtype=torch.long, device=p.device)
+        out = torch.zeros(n, Jf.shape[-1], dtype=p.dtype, device=p.device)
+        s, s2, a, a2 = s0.clone(), s0.clone(), a0.clone(), b0.clone()
+        on1 = ~term[base + s]  # each chain runs until its own terminal state
+        on2 = on1.clone()
+        pair = on1 & (a != a2)  # equal first actions: identical chains, difference 0
+        taken = torch.zeros((), dtype=torch.long, device=p.device)
+        k = 0
+        while k < max_steps and bool(pair.any()):
+            m1, m2 = pair & on1, pair & on2
+            row, row2 = (base + s) * A + a, (base + s2) * A + a2
+            out += Jf[row] * m1.unsqueeze(-1) - Jf[row2] * m2.unsqueeze(-1)
+            taken += m1.sum() + m2.sum()
+            us = torch.rand(n, generator=generator, dtype=p.dtype, device=p.device)
+            s = torch.where(m1, _draw(P_rows[row], us), s)
+            s2 = torch.where(m2, _draw(P_rows[row2], us), s2)
+            on1, on2 = on1 & ~term[base + s], on2 & ~term[base + s2]
+            k += 1
+            # met (same state, both running): the same uniforms make the rest identical, so it cancels
+            pair = pair & (k < K) & (on1 | on2) & ~(on1 & on2 & (s == s2))
+            ua = torch.rand(n, generator=generator, dtype=p.dtype, device=p.device)
+            a, a2 = _draw(pi_rows[base + s], ua), _draw(pi_rows[base + s2], ua)
+        self.counts.trajectories += 2 * n
+        self.counts.transitions += int(taken)
+        return out
+
     def trajectory_losses(self, x: Tensor, d: Trajectories) -> Tensor:
         """l(d_i; x) for each sampled episode (differentiable in x when x requires grad)."""
         p = self.problem

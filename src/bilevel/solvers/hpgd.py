@@ -32,19 +32,23 @@ class HPGD(RLSolver):
         ξ ∼ U(contexts);  V ← T sweeps;  π = softmax((r + γPV)/τ)                          [sweeps = T]
         d_1 … d_N ∼ π in ξ (episodes of at most H steps)                             [trajectories = N]
         per episode i: one step t_i uniform among its T_i steps, a' ∼ π(s_t), two rollouts from (s_t, a_t)
-            and (s_t, a') of geometric length K ∼ Geom(1 − γ): ĝ_i = Σ_{k<K} J(s_k, a_k) − Σ_{k<K'} J(s'_k, a'_k)
+            and (s_t, a') of one geometric length K ∼ Geom(1 − γ), coupled (the same uniforms at every step):
+            ĝ_i = Σ_{k<K} J(s_k, a_k) − Σ_{k<K} J(s'_k, a'_k); a pair stops where its chains meet (the rest
+            cancels exactly) or both have ended
         D_k = (1/N) Σ_i [∇_x l(d_i; x_k) + τ⁻¹ l(d_i; x_k) T_i ĝ_i]
         x_{k+1} = x_k − β clip(D_k)                        [lr_x = β; clip = the norm cap, 0 for none]
 
-    Each factor is unbiased (T_i ĝ_{t_i} for Σ_t, the geometric length for the discounted sum), and ĝ_i is
+    Each factor is unbiased (T_i ĝ_{t_i} for Σ_t, the geometric length for the discounted sum; each chain of
+    a coupled pair is marginally a plain rollout, so the coupling changes the variance only), and ĝ_i is
     drawn independently of l(d_i) given the episode, so D_k is unbiased for ∇φ_ξ(x_k) given a converged
     lower level (tested over many draws).  It is ∇φ_ξ for the drawn ξ: over the draws of ξ it is unbiased
     for ∇φ = mean_ξ ∇φ_ξ.  We state the estimator as above (one sampled step per episode) rather than from
     the published JAX code, which we did not read.
 
-    Oracle cost per iteration (exact, counted): T soft value-iteration sweeps per MDP, N episodes plus 2N
-    rollouts (``trajectories`` = 3N; their sampled steps as ``transitions``), 1 reward evaluation, 1 reward
-    Jacobian, 1 evaluation of the sampled losses and 1 upper gradient (a backward pass through them).
+    Oracle cost per iteration (exact, counted): T soft value-iteration sweeps per MDP, N episodes plus N
+    coupled pairs of rollouts (``trajectories`` = 3N; their sampled steps as ``transitions``), 1 reward
+    evaluation, 1 reward Jacobian, 1 evaluation of the sampled losses and 1 upper gradient (a backward pass
+    through them).
     """
 
     name: ClassVar[str] = "hpgd"
@@ -102,8 +106,7 @@ class HPGD(RLSolver):
         cumpi = pi.reshape(C, S, A)[ctx, s].cumsum(-1)
         cumpi[..., -1] = 1.0
         a2 = _draw(cumpi, torch.rand(N, generator=gen, dtype=p.dtype, device=dev))
-        both = o.reward_rollouts(pi, J, torch.cat([s, s]), torch.cat([a, a2]), torch.cat([ctx, ctx]), gen)
-        g = both[:N] - both[N:]
+        g = o.coupled_rollout_differences(pi, J, s, a, a2, ctx, gen)
         score = g * T.to(p.dtype).unsqueeze(-1)
         return gx + (losses.detach().unsqueeze(-1) * score).mean(0) / p.tau
 
