@@ -96,10 +96,11 @@ def soft_optimal(r: Tensor, P: Tensor, gamma: float, tau: float, terminal: Optio
                  V: Optional[Tensor] = None, tol: float = 1e-12, max_iter: int = 200) -> Tensor:
     """V* by soft policy iteration (Newton on V = T(V)), warm-started at V (default: a few VI sweeps from 0).
 
-    Stops when the Bellman residual ‖T(V) − V‖∞ ≤ tol·max(1, ‖V‖∞), or when it stops decreasing at the
-    level of rounding (≤ 1e3·tol relative); raises ``SoftSolveError`` otherwise.
+    Stops when the Bellman residual ‖T(V) − V‖∞ ≤ tol·max(1, ‖V‖∞) (tol at least 50 ulps of the dtype), or
+    when it stops decreasing at the level of rounding (≤ 1e3·tol relative); raises ``SoftSolveError`` otherwise.
     """
     r = r.detach()
+    tol = max(tol, 50 * torch.finfo(r.dtype).eps)  # float32 cannot reach 1e-12
     if V is None:
         V = soft_vi(r, P, torch.zeros(r.shape[:-1], dtype=r.dtype, device=r.device), gamma, tau, 5, terminal)
     V = V.detach()
