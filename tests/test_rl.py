@@ -401,3 +401,19 @@ def test_float32_runs_and_agrees_with_float64():
         rows[dtype] = res.history.last()
     for key in ("phi", "hypergrad_norm", "hypergrad_est_norm"):  # the exact solves converge in float32 too
         assert abs(rows[torch.float32][key] - rows[torch.float64][key]) < 1e-4 * abs(rows[torch.float64][key])
+
+
+def test_soft_value_iteration_inner_solver_counts_sweeps_per_mdp():
+    from bilevel.rl import SoftValueIteration
+
+    p = random_problem(2, contexts=(3,))
+    o = RLOracles(p)
+    r = p.reward(p.x0)
+    V0 = torch.zeros(3, p.n_states, dtype=DT)
+    inner = SoftValueIteration(sweeps=7)
+    V = inner.run(o, r, V0)
+    assert torch.equal(V, M.soft_vi(r, p.P, V0, p.gamma, p.tau, 7)) and o.counts.sweeps == 21
+    pi = inner.policy(p, r, V)
+    assert torch.allclose(pi, torch.softmax(M.soft_q(r, p.P, V, p.gamma) / p.tau, -1), atol=1e-15)
+    with pytest.raises(ValueError, match="sweeps must be >= 1"):
+        SoftValueIteration(sweeps=0)

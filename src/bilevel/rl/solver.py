@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..solvers.base import Solver
+from .inner import SoftValueIteration
 from .oracles import RLOracles
 from .problem import RLProblem
 
@@ -62,6 +63,11 @@ class RLSolver(Solver):
                 "sobirl on it, or build the problem with trajectory=TrajectoryLoss(...)."
             )
         return bound
+
+    @property
+    def inner(self) -> SoftValueIteration:
+        """The lower-level inner solver: ``sweeps`` warm-started soft value-iteration sweeps per iteration."""
+        return SoftValueIteration(self.sweeps)
 
     def init_state(self, problem: RLProblem, generator: torch.Generator, w: Optional[Tensor] = None) -> RLState:
         x = problem.x0

@@ -9,7 +9,6 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 
 from .._validation import check_int, check_positive
-from ..rl import mdp as M
 from ..rl.oracles import _draw
 from ..rl.solver import RLSolver, RLState
 from .base import register
@@ -116,8 +115,8 @@ class HPGD(RLSolver):
         x, gen = state.x, state.generator
         context = int(torch.randint(p.n_contexts, (1,), generator=gen, device=p.device))
         r = o.reward(x)
-        V = o.soft_vi(r, state.V, self.sweeps)
-        pi = M.soft_policy(M.soft_q(r, p.P, V, p.gamma), p.tau, p.terminal)
+        V = self.inner.run(o, r, state.V)
+        pi = self.inner.policy(p, r, V)
         estimate = self.estimate(o, x, pi, o.reward_jacobian(x), context, gen)
         return self.advance(state, x, x - self.lr_x * self.clipped(estimate), V, None, estimate, pi, context=context)
 

@@ -83,8 +83,8 @@ class MSoBiRL(RLSolver):
         p = o.problem
         x = state.x
         r = o.reward(x)
-        V = o.soft_vi(r, state.V, self.sweeps)
-        pi = M.soft_policy(M.soft_q(r, p.P, V, p.gamma), p.tau, p.terminal)
+        V = self.inner.run(o, r, state.V)
+        pi = self.inner.policy(p, r, V)
         gx, G = o.upper_grads(x, pi)
         live = (~p.terminal).unsqueeze(-1)
         G = G * live

@@ -115,8 +115,8 @@ class PBRL(RLSolver):
         x, theta = state.x, state.w
         live = (~p.terminal).unsqueeze(-1)
         r = o.reward(x)
-        V = o.soft_vi(r, state.V, self.sweeps)
-        pi_star = M.soft_policy(M.soft_q(r, p.P, V, p.gamma), p.tau, p.terminal)
+        V = self.inner.run(o, r, state.V)
+        pi_star = self.inner.policy(p, r, V)
         pi = torch.softmax(theta, -1)
         # V^θ by T policy-evaluation sweeps of the soft reward r_π + τh(π) (one-dimensional vector reward)
         soft_r = (r - p.tau * torch.log_softmax(theta, -1)).unsqueeze(-1)

@@ -10,7 +10,6 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 
 from .._validation import check_int, check_positive
-from ..rl import mdp as M
 from ..rl.solver import RLSolver, RLState
 from .base import register
 
@@ -86,8 +85,8 @@ class SoBiRL(RLSolver):
         x = state.x
         Phat = o.sample_kernel(self.samples, state.generator)
         r = o.reward(x)
-        V = o.soft_vi(r, state.V, self.sweeps, Phat)
-        pi = M.soft_policy(M.soft_q(r, Phat, V, p.gamma), p.tau, p.terminal)
+        V = self.inner.run(o, r, state.V, Phat)
+        pi = self.inner.policy(p, r, V, Phat)
         J = o.reward_jacobian(x)
         D, DQ = o.policy_evaluation(J, pi, state.w, self.sweeps, Phat)
         gx, G = o.upper_grads(x, pi)

@@ -9,7 +9,6 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 
 from .._validation import check_int, check_positive
-from ..rl import mdp as M
 from ..rl.solver import RLSolver, RLState
 from .base import register
 
@@ -100,8 +99,8 @@ class StocSoBiRL(RLSolver):
         p = o.problem
         x = state.x
         r = o.reward(x)
-        V = o.soft_vi(r, state.V, self.sweeps)
-        pi = M.soft_policy(M.soft_q(r, p.P, V, p.gamma), p.tau, p.terminal)
+        V = self.inner.run(o, r, state.V)
+        pi = self.inner.policy(p, r, V)
         D, DQ = o.policy_evaluation(o.reward_jacobian(x), pi, state.w, self.sweeps)
         d = o.trajectories(pi, self.trajectories, p.trajectory.horizon, state.generator)
         estimate = score_function_estimate(o, x, d, DQ, D)

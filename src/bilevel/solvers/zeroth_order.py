@@ -10,7 +10,6 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 
 from .._validation import check_int, check_positive
-from ..rl import mdp as M
 from ..rl.solver import RLSolver, RLState
 from .base import register
 
@@ -90,8 +89,8 @@ class ZerothOrder(RLSolver):
     def _value(self, o: Any, x: torch.Tensor, V0: torch.Tensor, seed: int | None) -> torch.Tensor:
         p = o.problem
         r = o.reward(x)
-        V = o.soft_vi(r, V0, self.sweeps)
-        pi = M.soft_policy(M.soft_q(r, p.P, V, p.gamma), p.tau, p.terminal)
+        V = self.inner.run(o, r, V0)
+        pi = self.inner.policy(p, r, V)
         if not self.trajectories:
             return o.upper_value(x, pi)
         gen = torch.Generator(device=p.device).manual_seed(seed)  # common random numbers at x ± μu
@@ -104,8 +103,8 @@ class ZerothOrder(RLSolver):
         p = o.problem
         x, gen = state.x, state.generator
         r = o.reward(x)
-        V = o.soft_vi(r, state.V, self.sweeps)
-        pi = M.soft_policy(M.soft_q(r, p.P, V, p.gamma), p.tau, p.terminal)
+        V = self.inner.run(o, r, state.V)
+        pi = self.inner.policy(p, r, V)
         estimate = torch.zeros_like(x)
         for _ in range(self.directions):
             u = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
