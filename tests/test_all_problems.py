@@ -13,6 +13,7 @@ import pytest
 import scipy.sparse as sp
 
 import bilevel
+from bilevel.kinds import problems_for
 from bilevel.problems import PROBLEMS
 from bilevel.testing import check_oracles
 
@@ -21,7 +22,7 @@ SMALL = {
     "synthetic": {"n": 40, "condition": 100.0},
     "hyperclean": {"dataset": "digits", "corruption": 0.5, "n_train": 120, "n_val": 80},
 }
-NAMES = sorted(PROBLEMS)
+NAMES = problems_for("classic")  # RL problems: tests/test_rl.py
 
 
 def _documents(seed=0, n=60, p=40, classes=4):

@@ -11,9 +11,10 @@ import torch
 
 import bilevel
 from bilevel.cli import main
+from bilevel.kinds import solvers_for
 from bilevel.solvers import SOLVERS
 
-NAMES = sorted(SOLVERS)
+NAMES = solvers_for("classic")  # RL solvers: tests/test_rl.py
 
 
 @pytest.fixture(scope="module")

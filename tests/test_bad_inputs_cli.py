@@ -156,6 +156,11 @@ ROWS = [
     Row("version", ("--version",), 0, stdout=rf"^bilevel {re.escape(bilevel.__version__)} \(torch ", real=True),
     Row("list-problems", ("list", "problems"), 0, stdout=r"quadratic +A quadratic bilevel problem with every quantity"),
     Row("good-run", RUN + ("--out", "{cwd}/r.csv"), 0, stdout=r"history written to .*r\.csv", present=("r.csv", "r.json")),
+    # ---- problem kinds (issue 14): an AID solver on an RL problem and an RL solver on a classic one
+    Row("aid-solver-on-rl-problem", ("run", "rl_synthetic", "--solver", "lancbio", "--max-iter", "1"), 2,
+        r"solver 'lancbio' handles classic bilevel problems, but problem 'rl_synthetic' is a bilevel RL problem"),
+    Row("rl-solver-on-classic-problem", RUN + ("--solver", "m_sobirl"), 2,
+        r"solver 'm_sobirl' handles bilevel RL problems, but problem 'quadratic' is a classic bilevel problem"),
 ]
 
 

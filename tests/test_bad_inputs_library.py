@@ -25,6 +25,7 @@ from bilevel.checkpoint import CheckpointError
 from bilevel.linear_solvers import LINEAR_SOLVERS
 from bilevel.problem import ProblemError
 from bilevel.problems import get_problem
+from bilevel.rl import RLProblem
 from bilevel.solvers import aid, get_solver
 from bilevel.truth import solve_lower
 from conftest import toy
@@ -248,6 +249,41 @@ ROWS = [
         Warns(UserWarning, r"problem 'quadratic' is in bfloat16; supported dtypes are float32 and float64")),
     Row("float16 problem (new)", solve(lambda: bilevel.problems.quadratic(dx=3, dy=5, seed=0, dtype=torch.float16), lancbio, max_iter=2, true_hypergradient=False),
         Warns(UserWarning, r"is in float16; supported dtypes are float32 and float64")),
+    # ---- bilevel RL (issue 14): problem kinds and the RL inputs ----
+    Row("AID solver on an RL problem (new)", solve(lambda: get_problem("rl_synthetic", dim=4), lancbio),
+        Raises(ValueError, r"^solver 'lancbio' handles classic bilevel problems, but problem 'rl_synthetic' is a bilevel RL "
+               r"problem \(entropy-regularised MDP lower level, not convex in the policy\) — use a solver for 'rl' "
+               r"problems: .*m_sobirl")),
+    Row("RL solver on a classic problem (new)", solve(quad, lambda: get_solver("m_sobirl")),
+        Raises(ValueError, r"^solver 'm_sobirl' handles bilevel RL problems, but problem 'quadratic' is a classic bilevel "
+               r"problem \(lower level g strongly convex in y\) — use a solver for 'classic' problems: .*lancbio")),
+    Row("trajectory solver without a trajectory loss (new)",
+        solve(lambda: get_problem("rl_synthetic", dim=4), lambda: get_solver("stoc_sobirl", lr_x=0.1)),
+        Raises(ValueError, r"^solver 'stoc_sobirl' samples trajectories and needs a trajectory loss, but problem "
+               r"'rl_synthetic' has its upper loss only as a function of the policy — use m_sobirl or sobirl")),
+    Row("zeroth-order sampled values without a trajectory loss (new)",
+        solve(lambda: get_problem("rl_synthetic", dim=4), lambda: get_solver("zeroth_order", trajectories=5)),
+        Raises(ValueError, r"^zeroth_order: trajectories=5 samples episode losses, but problem 'rl_synthetic' has no "
+               r"trajectory loss — pass trajectories=0")),
+    Row("mini-batches on an RL problem (new)",
+        solve(lambda: get_problem("rl_synthetic", dim=4), lambda: get_solver("m_sobirl"), batches=bilevel.MiniBatch(4)),
+        Raises(ValueError, r"^solve: an RL problem draws its own samples \(transitions, trajectories\); got "
+               r"batches=MiniBatch — leave batches unset\.$")),
+    Row("RL solver option out of range (new)", lambda: get_solver("m_sobirl", sweeps=0),
+        Raises(ValueError, r"^M-SoBiRL: sweeps must be >= 1; got 0\.$")),
+    Row("rl_synthetic gamma 1 (new)", lambda: get_problem("rl_synthetic", gamma=1.0),
+        Raises(ValueError, r"^rl_synthetic: gamma must be a number in \[0, 1\); got 1\.0\.$")),
+    Row("fourrooms lambda without a published beta_reg (new)", lambda: get_problem("fourrooms", lam=0.01),
+        Raises(ValueError, r"^fourrooms: beta_reg has no published value for lam=0\.01 .* — pass beta_reg=\.\.\.$")),
+    Row("RLProblem kernel not a distribution (new)",
+        lambda: RLProblem(torch.ones(2, 1, 2, dtype=F64), lambda x: x.sum() * torch.ones(2, 1, dtype=F64),
+                          torch.zeros(1, dtype=F64), gamma=0.5, tau=1.0, rho=torch.full((2,), 0.5, dtype=F64),
+                          upper=lambda x, pi: pi.sum()),
+        Raises(ProblemError, r"^P must hold probability distributions \(non-negative, summing to 1 over its last "
+               r"axis\); got sums in \[2, 2\]\.$")),
+    Row("RL run diverges (new)", solve(lambda: get_problem("rl_synthetic", seed=0), lambda: get_solver("m_sobirl", lr_x=1e3),
+                                       max_iter=200, eval_every=1000),
+        Status("diverged", r"^non-finite values appeared at iteration \d+; .* The step size is likely too large \(lr_x=1000\)")),
 ]
 
 

@@ -248,8 +248,10 @@ def test_check_oracles_fails_on_a_wrong_hvp():
 
 
 def test_registry():
+    from bilevel.problems import fourrooms, rl_synthetic
+
     assert PROBLEMS == {"hyperclean": hyperclean, "newsgroups": newsgroups, "quadratic": quadratic,
-                        "synthetic": synthetic}
+                        "synthetic": synthetic, "rl_synthetic": rl_synthetic, "fourrooms": fourrooms}
     p = get_problem("quadratic", dx=2, dy=3, condition=5.0)
     assert (p.dx, p.dy, p.name) == (2, 3, "quadratic")
     s = get_problem("synthetic", n=8, condition=10.0, seed=1)

@@ -197,6 +197,9 @@ class BilevelProblem:
     instead: ``MiniBatch(64, data={"f": val_set, "g": train_set})`` hands ``f``/``g`` the collated samples.
     """
 
+    #: the problem kind (``bilevel.kinds``): only solvers that declare it may run on this problem
+    kind = "classic"
+
     def __init__(
         self,
         f: Callable,

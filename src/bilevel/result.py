@@ -62,7 +62,7 @@ class Result:
             f"  {self.message}",
             "  oracle calls: " + ", ".join(f"{k}={v}" for k, v in self.counts.as_dict().items() if v),
         ]
-        if self.iterations:
+        if self.iterations and hasattr(self.counts, "hvp"):  # RL runs count model access instead of HVPs
             per = self.counts.hvp / self.iterations
             lines.append(f"  HVPs per iteration: {per:.3f}")
         if last:

@@ -29,6 +29,7 @@ from . import checkpoint
 from ._validation import check_int, check_positive
 from .callbacks import as_callbacks
 from .history import History
+from .kinds import check_kind, problem_kind
 from .metrics import Evaluator
 from .oracles import CountingOracles, Counts, Oracles
 from .problem import BilevelProblem
@@ -134,11 +135,12 @@ def solve(
     stream is started with the solver's ``batch_roles``, then each iteration
     ``state = bound.step(state, counting_oracles, stream(k))``.
     """
-    if not isinstance(problem, BilevelProblem):
+    if not isinstance(problem, BilevelProblem) and problem_kind(problem) != "rl":
         raise TypeError(f"problem must be a bilevel.BilevelProblem; got {type(problem).__name__}.")
     if not isinstance(solver, Solver):
         hint = " Did you forget the parentheses, e.g. bilevel.solvers.lancbio()?" if callable(solver) else ""
         raise TypeError(f"solver must be a bilevel solver instance; got {type(solver).__name__}.{hint}")
+    check_kind(solver, problem)  # an RL solver on a classic problem, or an AID solver on an RL problem
     check_int("solve", "max_iter", max_iter, 0)
     check_int("solve", "eval_every", eval_every, 1)
     check_int("solve", "seed", seed, 0)
@@ -150,6 +152,18 @@ def solve(
         check_int("solve", "curvature_patience", curvature_patience, 1)
     if callback is not None and not callable(callback):
         raise TypeError(f"solve: callback must be callable(row) -> bool; got {type(callback).__name__}.")
+    if problem_kind(problem) == "rl":
+        if callbacks or resume_from is not None:
+            raise ValueError("solve: callbacks= and resume_from= are not supported for RL problems yet (their loop is "
+                             "bilevel.rl.run.solve_rl); use callback=fn(row) -> stop, or run without them.")
+        if batches is not None and not isinstance(batches, FullBatch):
+            raise ValueError("solve: an RL problem draws its own samples (transitions, trajectories); "
+                             f"got batches={type(batches).__name__} — leave batches unset.")
+        from .rl.run import solve_rl
+
+        return solve_rl(problem, solver, max_iter=max_iter, max_time=max_time, eval_every=eval_every, seed=seed,
+                        tol=tol, true_hypergradient=true_hypergradient, callback=callback, progress=progress,
+                        oracles=oracles)
     hooks = as_callbacks(callbacks, callback)
     per_iteration = [cb for cb in hooks if callable(getattr(cb, "on_iteration", None))]
     if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .._validation import CheckedOptions
+from ..kinds import check_kind
 from ..problem import BilevelProblem
 from ..registry import Registry
 
@@ -94,6 +95,8 @@ class Solver(ABC, metaclass=CheckedOptions):
     random_cost: ClassVar[bool] = False
     #: batch role → draw group (roles of one group share a draw; see ``bilevel.sampling``)
     batch_roles: ClassVar[Mapping[str, str]] = {}
+    #: problem kinds this solver supports (``bilevel.kinds``): "classic" (AID machinery), "rl"
+    kinds: ClassVar[tuple[str, ...]] = ("classic",)
 
     # True on the copy that ``bind`` returns (an instance attribute set there)
     _bound: ClassVar[bool] = False
@@ -201,6 +204,7 @@ class Solver(ABC, metaclass=CheckedOptions):
         was bound with the other ``stochastic`` flag: then its configuration is bound again with this one."""
         if not isinstance(stochastic, bool):
             raise TypeError(f"{type(self).__name__}.bind: stochastic must be True or False; got {stochastic!r}.")
+        check_kind(self, problem)
         if self._bound:
             if stochastic == self._stochastic or self._unbound is None:
                 return self

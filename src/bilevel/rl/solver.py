@@ -1,0 +1,99 @@
+"""The base of bilevel-RL solvers and their state.
+
+An RL solver is a ``Solver`` (frozen options, ``bind``/``init``/``step``) with ``kinds = ("rl",)``: it runs on an
+``RLProblem`` and calls ``RLOracles`` (counted model access) instead of the AID oracles.  Its state carries the
+upper iterate x, the lower iterate (soft values V, warm-started across iterations), the solver's auxiliary
+variable (``w``: an adjoint or a ∇_x V table; None when it has none) and ``estimate``: the hypergradient estimate
+the last x-update used, so that the evaluation can set it against the exact ∇φ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from ..solvers.base import Solver
+from .inner import SoftValueIteration
+from .oracles import RLOracles
+from .problem import RLProblem
+
+
+@dataclass(frozen=True)
+class RLState:
+    """k: iterations done; x: x_k (next upper iterate); V: lower iterate; w: auxiliary (or None);
+    iterate: (x, V, w, estimate, π) of the last step, evaluated by ``solve``; events: notable events."""
+
+    k: int
+    x: Tensor
+    V: Tensor
+    w: Optional[Tensor]
+    iterate: tuple
+    events: Mapping[str, int] = field(default_factory=dict)
+    generator: Optional[torch.Generator] = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    # the names the generic run loop reads
+    @property
+    def y(self) -> Tensor:
+        return self.V
+
+    @property
+    def v(self) -> Optional[Tensor]:
+        return self.w
+
+
+class RLSolver(Solver):
+    """Base class of bilevel-RL solvers (``kinds = ("rl",)``)."""
+
+    kinds: ClassVar[tuple[str, ...]] = ("rl",)
+    required: ClassVar[tuple[str, ...]] = ("lr_x",)
+    #: True when the solver needs the problem's trajectory loss (sampled estimators)
+    needs_trajectory_loss: ClassVar[bool] = False
+
+    def bind(self, problem: Any, stochastic: bool = False):
+        bound = super().bind(problem, stochastic)
+        if self.needs_trajectory_loss and getattr(problem, "trajectory", None) is None:
+            raise ValueError(
+                f"solver {self.name!r} samples trajectories and needs a trajectory loss, but problem "
+                f"{problem.name!r} has its upper loss only as a function of the policy — use m_sobirl or "
+                "sobirl on it, or build the problem with trajectory=TrajectoryLoss(...)."
+            )
+        return bound
+
+    @property
+    def inner(self) -> SoftValueIteration:
+        """The lower-level inner solver: ``sweeps`` warm-started soft value-iteration sweeps per iteration."""
+        return SoftValueIteration(self.sweeps)
+
+    def init_state(self, problem: RLProblem, generator: torch.Generator, w: Optional[Tensor] = None) -> RLState:
+        x = problem.x0
+        V = problem.y0
+        return RLState(k=0, x=x, V=V, w=w, iterate=(x, V, w, None, None), events={}, generator=generator)
+
+    @staticmethod
+    def advance(state: RLState, x_k: Tensor, x_new: Tensor, V: Tensor, w: Optional[Tensor], estimate: Tensor,
+                pi: Optional[Tensor], **extra: Any) -> RLState:
+        return dataclasses.replace(state, k=state.k + 1, x=x_new.detach(), V=V.detach(),
+                                   w=None if w is None else w.detach(),
+                                   iterate=(x_k, V.detach(), None if w is None else w.detach(), estimate.detach(),
+                                            None if pi is None else pi.detach()),
+                                   extra={**state.extra, **extra})
+
+    def clipped(self, direction: Tensor) -> Tensor:
+        """The x-step direction rescaled to norm ≤ ``clip`` (the option; 0 or absent: unchanged), as in the
+        FourRooms protocol of Thoma et al. (SGD with the gradient clipped to norm 1)."""
+        clip = getattr(self, "clip", 0.0) or 0.0
+        if not clip:
+            return direction
+        return direction * torch.clamp(clip / torch.linalg.vector_norm(direction).clamp(min=1e-300), max=1.0)
+
+    @staticmethod
+    def check_oracles(oracles: Any) -> RLOracles:
+        if not isinstance(oracles, RLOracles):
+            raise TypeError(f"RL solvers call bilevel.rl.RLOracles; got {type(oracles).__name__} "
+                            "(bilevel.solve builds them for an RLProblem).")
+        return oracles
