@@ -1,4 +1,4 @@
-"""The synthetic bilevel-RL problem of the SoBiRL experiments (reference §4.5; Yang, Gao & Yuan, AISTATS 2025).
+"""The synthetic bilevel-RL problem of the SoBiRL experiments (Yang, Gao & Yuan, AISTATS 2025).
 
 An entropy-regularised MDP with |S| = 10 states, |A| = 5 actions, γ = 0.5, τ = 1, whose rewards are a
 quadratic form of the upper variable x ∈ R^100:
