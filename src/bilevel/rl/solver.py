@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 from torch import Tensor
 
+from .._validation import check_int, check_positive
 from ..solvers.base import Solver
 from .inner import SoftValueIteration
 from .oracles import RLOracles
@@ -53,6 +54,19 @@ class RLSolver(Solver):
     required: ClassVar[tuple[str, ...]] = ("lr_x",)
     #: True when the solver needs the problem's trajectory loss (sampled estimators)
     needs_trajectory_loss: ClassVar[bool] = False
+    #: the options checked by ``validate``: positive reals (``clip`` may also be 0) and integers ≥ their bound
+    positive_options: ClassVar[tuple[str, ...]] = ("lr_x",)
+    int_options: ClassVar[Mapping[str, int]] = {"sweeps": 1}
+
+    def validate(self, opts: Mapping[str, Any]) -> None:
+        if opts.get("clip") is not None:
+            check_positive(self.label, "clip", opts["clip"], allow_zero=True)
+        for name in self.positive_options:
+            if opts.get(name) is not None:
+                check_positive(self.label, name, opts[name])
+        for name, low in self.int_options.items():
+            if opts.get(name) is not None:
+                check_int(self.label, name, opts[name], low)
 
     def bind(self, problem: Any, stochastic: bool = False):
         bound = super().bind(problem, stochastic)

@@ -8,7 +8,6 @@ from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 
-from .._validation import check_int, check_positive
 from ..rl.oracles import _draw
 from ..rl.solver import RLSolver, RLState
 from .base import register
@@ -58,20 +57,12 @@ class HPGD(RLSolver):
         "fourrooms": {"lr_x": 0.5, "sweeps": 10, "trajectories": 50, "clip": 1.0},
     }
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    int_options: ClassVar[Mapping[str, int]] = {"sweeps": 1, "trajectories": 1}
 
     lr_x: Optional[float] = None
     sweeps: Optional[int] = None
     trajectories: Optional[int] = None
     clip: Optional[float] = None
-
-    def validate(self, opts: Mapping[str, Any]) -> None:
-        if opts.get("lr_x") is not None:
-            check_positive(self.label, "lr_x", opts["lr_x"])
-        if opts.get("clip") is not None:
-            check_positive(self.label, "clip", opts["clip"], allow_zero=True)
-        for name in ("sweeps", "trajectories"):
-            if opts.get(name) is not None:
-                check_int(self.label, name, opts[name], 1)
 
     def expected_counts(self, iterations: int, problem: Any = None) -> dict[str, float]:
         n = 1 if problem is None else problem.n_contexts

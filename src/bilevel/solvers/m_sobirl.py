@@ -8,7 +8,6 @@ from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 
-from .._validation import check_int, check_positive
 from ..rl import mdp as M
 from ..rl.solver import RLSolver, RLState
 from .base import register
@@ -53,20 +52,12 @@ class MSoBiRL(RLSolver):
         "fourrooms": {"lr_x": 0.5, "clip": 1.0, "sweeps": 10, "zeta": 0.5},
     }
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    positive_options: ClassVar[tuple[str, ...]] = ("lr_x", "zeta")
 
     lr_x: Optional[float] = None
     clip: Optional[float] = None
     zeta: Optional[float] = None
     sweeps: Optional[int] = None
-
-    def validate(self, opts: Mapping[str, Any]) -> None:
-        if opts.get("clip") is not None:
-            check_positive(self.label, "clip", opts["clip"], allow_zero=True)
-        for name in ("lr_x", "zeta"):
-            if opts.get(name) is not None:
-                check_positive(self.label, name, opts[name])
-        if opts.get("sweeps") is not None:
-            check_int(self.label, "sweeps", opts["sweeps"], 1)
 
     def expected_counts(self, iterations: int, problem: Any = None) -> dict[str, float]:
         n = 1 if problem is None else problem.n_contexts

@@ -9,7 +9,6 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 from torch import Tensor
 
-from .._validation import check_int, check_positive
 from ..rl import mdp as M
 from ..rl.solver import RLSolver, RLState
 from .base import register
@@ -63,6 +62,7 @@ class PBRL(RLSolver):
         "fourrooms": {"lr_x": 0.5, "clip": 1.0, "lr_theta": 0.5, "penalty": 10.0, "sweeps": 10},
     }
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    positive_options: ClassVar[tuple[str, ...]] = ("lr_x", "lr_theta", "penalty")
     required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_theta")
 
     lr_x: Optional[float] = None
@@ -70,15 +70,6 @@ class PBRL(RLSolver):
     lr_theta: Optional[float] = None
     penalty: Optional[float] = None
     sweeps: Optional[int] = None
-
-    def validate(self, opts: Mapping[str, Any]) -> None:
-        if opts.get("clip") is not None:
-            check_positive(self.label, "clip", opts["clip"], allow_zero=True)
-        for name in ("lr_x", "lr_theta", "penalty"):
-            if opts.get(name) is not None:
-                check_positive(self.label, name, opts[name])
-        if opts.get("sweeps") is not None:
-            check_int(self.label, "sweeps", opts["sweeps"], 1)
 
     def expected_counts(self, iterations: int, problem: Any = None) -> dict[str, float]:
         n = 1 if problem is None else problem.n_contexts

@@ -9,7 +9,6 @@ from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 
-from .._validation import check_int, check_positive
 from ..rl.solver import RLSolver, RLState
 from .base import register
 
@@ -48,6 +47,8 @@ class ZerothOrder(RLSolver):
         "fourrooms": {"lr_x": 0.5, "clip": 1.0, "radius": 0.1, "trajectories": 50},
     }
     checks: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    positive_options: ClassVar[tuple[str, ...]] = ("lr_x", "radius")
+    int_options: ClassVar[Mapping[str, int]] = {"sweeps": 1, "directions": 1, "trajectories": 0}
 
     lr_x: Optional[float] = None
     clip: Optional[float] = None
@@ -55,16 +56,6 @@ class ZerothOrder(RLSolver):
     directions: Optional[int] = None
     radius: Optional[float] = None
     trajectories: Optional[int] = None
-
-    def validate(self, opts: Mapping[str, Any]) -> None:
-        if opts.get("clip") is not None:
-            check_positive(self.label, "clip", opts["clip"], allow_zero=True)
-        for name in ("lr_x", "radius"):
-            if opts.get(name) is not None:
-                check_positive(self.label, name, opts[name])
-        for name, low in (("sweeps", 1), ("directions", 1), ("trajectories", 0)):
-            if opts.get(name) is not None:
-                check_int(self.label, name, opts[name], low)
 
     def bind(self, problem: Any, stochastic: bool = False):
         bound = super().bind(problem, stochastic)
