@@ -203,6 +203,24 @@ class RLOracles:
         self.counts.trajectories += n
         return Trajectories(states=states, actions=actions, alive=alive, context=context)
 
+    def _rollout_tables(self, pi: Tensor, J: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The flat tables the rollout samplers index: J per (context, s, a) row, π's and P's cumulative rows
+        (the last entry forced to 1 so that a uniform always lands), and the terminal flags per (context, s)."""
+        p = self.problem
+        C, S, A = p.n_contexts, p.n_states, p.n_actions
+        cumpi = pi.reshape(C, S, A).cumsum(-1)
+        cumpi[..., -1] = 1.0
+        return (J.reshape(C * S * A, -1), cumpi.reshape(C * S, A), self._cumP.reshape(C * S * A, S),
+                self._terminal.reshape(C * S))
+
+    def _geometric_lengths(self, n: int, generator: torch.Generator) -> Tensor:
+        """n rollout lengths K ≥ 1 with P(K > k) = γ^k: K = 1 + floor(log U / log γ) (K = 1 when γ = 0)."""
+        p = self.problem
+        if p.gamma > 0:
+            u = torch.rand(n, generator=generator, dtype=p.dtype, device=p.device).clamp_(min=1e-300)
+            return 1 + torch.floor(torch.log(u) / math.log(p.gamma)).long()
+        return torch.ones(n, dtype=torch.long, device=p.device)
+
     def reward_rollouts(self, pi: Tensor, J: Tensor, s0: Tensor, a0: Tensor, context: Tensor,
                         generator: torch.Generator, max_steps: int = 100000) -> Tensor:
         """Σ_{k < K} J[s_k, a_k] along one rollout per start (s0[i], a0[i]) in MDP context[i] under π (a_k ~ π
@@ -210,21 +228,11 @@ class RLOracles:
         terminal state: an unbiased estimate of Σ_k γ^k E[J[s_k, a_k]], i.e. of ∂_x Q(s0, a0) when J = ∂r/∂x.
         J: ``[..., S, A, d]``; returns ``[n, d]``.  Counts n rollouts (as trajectories) and their steps."""
         p = self.problem
-        C, S, A = p.n_contexts, p.n_states, p.n_actions
-        Jf = J.reshape(C * S * A, -1)
-        cumpi = pi.reshape(C, S, A).cumsum(-1)
-        cumpi[..., -1] = 1.0
-        pi_rows = cumpi.reshape(C * S, A)
-        P_rows = self._cumP.reshape(C * S * A, S)
-        term = self._terminal.reshape(C * S)
+        S, A = p.n_states, p.n_actions
+        Jf, pi_rows, P_rows, term = self._rollout_tables(pi, J)
         base = context * S
         n = s0.shape[0]
-        # K ≥ 1 with P(K > k) = γ^k: K = 1 + floor(log U / log γ)
-        if p.gamma > 0:
-            u = torch.rand(n, generator=generator, dtype=p.dtype, device=p.device).clamp_(min=1e-300)
-            K = 1 + torch.floor(torch.log(u) / math.log(p.gamma)).long()
-        else:
-            K = torch.ones(n, dtype=torch.long, device=p.device)
+        K = self._geometric_lengths(n, generator)
         out = torch.zeros(n, Jf.shape[-1], dtype=p.dtype, device=p.device)
         s, a = s0.clone(), a0.clone()
         live = ~term[base + s]
@@ -255,20 +263,11 @@ class RLOracles:
         K): far fewer sampled steps, and a lower variance than independent rollouts.  Counts 2 rollouts per
         pair (as trajectories) and the steps both chains took."""
         p = self.problem
-        C, S, A = p.n_contexts, p.n_states, p.n_actions
-        Jf = J.reshape(C * S * A, -1)
-        cumpi = pi.reshape(C, S, A).cumsum(-1)
-        cumpi[..., -1] = 1.0
-        pi_rows = cumpi.reshape(C * S, A)
-        P_rows = self._cumP.reshape(C * S * A, S)
-        term = self._terminal.reshape(C * S)
+        S, A = p.n_states, p.n_actions
+        Jf, pi_rows, P_rows, term = self._rollout_tables(pi, J)
         base = context * S
         n = s0.shape[0]
-        if p.gamma > 0:
-            u = torch.rand(n, generator=generator, dtype=p.dtype, device=p.device).clamp_(min=1e-300)
-            K = 1 + torch.floor(torch.log(u) / math.log(p.gamma)).long()
-        else:
-            K = torch.ones(n, dtype=torch.long, device=p.device)
+        K = self._geometric_lengths(n, generator)
         out = torch.zeros(n, Jf.shape[-1], dtype=p.dtype, device=p.device)
         s, s2, a, a2 = s0.clone(), s0.clone(), a0.clone(), b0.clone()
         on1 = ~term[base + s]  # each chain runs until its own terminal state
