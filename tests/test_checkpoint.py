@@ -18,6 +18,7 @@ import bilevel
 from bilevel.callbacks import Checkpoint, EarlyStopping
 from bilevel.checkpoint import CheckpointError
 from bilevel.cli import main
+from bilevel.kinds import solvers_for
 from bilevel.sampling import _MiniBatchStream
 from bilevel.solvers import SOLVERS, get_solver
 
@@ -79,12 +80,19 @@ def test_resume_is_bit_identical(tmp_path, case):
     _same(full, _interrupted_and_resumed(tmp_path, problem, solver, stochastic))
 
 
-@pytest.mark.parametrize("name", sorted(SOLVERS))
+@pytest.mark.parametrize("name", solvers_for("classic"))  # RL problems: the test below
 def test_every_solver_resumes(tmp_path, name):
     cls = SOLVERS[name]
     solver = cls.create(**cls.checks.get("counts", {}).get("options", {}))
     problem = _quad()
     _same(_run(problem, solver, 40, False), _interrupted_and_resumed(tmp_path, problem, solver, False, resume_at=10))
+
+
+def test_rl_runs_refuse_callbacks_and_resume_in_one_line(tmp_path):
+    problem = bilevel.problems.rl_synthetic(seed=0)
+    for kwargs in ({"callbacks": [Checkpoint(tmp_path, every=5)]}, {"resume_from": tmp_path}):
+        with pytest.raises(ValueError, match=r"^solve: callbacks= and resume_from= are not supported for RL problems"):
+            bilevel.solve(problem, get_solver("m_sobirl"), max_iter=3, **kwargs)
 
 
 def test_the_comparison_catches_a_stream_not_restored(tmp_path, monkeypatch):

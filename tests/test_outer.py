@@ -14,6 +14,7 @@ import torch
 
 import bilevel
 from bilevel.cli import main
+from bilevel.kinds import solvers_for
 from bilevel.oracles import Oracles
 from bilevel.sampling import full_batches
 from bilevel.schedules import Piecewise
@@ -41,7 +42,10 @@ def _strip(res):
 
 def test_aid_names_cover_the_factories():
     assert {"lancbio", "subbio", "amigo_gd", "amigo_cg", "soba", "ttsa", "stocbio", "bsa"} <= set(AID_NAMES)
-    assert set(AID_NAMES) | set(CLASS_NAMES) | {"bome"} == set(SOLVERS)
+    assert set(AID_NAMES) | set(CLASS_NAMES) | {"bome"} == set(solvers_for("classic"))
+    assert set(SOLVERS) - set(solvers_for("classic")) == set(solvers_for("rl"))  # the RL solvers take no outer=
+    with pytest.raises(TypeError, match=r"^M-SoBiRL: unknown option 'outer'"):
+        get_solver("m_sobirl", outer="adam")
     with pytest.raises(TypeError, match=r"^BOME: unknown option 'outer'"):
         get_solver("bome", outer="adam")
 

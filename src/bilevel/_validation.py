@@ -62,7 +62,9 @@ class CheckedOptions(ABCMeta):
 
     def __call__(cls, *args: Any, **kwargs: Any):
         if dataclasses.is_dataclass(cls):
-            reject_unknown(cls.__name__, kwargs, [f.name for f in dataclasses.fields(cls) if f.init])
+            label = getattr(cls, "label", None)  # a solver's display name (M-SoBiRL), else the class name
+            owner = label if isinstance(label, str) and label else cls.__name__
+            reject_unknown(owner, kwargs, [f.name for f in dataclasses.fields(cls) if f.init])
         return super().__call__(*args, **kwargs)
 
 
