@@ -137,9 +137,11 @@ def _failing_worker(rank, world, port, out):
 
     _init(rank, world, port)
     texts = []
-    for case in ("oracle", "callback"):
+    for case in ("oracle", "callback", "tiny"):
         try:
-            if case == "oracle":  # the failure sits below the sharding: inside one rank's shard computation
+            if case == "tiny":  # one sample for two ranks: every rank refuses it
+                _run("f", "soba", 1, oracles=lambda p: DataParallelOracles(Oracles(p)))
+            elif case == "oracle":  # the failure sits below the sharding: inside one rank's shard computation
                 _run("f", "soba", None, oracles=lambda p: DataParallelOracles(_FailOn(Oracles(p), 1, 5)))
             else:  # callbacks run on rank 0 only: rank 1 learns of the failure from the iteration's agreement
                 _run("f", "soba", None, oracles=lambda p: DataParallelOracles(Oracles(p)), callbacks=[_StopsBadly()])
@@ -158,6 +160,9 @@ def test_a_failing_rank_stops_every_rank(tmp_path):
     assert r0[0].startswith("oracle: DistributedError: rank 1 raised in grad_f: ValueError: boom on purpose")
     assert r0[1] == "callback: RuntimeError: callback failed on purpose"
     assert r1[1].startswith("callback: DistributedError: rank 0 raised during the iteration: RuntimeError")
+    for lines in (r0, r1):
+        assert lines[2] == ("tiny: ValueError: DataParallelOracles: a batch of 1 sample(s) cannot give each of 2 "
+                            "ranks a sample; use batches of at least as many samples as ranks.")
 
 
 def test_needs_an_initialised_process_group():

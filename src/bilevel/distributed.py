@@ -215,7 +215,7 @@ class DataParallelOracles(OracleWrapper):
             return batch, 0, 0
         n = int(lead.shape[0])
         lo, hi = _split(n, self.world, self.rank)
-        if hi == lo:
+        if n < self.world:  # every rank sees n, so every rank raises here: no rank is left in a collective
             raise ValueError(f"DataParallelOracles: a batch of {n} sample(s) cannot give each of {self.world} ranks "
                              "a sample; use batches of at least as many samples as ranks.")
         out = (self._cut(batch), hi - lo, n)
