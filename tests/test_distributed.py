@@ -132,13 +132,18 @@ class _StopsBadly:
         return False
 
 
-def _failing_worker(rank, world, port, out):
+def _coordination_worker(rank, world, port, out):
     from bilevel.distributed import DataParallelOracles
 
     _init(rank, world, port)
     texts = []
-    for case in ("oracle", "callback", "tiny"):
+    for case in ("oracle", "callback", "tiny", "stop"):
         try:
+            if case == "stop":  # rank 0's callback asks to stop: rank 1 (no callbacks) stops at the same iteration
+                r = _run("f", "soba", None, oracles=lambda p: DataParallelOracles(Oracles(p)),
+                         callback=lambda row: row["iteration"] >= 6)
+                texts.append(f"stop: {r.status} {r.iterations} {len(r.history)} {r.message}")
+                continue
             if case == "tiny":  # one sample for two ranks: every rank refuses it
                 _run("f", "soba", 1, oracles=lambda p: DataParallelOracles(Oracles(p)))
             elif case == "oracle":  # the failure sits below the sharding: inside one rank's shard computation
@@ -153,13 +158,14 @@ def _failing_worker(rank, world, port, out):
     torch.distributed.destroy_process_group()
 
 
-def test_a_failing_rank_stops_every_rank(tmp_path):
-    _spawn(_failing_worker, (2, _free_port(), str(tmp_path)), deadline=120)
+def test_rank_0_decides_and_a_failing_rank_stops_every_rank(tmp_path):
+    _spawn(_coordination_worker, (2, _free_port(), str(tmp_path)), deadline=120)
     r0, r1 = ((tmp_path / f"fail{r}.txt").read_text().splitlines() for r in range(2))
     assert r1[0] == "oracle: ValueError: boom on purpose"
     assert r0[0].startswith("oracle: DistributedError: rank 1 raised in grad_f: ValueError: boom on purpose")
     assert r0[1] == "callback: RuntimeError: callback failed on purpose"
     assert r1[1].startswith("callback: DistributedError: rank 0 raised during the iteration: RuntimeError")
+    assert r0[3] == r1[3] == "stop: stopped 7 3 the callback asked to stop at iteration 6."
     for lines in (r0, r1):
         assert lines[2] == ("tiny: ValueError: DataParallelOracles: a batch of 1 sample(s) cannot give each of 2 "
                             "ranks a sample; use batches of at least as many samples as ranks.")
