@@ -111,7 +111,13 @@ def solve(
             ``Result.history``.
         progress: show a tqdm progress bar.
         oracles: the oracles the solver calls, e.g. a user's ``OracleWrapper`` around
-            ``Oracles(problem)`` (default: ``Oracles(problem)``); ``solve`` counts on top of it.
+            ``Oracles(problem)`` (default: ``Oracles(problem)``); ``solve`` counts on top of it.  With
+            ``bilevel.distributed.DataParallelOracles`` (anywhere in the chain of wrappers) the run is data
+            parallel: call ``solve`` on every rank; each iteration ends in one agreement of the ranks (an
+            all-reduce of W + 1 numbers: rank 0's stop decision — divergence, ``tol``, ``max_time``, curvature,
+            callbacks — and one error flag per rank, so no rank stops alone and an error on one rank raises on
+            all); rank 0 alone shows the progress bar and runs the callbacks; every rank returns rank 0's
+            ``Result`` (history, time, status, iterates).
         batches: the batch source (default ``FullBatch()``: every oracle call sees the full data set).  Any
             other source (``MiniBatch``) makes the run stochastic: the solver is bound with
             ``stochastic=True`` (its ``"stochastic/<experiment>"`` settings first) and ``Result.options``
