@@ -176,7 +176,7 @@ class DataParallelOracles(OracleWrapper):
         self.bytes_reduced = 0
         self.reductions = 0
         self._full: dict[str, Any] = {}
-        self._memo: list = []  # (global batch, its shard): the same shard object for the same batch
+        self._memo: list = []  # (global batch, its shard), newest first: the same shard object for the same batch
 
     @property
     def coordinator(self) -> Coordinator:
@@ -220,7 +220,7 @@ class DataParallelOracles(OracleWrapper):
                              "a sample; use batches of at least as many samples as ranks.")
         out = (self._cut(batch), hi - lo, n)
         self._memo.insert(0, (batch, out))
-        del self._memo[4:]
+        del self._memo[16:]
         return out
 
     def _tick(self, kind: str, level: str, n_local: int, n: int, batch: Any) -> None:
