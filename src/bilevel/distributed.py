@@ -36,6 +36,12 @@ last resort for a rank that dies between collectives.
 
 Evaluation (metrics, the true hypergradient) is *replicated*: every rank evaluates the full data with uncounted,
 unsharded oracles, so the rows agree on every rank without communication; rank 0's history is the run's.
+
+Limits: the iterates stay identical on every rank because an all-reduce hands every rank the same sum (gloo, NCCL);
+the agreement costs one host read per iteration.  Ctrl-C is for one process: under torchrun stop a run with
+``max_time`` or a callback (rank 0's decision), since an interrupt reaches the ranks at different points of an
+iteration.  A rank that dies between collectives (killed, out of memory) leaves the others waiting until the
+process group's timeout (``init(timeout=...)``), which then fails them.
 """
 
 from __future__ import annotations
