@@ -110,6 +110,7 @@ ROWS = [
     Row("negative-tol", RUN + ("--tol", "-1"), 2, r"argument --tol: must be a positive finite number; got -1"),
     Row("zero-max-time", RUN + ("--max-time", "0"), 2, r"argument --max-time: must be a positive finite number"),
     Row("zero-threads", RUN + ("--threads", "0"), 2, r"argument --threads: must be an integer >= 1; got 0"),
+    Row("zero-nproc", RUN + ("--nproc", "0"), 2, r"argument --nproc: must be an integer >= 1; got 0"),
     # ---- mini-batches (--batch-size, --batch ROLE=B, --batch-mode): one line, exit 2, nothing written
     Row("batch-size-zero", HC + ("--batch-size", "0"), 2, r"argument --batch-size: must be an integer >= 1; got 0"),
     Row("batch-size-not-int", HC + ("--batch-size", "big"), 2, r"argument --batch-size: expected an integer >= 1; got 'big'"),

@@ -281,6 +281,13 @@ ROWS = [
                           upper=lambda x, pi: pi.sum()),
         Raises(ProblemError, r"^P must hold probability distributions \(non-negative, summing to 1 over its last "
                r"axis\); got sums in \[2, 2\]\.$")),
+    Row("data-parallel oracles without a process group (new)",
+        lambda: __import__("bilevel.distributed").distributed.DataParallelOracles(Oracles(quad())),
+        Raises(RuntimeError, r"^bilevel\.distributed: torch\.distributed is not initialised; got no default process "
+               r"group\. Call bilevel\.distributed\.init\(\) \(under torchrun\)")),
+    Row("distributed.init outside torchrun (new)",
+        lambda: __import__("bilevel.distributed").distributed.init(),
+        Raises(RuntimeError, r"^bilevel\.distributed\.init: environment variable RANK is not set; launch with torchrun")),
     Row("RL run diverges (new)", solve(lambda: get_problem("rl_synthetic", seed=0), lambda: get_solver("m_sobirl", lr_x=1e3),
                                        max_iter=200, eval_every=1000),
         Status("diverged", r"^non-finite values appeared at iteration \d+; .* The step size is likely too large \(lr_x=1000\)")),

@@ -429,6 +429,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .run import solve
     from .solvers import get_solver
 
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _under_torchrun(args)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
     popts = dict(args.problem_opt or ())
     sopts = dict(args.solver_opt or ())
     for flag in ("dataset", "corruption", "data_dir"):  # shorthands for the data problems' options
@@ -438,6 +442,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         popts["dtype"] = getattr(torch, args.dtype)
     if args.device:
         popts["device"] = args.device
+    if world > 1:  # launched by torchrun: one process per rank, each on its own device
+        from .distributed import init
+
+        device = str(popts.get("device", "cpu"))
+        if device == "cuda":
+            popts["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
+        try:
+            init(backend="nccl" if device.startswith("cuda") else "gloo")
+        except (RuntimeError, ValueError) as err:
+            raise CLIError(f"cannot join the torchrun process group ({_one_line(err)}) — launch with torchrun "
+                           "--nproc-per-node N -m bilevel run ..., or bilevel run ... --nproc N") from err
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -467,6 +482,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if batches is not None:
             largest = max(batches.size(r) for r in ("inner", "hvp", "cross", "lower"))
         threads = args.threads or default_threads(problem, largest)
+        if world > 1 and not args.threads:  # the ranks on one machine share its cores
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
+            threads = max(1, threads // local)
         torch.set_num_threads(threads)
         out = args.out or os.path.join("results", f"{problem.name}_{solver.name}_seed{args.seed}.csv")
         _check_out(out)
@@ -489,14 +507,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             meta["checkpoint"] = {"dir": args.checkpoint, "every": args.checkpoint_every}
         if args.resume is not None:
             meta["resumed_from"] = args.resume
+        oracles = None
+        if world > 1:
+            from .distributed import DataParallelOracles
+            from .oracles import Oracles
+
+            oracles = DataParallelOracles(Oracles(problem))
+            meta["distributed"] = {"world_size": world, "backend": torch.distributed.get_backend(),
+                                   "evaluation": "replicated on every rank; rank 0 writes"}
         try:
             result = solve(
                 problem, bound, max_iter=args.max_iter, max_time=args.max_time, eval_every=args.eval_every,
                 seed=args.seed, tol=args.tol, progress=not args.no_progress, callback=rows.append,
-                batches=batches, callbacks=callbacks, resume_from=args.resume,
+                batches=batches, callbacks=callbacks, resume_from=args.resume, oracles=oracles,
             )
         except (KeyboardInterrupt, Exception) as err:
             _close_progress_bars()
+            if rank != 0:  # rank 0 writes the files and reports; the others stop with the same error
+                raise
             from .checkpoint import CheckpointError
 
             if isinstance(err, CheckpointError) and not rows:  # a usage error: nothing ran, nothing is written
@@ -521,6 +549,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return 130
             raise RunFailed(f"the run failed {where}: {type(err).__name__}: {_one_line(err)} — "
                             f"{_failure_hint(err)}; {saved}") from err
+    if world > 1:
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, oracles.local_counts.as_dict())
+        meta["distributed"]["local_counts"] = gathered  # per rank: its calls and the samples of its shards
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return 0 if result.success or result.interrupted else 1
     meta.update(status=result.status, interrupted=result.interrupted, message=result.message,
                 iterations=result.iterations, time=result.time, counts=result.counts.as_dict(),
                 events=result.events, options=result.options)
@@ -618,6 +653,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _under_torchrun(args: argparse.Namespace) -> int:
+    """``bilevel run ... --nproc N``: run this very command under ``torchrun --standalone --nproc-per-node N``
+    (one machine; for several use torchrun yourself, see the README) and return its exit code."""
+    import subprocess
+
+    argv = list(args.argv)
+    cleaned, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--nproc":
+            skip = True
+            continue
+        if item.startswith("--nproc="):
+            continue
+        cleaned.append(item)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "bilevel", *cleaned]
+    return subprocess.call(cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bilevel", description="Bilevel optimisation with Krylov hypergradients.",
                      epilog="Errors are one line; --traceback (or BILEVEL_DEBUG=1) adds the Python stack. Exit "
@@ -693,6 +750,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue from a checkpoint file, or the latest in a folder, written by --checkpoint "
                           "with the same problem, solver options, --seed and batches; --max-iter is the total "
                           "(default: start afresh)")
+    run.add_argument("--nproc", type=_count(1), default=None, metavar="N",
+                     help="data-parallel over N processes on this machine: re-runs this command under torchrun "
+                          "--standalone --nproc-per-node N (gloo on CPU, NCCL with --device cuda); every oracle "
+                          "call is sharded across the ranks and all-reduced (bilevel.distributed); rank 0 writes "
+                          "the files (default: one process)")
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser(
@@ -798,6 +860,7 @@ def _exit_code(err: BaseException) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``bilevel`` console script; returns the exit code (errors are reported, never raised)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     debug = bool(getattr(args, "traceback", False)) or os.environ.get("BILEVEL_DEBUG", "").strip() not in ("", "0")
     try:
         return args.func(args)

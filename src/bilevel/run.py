@@ -111,7 +111,13 @@ def solve(
             ``Result.history``.
         progress: show a tqdm progress bar.
         oracles: the oracles the solver calls, e.g. a user's ``OracleWrapper`` around
-            ``Oracles(problem)`` (default: ``Oracles(problem)``); ``solve`` counts on top of it.
+            ``Oracles(problem)`` (default: ``Oracles(problem)``); ``solve`` counts on top of it.  With
+            ``bilevel.distributed.DataParallelOracles`` (anywhere in the chain of wrappers) the run is data
+            parallel: call ``solve`` on every rank; each iteration ends in one agreement of the ranks (an
+            all-reduce of W + 1 numbers: rank 0's stop decision — divergence, ``tol``, ``max_time``, curvature,
+            callbacks — and one error flag per rank, so no rank stops alone and an error on one rank raises on
+            all); rank 0 alone shows the progress bar and runs the callbacks; every rank returns rank 0's
+            ``Result`` (history, time, status, iterates).
         batches: the batch source (default ``FullBatch()``: every oracle call sees the full data set).  Any
             other source (``MiniBatch``) makes the run stochastic: the solver is bound with
             ``stochastic=True`` (its ``"stochastic/<experiment>"`` settings first) and ``Result.options``
@@ -220,6 +226,9 @@ def solve(
 
     user_oracles = oracles
     oracles = CountingOracles(oracles, counts)
+    coord = _coordinator(user_oracles)
+    if coord is not None and coord.rank != 0:  # rank 0 alone shows progress and runs callbacks (files, stops)
+        hooks, per_iteration, progress = [], [], False
     stochastic = not isinstance(batches, FullBatch)
     bound = solver.bind(problem, stochastic=stochastic)
     # the batch stream draws from a generator of its own, so sampling never shifts the solver's draws
@@ -264,7 +273,9 @@ def solve(
         bar = tqdm(total=max_iter, initial=min(first, max_iter), desc=f"{solver.name} on {problem.name}", unit="it",
                    dynamic_ncols=True)
 
-    for k in range(first, max_iter):
+    def iteration(k: int) -> bool:
+        """One outer iteration: step, checks, evaluation, callbacks; True when the run stops here."""
+        nonlocal state, last_good, done, status, message, elapsed, interrupted
         _sync(device)
         start = time.perf_counter()
         batches_k = stream(k)
@@ -281,14 +292,14 @@ def solve(
                 x_k, y_k, v_k = last_good.iterate
                 history.append({"iteration": done - 1, "time": elapsed, **counted(),
                                 **evaluate(x_k, y_k, v_k)})
-            break
+            return True
         elapsed += time.perf_counter() - start
         x_k, y_k, v_k = new_state.iterate
         finite, grew = _read_step(new_state, new_state.x, y_k, v_k)
         if not finite:
             status = "diverged"
             message = _diverged_message(k, bound, problem, last_good, batches_k, user_oracles)
-            break
+            return True
         watch.record(k, new_state, grew)
         state, last_good, done = new_state, new_state, k + 1
         if bar is not None:
@@ -305,26 +316,26 @@ def solve(
                 status = "not_strongly_convex" if err.kind == "curvature" else "diverged"
                 message = (f"the ground-truth solve for the evaluation at iteration {k} failed: {err} "
                            "(true_hypergradient=False skips it).")
-                break
+                return True
             history.append(row)
             if bar is not None:
                 bar.set_postfix(_postfix(row), refresh=False)
             if not all(math.isfinite(val) for val in row.values() if isinstance(val, float)):
                 status = "diverged"
                 message = _evaluation_message(k, row, problem, x_k, y_k, bound)
-                break
+                return True
             metric = row.get("hypergrad_norm", row.get("hypergrad_est_norm"))
             if tol is not None and metric is not None and metric <= tol:
                 if getattr(new_state, "trusted", True):
                     status = "converged"
                     message = f"hypergradient norm {metric:.3e} <= tol {tol:g} at iteration {k}."
-                    break
+                    return True
                 watch.untrusted_below_tol.append(k)
             asked = [cb for cb in hooks if callable(getattr(cb, "on_evaluation", None)) and cb.on_evaluation(dict(row))]
             if asked:
                 status = "stopped"
                 message = getattr(asked[0], "stop_message", "") or f"the callback asked to stop at iteration {k}."
-                break
+                return True
         if per_iteration:
             handle.iterations = done
             for cb in per_iteration:
@@ -333,12 +344,27 @@ def solve(
             status, message = "not_strongly_convex", watch.stop_message(bound)
             if not evaluated:
                 history.append({"iteration": k, "time": elapsed, **counted(), **evaluate(x_k, y_k, v_k)})
-            break
+            return True
         if max_time is not None and elapsed >= max_time:
             status = "max_time"
             message = f"solver time {elapsed:.3f} s reached max_time={max_time:g} at iteration {k}."
             if not (k % eval_every == 0 or last):
                 history.append({"iteration": k, "time": elapsed, **counted(), **evaluate(x_k, y_k, v_k)})
+            return True
+        return False
+
+    for k in range(first, max_iter):
+        if coord is None:
+            if iteration(k):
+                break
+            continue
+        # data-parallel: every rank ends each iteration in one agreement (rank 0 decides; any error stops all)
+        try:
+            stop = iteration(k)
+        except Exception as err:
+            coord.agree(False, err)  # raises on every rank
+            raise
+        if coord.agree(stop):
             break
     if bar is not None:
         bar.close()
@@ -356,20 +382,48 @@ def solve(
         message = " ".join(t for t in (message, watch.note(bound, done, status, events)) if t)
     if watch.inner_growth:
         events["inner_growth"] = watch.inner_growth
+    x_out, y_out, v_out = last_good.x, last_good.y, last_good.v
+    auto = _auto_options(bound, last_good)
+    if coord is not None:  # every rank returns rank 0's result (its clock, decisions and history)
+        shared = coord.share({"status": status, "message": message, "done": done, "elapsed": elapsed,
+                              "events": events, "interrupted": interrupted, "auto": auto,
+                              "rows": history.to_dicts(), "columns": history.columns})
+        status, message, done, elapsed = shared["status"], shared["message"], shared["done"], shared["elapsed"]
+        events, interrupted, auto = shared["events"], shared["interrupted"], shared["auto"]
+        history._rows, history._columns = shared["rows"], shared["columns"]
+        x_out, y_out, v_out = coord.broadcast(x_out), coord.broadcast(y_out), coord.broadcast(v_out)
 
     result = Result(
-        x=last_good.x, y=last_good.y,
-        v=last_good.v, status=status, message=message, iterations=done, counts=counts, time=elapsed,
+        x=x_out, y=y_out,
+        v=v_out, status=status, message=message, iterations=done, counts=counts, time=elapsed,
         history=history, solver=bound.name, problem=problem.name,
-        options={**_plain(bound.resolved_options()), **_auto_options(bound, last_good), "stochastic": stochastic},
+        options={**_plain(bound.resolved_options()), **auto, "stochastic": stochastic},
         events=events, seed=seed,
-        x_tree=problem.unflatten_x(last_good.x), y_tree=problem.unflatten_y(last_good.y),
+        x_tree=problem.unflatten_x(x_out), y_tree=problem.unflatten_y(y_out),
         interrupted=interrupted, dtype=str(problem.dtype).replace("torch.", ""),
     )
     for cb in hooks:
         if callable(getattr(cb, "on_end", None)):
             cb.on_end(result)
     return result
+
+
+def _coordinator(oracles: Any) -> Any:
+    """The data-parallel coordinator when the oracles shard across ranks (``bilevel.distributed``), else None
+    (imported only then: a one-process run never touches torch.distributed)."""
+    if oracles is None or not any(type(o).__module__.endswith("distributed") for o in _chain(oracles)):
+        return None
+    from .distributed import coordinator_of
+
+    return coordinator_of(oracles)
+
+
+def _chain(oracles: Any) -> list:
+    out = []
+    while oracles is not None and len(out) < 32:
+        out.append(oracles)
+        oracles = getattr(oracles, "inner", None)
+    return out
 
 
 class _RunHandle:
