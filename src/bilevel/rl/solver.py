@@ -88,9 +88,18 @@ class RLSolver(Solver):
         V = problem.y0
         return RLState(k=0, x=x, V=V, w=w, iterate=(x, V, w, None, None), events={}, generator=generator)
 
-    @staticmethod
-    def advance(state: RLState, x_k: Tensor, x_new: Tensor, V: Tensor, w: Optional[Tensor], estimate: Tensor,
+    def best_response(self, o: RLOracles, x: Tensor, V0: Tensor, P: Optional[Tensor] = None
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+        """(r(x), V, π): ``sweeps`` warm-started soft value-iteration sweeps from V0 and the soft policy of the
+        result, on the kernel P (default: the problem's; SoBiRL passes a sampled one)."""
+        r = o.reward(x)
+        V = self.inner.run(o, r, V0, P)
+        return r, V, self.inner.policy(o.problem, r, V, P)
+
+    def advance(self, state: RLState, x_k: Tensor, estimate: Tensor, V: Tensor, w: Optional[Tensor],
                 pi: Optional[Tensor], **extra: Any) -> RLState:
+        """The next state after the x-step x_{k+1} = x_k − λ·clip(estimate) (``lr_x``, ``clip``)."""
+        x_new = x_k - self.lr_x * self.clipped(estimate)
         return dataclasses.replace(state, k=state.k + 1, x=x_new.detach(), V=V.detach(),
                                    w=None if w is None else w.detach(),
                                    iterate=(x_k, V.detach(), None if w is None else w.detach(), estimate.detach(),

@@ -105,11 +105,9 @@ class HPGD(RLSolver):
         p = o.problem
         x, gen = state.x, state.generator
         context = int(torch.randint(p.n_contexts, (1,), generator=gen, device=p.device))
-        r = o.reward(x)
-        V = self.inner.run(o, r, state.V)
-        pi = self.inner.policy(p, r, V)
+        _, V, pi = self.best_response(o, x, state.V)
         estimate = self.estimate(o, x, pi, o.reward_jacobian(x), context, gen)
-        return self.advance(state, x, x - self.lr_x * self.clipped(estimate), V, None, estimate, pi, context=context)
+        return self.advance(state, x, estimate, V, None, pi, context=context)
 
 
 def hpgd(**options: Any) -> HPGD:

@@ -73,9 +73,7 @@ class MSoBiRL(RLSolver):
         o = self.check_oracles(oracles)
         p = o.problem
         x = state.x
-        r = o.reward(x)
-        V = self.inner.run(o, r, state.V)
-        pi = self.inner.policy(p, r, V)
+        _, V, pi = self.best_response(o, x, state.V)
         gx, G = o.upper_grads(x, pi)
         live = (~p.terminal).unsqueeze(-1)
         G = G * live
@@ -83,7 +81,7 @@ class MSoBiRL(RLSolver):
         residual = o.adjoint_product(pi, state.w, transpose=True) - b
         w = state.w - self.zeta * o.adjoint_product(pi, residual, transpose=False)
         estimate = gx + o.reward_vjp(x, pi * (G - w.unsqueeze(-1)) * live) / p.tau
-        return self.advance(state, x, x - self.lr_x * self.clipped(estimate), V, w, estimate, pi)
+        return self.advance(state, x, estimate, V, w, pi)
 
 
 def m_sobirl(**options: Any) -> MSoBiRL:

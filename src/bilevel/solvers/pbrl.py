@@ -105,9 +105,7 @@ class PBRL(RLSolver):
         p = o.problem
         x, theta = state.x, state.w
         live = (~p.terminal).unsqueeze(-1)
-        r = o.reward(x)
-        V = self.inner.run(o, r, state.V)
-        pi_star = self.inner.policy(p, r, V)
+        r, V, pi_star = self.best_response(o, x, state.V)
         pi = torch.softmax(theta, -1)
         # V^θ by T policy-evaluation sweeps of the soft reward r_π + τh(π) (one-dimensional vector reward)
         soft_r = (r - p.tau * torch.log_softmax(theta, -1)).unsqueeze(-1)
@@ -120,7 +118,7 @@ class PBRL(RLSolver):
         ftheta = pi * (G - (pi * G).sum(-1, keepdim=True))
         direction = fx + self.penalty * px
         theta_new = theta - self.lr_theta * (ftheta + self.penalty * ptheta)
-        return self.advance(state, x, x - self.lr_x * self.clipped(direction), V, theta_new, direction, pi,
+        return self.advance(state, x, direction, V, theta_new, pi,
                             V_theta=V_theta, d_star=d_star, d_theta=d_theta)
 
 

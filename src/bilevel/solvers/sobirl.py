@@ -75,15 +75,13 @@ class SoBiRL(RLSolver):
         p = o.problem
         x = state.x
         Phat = o.sample_kernel(self.samples, state.generator)
-        r = o.reward(x)
-        V = self.inner.run(o, r, state.V, Phat)
-        pi = self.inner.policy(p, r, V, Phat)
+        _, V, pi = self.best_response(o, x, state.V, Phat)
         J = o.reward_jacobian(x)
         D, DQ = o.policy_evaluation(J, pi, state.w, self.sweeps, Phat)
         gx, G = o.upper_grads(x, pi)
         u = pi * G * (~p.terminal).unsqueeze(-1)
         estimate = gx + torch.einsum("...sa,...sad->d", u, DQ - D.unsqueeze(-2)) / p.tau
-        return self.advance(state, x, x - self.lr_x * self.clipped(estimate), V, D, estimate, pi)
+        return self.advance(state, x, estimate, V, D, pi)
 
 
 def sobirl(**options: Any) -> SoBiRL:

@@ -89,13 +89,11 @@ class StocSoBiRL(RLSolver):
         o = self.check_oracles(oracles)
         p = o.problem
         x = state.x
-        r = o.reward(x)
-        V = self.inner.run(o, r, state.V)
-        pi = self.inner.policy(p, r, V)
+        _, V, pi = self.best_response(o, x, state.V)
         D, DQ = o.policy_evaluation(o.reward_jacobian(x), pi, state.w, self.sweeps)
         d = o.trajectories(pi, self.trajectories, p.trajectory.horizon, state.generator)
         estimate = score_function_estimate(o, x, d, DQ, D)
-        return self.advance(state, x, x - self.lr_x * self.clipped(estimate), V, D, estimate, pi)
+        return self.advance(state, x, estimate, V, D, pi)
 
 
 def stoc_sobirl(**options: Any) -> StocSoBiRL:

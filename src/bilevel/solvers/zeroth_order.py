@@ -79,9 +79,7 @@ class ZerothOrder(RLSolver):
 
     def _value(self, o: Any, x: torch.Tensor, V0: torch.Tensor, seed: int | None) -> torch.Tensor:
         p = o.problem
-        r = o.reward(x)
-        V = self.inner.run(o, r, V0)
-        pi = self.inner.policy(p, r, V)
+        _, V, pi = self.best_response(o, x, V0)
         if not self.trajectories:
             return o.upper_value(x, pi)
         gen = torch.Generator(device=p.device).manual_seed(seed)  # common random numbers at x ± μu
@@ -91,11 +89,8 @@ class ZerothOrder(RLSolver):
 
     def step(self, state: RLState, oracles: Any, batches: Any = None) -> RLState:
         o = self.check_oracles(oracles)
-        p = o.problem
         x, gen = state.x, state.generator
-        r = o.reward(x)
-        V = self.inner.run(o, r, state.V)
-        pi = self.inner.policy(p, r, V)
+        _, V, pi = self.best_response(o, x, state.V)
         estimate = torch.zeros_like(x)
         for _ in range(self.directions):
             u = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
@@ -104,7 +99,7 @@ class ZerothOrder(RLSolver):
             minus = self._value(o, x - self.radius * u, V, seed)
             estimate = estimate + (plus - minus) / (2 * self.radius) * u
         estimate = estimate / self.directions
-        return self.advance(state, x, x - self.lr_x * self.clipped(estimate), V, None, estimate, pi)
+        return self.advance(state, x, estimate, V, None, pi)
 
 
 def zeroth_order(**options: Any) -> ZerothOrder:
