@@ -29,13 +29,12 @@ import dataclasses
 import os
 import re
 import sys
-import tempfile
 from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor
 
-from .history import _umask
+from .history import atomic_write
 
 FORMAT = "bilevel-checkpoint"
 VERSION = 1
@@ -173,20 +172,7 @@ def decode(node: Any, outer: Any = None) -> Any:
 def save(payload: Mapping[str, Any], path: str | os.PathLike) -> str:
     """Write ``payload`` to ``path`` atomically (a temporary file in the same folder, then ``os.replace``)."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(dict(payload), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: torch.save(dict(payload), fh), binary=True, suffix=".pt")
     return path
 
 

@@ -7,7 +7,7 @@ import io
 import math
 import os
 import tempfile
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 
 class History:
@@ -70,16 +70,18 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` so that ``path`` is either the old file or the complete new one, never partial."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False,
+                 suffix: str = "") -> None:
+    """Write ``path`` so that it is either the old file or the complete new one, never partial: ``write(fh)``
+    fills a temporary file in the same folder (the usual permissions, flushed to disk), then ``os.replace``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="")) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -87,3 +89,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` so that ``path`` is either the old file or the complete new one, never partial."""
+    atomic_write(path, lambda fh: fh.write(text))
