@@ -336,11 +336,14 @@ class Lanczos(LinearSolver):
         consecutive products and the window spans at most two batches.  A pure function of (state, k).
         """
         self.require_resolved()
+        return self.restarts_at(state, k) or (self.plain_at(k) and state.epoch_steps >= self.schedule(k))
+
+    def restarts_at(self, state: LanczosState, k: int) -> bool:
+        """Whether ``solve(state, k=k)`` restarts (a pure function of (state, k)): a pending restart, the
+        schedule's ``switch_at`` or the mode switch k₀, or, in residual mode, a basis already holding m(k) vectors."""
         sched = self.schedule
-        if state.restart_pending or (sched.switch_at is not None and k == sched.switch_at) or self.switches_mode_at(k):
-            return True
-        steps = state.epoch_steps if self.plain_at(k) else state.j
-        return steps >= sched(k)
+        return (state.restart_pending or (sched.switch_at is not None and k == sched.switch_at)
+                or self.switches_mode_at(k) or (not self.plain_at(k) and state.j >= sched(k)))
 
     def _eps(self, dtype: torch.dtype) -> tuple[float, float]:
         double = dtype == torch.float64
@@ -360,16 +363,14 @@ class Lanczos(LinearSolver):
         eps_b, eps_r = self._eps(b.dtype)
         m = self.schedule(k)
         st.m = m
-        switch = self.schedule.switch_at is not None and k == self.schedule.switch_at
         plain = self.plain_at(k)
         wide = b.dtype == torch.float64  # else the inner products of the recurrence and Q_jᵀ r_k accumulate in float64
         if self.switches_mode_at(k):  # plain → residual: a forced restart from v̄ = v_{k₀−1}
-            switch = True
             events.append("mode_switch")
         if self.starts_epoch(state, k):
             st.epoch_steps = 0
 
-        if st.restart_pending or switch or (not plain and st.j >= m):
+        if self.restarts_at(state, k):
             if plain:
                 base, base_norm = b, float(torch.linalg.vector_norm(b))
             else:
@@ -537,13 +538,6 @@ class Lanczos(LinearSolver):
         """Q_jᵀ r_k (float64 accumulation when ``wide`` is False: the run's dtype is lower than float64)."""
         rk = cls._residual(b, st, plain)
         return rows @ rk if wide else rows.double() @ rk.double()
-
-    def restarts_at(self, state: LanczosState, k: int) -> bool:
-        """Whether ``solve(state, k=k)`` restarts (a pure function of (state, k)): a pending restart, the
-        schedule's ``switch_at`` or the mode switch k₀, or, in residual mode, a basis already holding m(k) vectors."""
-        sched = self.schedule
-        return (state.restart_pending or (sched.switch_at is not None and k == sched.switch_at)
-                or self.switches_mode_at(k) or (not self.plain_at(k) and state.j >= sched(k)))
 
     def _freeze(self, st: SimpleNamespace, k: int) -> LanczosState:
         state = LanczosState(**{**vars(st), "alpha": tuple(st.alpha), "beta": tuple(st.beta)})
