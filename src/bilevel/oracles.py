@@ -155,6 +155,10 @@ class Oracles:
         return Linearization(self, x, y, batch)
 
 
+def _no_graph(t: Tensor) -> Tensor:
+    return t.detach() if t.requires_grad or t.grad_fn is not None else t
+
+
 class Linearization:
     """HVPs and cross products of g at one point (x, y), sharing one ∇_y g graph.
 
@@ -166,7 +170,9 @@ class Linearization:
 
     def __init__(self, oracles: Oracles, x: Tensor, y: Tensor, batch: Any) -> None:
         self.problem = oracles.problem
-        self.x, self.y, self.batch = x.detach(), y.detach(), batch
+        # detach only what carries a graph: the same tensor objects let closed forms recognise a point they
+        # have seen (hyper-cleaning's Π at an unchanged y)
+        self.x, self.y, self.batch = _no_graph(x), _no_graph(y), batch
         self.graph_builds = 0
         self._cf = self.problem.closed_forms
         self._closed = self._cf.linearize(self.x, self.y, batch) if self._cf.linearize is not None else None
