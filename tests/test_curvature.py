@@ -219,7 +219,8 @@ def test_hyperclean_mlp_runs_with_transient_indefinite_events():
     problem = bilevel.problems.hyperclean(dataset="digits", model="mlp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the schedule's cap 10 is reached at iteration 299
-        res = bilevel.solve(problem, get_solver("lancbio"), max_iter=250, eval_every=250)
+        # residual mode (its restarts meet the indefinite pivots; the default is plain up to k = 250)
+        res = bilevel.solve(problem, get_solver("lancbio", preset="hyperclean-residual"), max_iter=250, eval_every=250)
     n = res.events.get("indefinite", 0)
     assert res.status == "max_iter" and n >= 5, (res.status, res.events)
     assert f"the indefinite-pivot fallback (the minimal-residual solve for that iteration, a restart at the next) was used {n} times" in res.message

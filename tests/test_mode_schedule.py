@@ -103,10 +103,15 @@ def test_preset_on_hyperclean_counts_and_options():
         bilevel.solvers.lancbio(preset="nope")
 
 
-def test_default_settings_are_residual_from_the_start():
+def test_default_settings_are_the_published_schedule():
+    """Deterministic hyper-cleaning defaults to the reference's run (plain for k < 250, then residual); the
+    earlier default, residual from k = 0, is the preset "hyperclean-residual"."""
     problem = bilevel.problems.hyperclean("digits", corruption=0.8, seed=0, dtype=F64)
     bound = bilevel.solvers.lancbio().bind(problem)
-    assert not bound.v_solver.plain_until  # None (no setting) acts as 0
-    assert bound.v_solver.total_matvecs(3) == 1 + 2 + 2
+    assert bound.v_solver.plain_until == 250
+    assert bound.v_solver.total_matvecs(3) == 3  # plain mode: one HVP per iteration
+    assert bound.v_solver.total_matvecs(252) == 250 + 2 + 1  # k₀ = 250 restarts (2 HVPs), then m(250) = 3
+    residual = bilevel.solvers.lancbio(preset="hyperclean-residual").bind(problem)
+    assert residual.v_solver.plain_until == 0 and residual.v_solver.total_matvecs(3) == 1 + 2 + 2
     plain = bilevel.solvers.lancbio(mode="plain").bind(problem)  # plain mode ignores the setting
     assert plain.v_solver.mode == "plain"
