@@ -45,8 +45,8 @@ def products(dtype: torch.dtype, repeats: int) -> None:
     for name in ("plain", "padded"):
         lay = layout_module._Layout(X, 10, name == "padded")
         lay.rtx(R)  # the padded layout's Xᵀ copy is made on first use, outside the timing
-        row[name] = [median_ms(lambda: lay.logits(P), repeats), median_ms(lambda: lay.rtx(R), repeats),
-                     median_ms(lambda: lay.softmax(R), repeats)]
+        row[name] = [median_ms(fn, repeats) for fn in (lambda lay=lay: lay.logits(P), lambda lay=lay: lay.rtx(R),
+                                                       lambda lay=lay: lay.softmax(R))]
     print(f"{str(dtype):14s} " + " ".join(
         f"{what}: plain {a:.3f} ms, padded {b:.3f} ms (×{b / a:.2f});"
         for what, a, b in zip(("X Pᵀ", "Rᵀ X", "softmax"), row["plain"], row["padded"])))
