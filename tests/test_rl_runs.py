@@ -156,3 +156,41 @@ def test_rl_checkpoint_resume_is_bit_identical(tmp_path, fourrooms, solver):
     assert full.counts == resumed.counts and _rows(full) == _rows(resumed) and resumed.iterations == 10
     with pytest.raises(CheckpointError, match="was written for seed 4, this run has 5"):
         bilevel.solve(p, get_solver(solver), max_iter=10, seed=5, resume_from=tmp_path)
+
+
+# ---- the exact trajectory loss and its adjoint gradients -------------------------------------------------
+def _reference_trajectory_loss(p, x, pi):
+    """The step-by-step forward recursion (autograd reference): value += γ^t ⟨d_t, c_π⟩, d ← d P_π on
+    non-terminal states."""
+    c = p.trajectory.cost(x)
+    alive = (~p.terminal).to(DT)
+    d = p.rho * alive
+    cpi = (pi * (p.P * c).sum(-1)).sum(-1) * alive
+    Ppi = M.policy_matrix(p.P, pi, p.terminal)
+    value, disc = 0.0, 1.0
+    for _ in range(p.trajectory.horizon):
+        value = value + disc * (d * cpi).sum(-1)
+        d = torch.matmul(d.unsqueeze(-2), Ppi).squeeze(-2) * alive
+        disc *= p.trajectory.gamma
+    return value.mean()
+
+
+@pytest.mark.parametrize("which", ["random", "fourrooms"])
+def test_trajectory_value_and_adjoint_grads_match_autograd_of_the_recursion(which, fourrooms):
+    if which == "fourrooms":
+        p = fourrooms
+        x = 0.5 * torch.randn(p.dx, generator=torch.Generator().manual_seed(2), dtype=DT)
+    else:
+        from tests.test_rl import random_problem
+
+        p = random_problem(4, contexts=(2,), terminal=True, trajectory=True)
+        x = p.x0
+    pi = p.truth(x).pi
+    xg, pg = x.clone().requires_grad_(True), pi.clone().requires_grad_(True)
+    ref = _reference_trajectory_loss(p, xg, pg)
+    gx_ref, gp_ref = torch.autograd.grad(ref, (xg, pg))
+    value, gx, gp = p.trajectory_value_and_grads(x, pi)
+    assert torch.allclose(value, ref.detach(), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(p.upper(x, pi), ref.detach(), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(gx, gx_ref, rtol=1e-10, atol=1e-13)
+    assert torch.allclose(gp, gp_ref, rtol=1e-10, atol=1e-13)
