@@ -144,6 +144,22 @@ def test_rl_run_calls_every_hook_and_early_stopping_stops_it():
     assert res.status == "stopped" and res.iterations == 11 and "phi" in res.message
 
 
+def test_tensorboard_logs_an_rl_run(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from bilevel.callbacks import TensorBoard
+
+    p = get_problem("rl_synthetic", seed=0, dim=10)
+    res = bilevel.solve(p, get_solver("m_sobirl"), max_iter=7, eval_every=3, callbacks=[TensorBoard(tmp_path)])
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    events = acc.Scalars("bilevel/phi")
+    assert [e.step for e in events] == [0, 3, 6]
+    assert [e.value for e in events] == pytest.approx(res.history.column("phi"), rel=1e-6)
+    assert "bilevel/sweeps" in acc.Tags()["scalars"]
+
+
 @pytest.mark.parametrize("solver", ["hpgd", "m_sobirl"])
 def test_rl_checkpoint_resume_is_bit_identical(tmp_path, fourrooms, solver):
     p = fourrooms if solver == "hpgd" else get_problem("rl_synthetic", seed=1, dim=10)
