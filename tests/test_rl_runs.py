@@ -210,3 +210,21 @@ def test_trajectory_value_and_adjoint_grads_match_autograd_of_the_recursion(whic
     assert torch.allclose(p.upper(x, pi), ref.detach(), rtol=1e-12, atol=1e-14)
     assert torch.allclose(gx, gx_ref, rtol=1e-10, atol=1e-13)
     assert torch.allclose(gp, gp_ref, rtol=1e-10, atol=1e-13)
+
+
+def test_ctrl_c_stops_every_seed_of_a_batch_keeping_their_iterations(fourrooms, monkeypatch):
+    from bilevel.solvers.hpgd import HPGD
+
+    real, calls = HPGD.step_batch, []
+
+    def interrupted(self, states, oracles):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, states, oracles)
+
+    monkeypatch.setattr(HPGD, "step_batch", interrupted)
+    runs = solve_rl_seeds(fourrooms, get_solver("hpgd"), [0, 1], max_iter=10, eval_every=2)
+    for res in runs:
+        assert res.status == "stopped" and res.interrupted and res.iterations == 3
+        assert res.message.startswith("interrupted (KeyboardInterrupt) during iteration 3; the 3 completed")

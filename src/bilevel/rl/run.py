@@ -300,12 +300,20 @@ def solve_rl_seeds(problem: RLProblem, solver: Any, seeds: list, *, max_iter: in
     vectorises one iteration over all seeds, other solvers step the runs one after another): one ``Result``
     per seed, each with the same iterates and history as ``solve(problem, solver, seed=s)`` alone (CPU,
     float64; tested), except ``time``: a batched step's solver time is split equally between the runs it
-    advanced.  A run that stops (converged, diverged, a callback) leaves the batch; the others go on.
-    ``callbacks``: optional ``seed -> list`` of callback objects for each run."""
+    advanced.  A run that stops (converged, diverged, a callback) leaves the batch; the others go on; Ctrl-C
+    stops them all, each keeping its completed iterations (status ``stopped``).  ``callbacks``: optional
+    ``seed -> list`` of callback objects for each run.  No progress bar, no ``resume_from``."""
+    from .._validation import check_int, check_positive
     from ..callbacks import as_callbacks
     from ..kinds import check_kind
 
     check_kind(solver, problem)
+    check_int("solve_rl_seeds", "max_iter", max_iter, 0)
+    check_int("solve_rl_seeds", "eval_every", eval_every, 1)
+    if max_time is not None:
+        check_positive("solve_rl_seeds", "max_time", max_time)
+    if tol is not None:
+        check_positive("solve_rl_seeds", "tol", tol)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"solve_rl_seeds: seeds must be a non-empty list of distinct seeds; got {seeds!r}.")
     bound = solver.bind(problem)
@@ -321,8 +329,14 @@ def solve_rl_seeds(problem: RLProblem, solver: Any, seeds: list, *, max_iter: in
             break
         _sync(problem.device)
         start = time.perf_counter()
-        new_states = bound.step_batch([r.state for r in active], [r.oracles for r in active])
-        _sync(problem.device)
+        try:
+            new_states = bound.step_batch([r.state for r in active], [r.oracles for r in active])
+            _sync(problem.device)
+        except KeyboardInterrupt:  # every run keeps its completed iterations, as a run alone does
+            share = (time.perf_counter() - start) / len(active)
+            for run in active:
+                run.interrupt(k, share)
+            break
         share = (time.perf_counter() - start) / len(active)
         active = [r for r, st in zip(active, new_states) if not r.record(k, st, share)]
     return [run.result() for run in runs]
