@@ -59,9 +59,11 @@ def main() -> None:
     solver_time = sum(r.time for r in results)
     seed_iters = sum(r.iterations for r in results)
     print(f"{args.solver} on fourrooms λ={args.lam:g}: {len(args.seeds)} seeds × {args.iters} iterations in "
-          f"{wall / 60:.1f} min wall ({torch.get_num_threads()} thread(s)); solver {solver_time / seed_iters * 1e3:.2f} ms "
-          f"per seed-iteration, evaluations and bookkeeping {(wall - solver_time) / 60:.1f} min; runs in "
+          f"{wall:.0f} s wall ({torch.get_num_threads()} thread(s)); solver {solver_time / seed_iters * 1e3:.2f} ms "
+          f"per seed-iteration, evaluations and bookkeeping {wall - solver_time:.0f} s; runs in "
           f"{os.path.join(args.out, 'runs')}")
+    if args.iters < 10_000:
+        print(f"  at this pace 10 000 iterations would take ≈ {wall * 10_000 / args.iters / 60:.0f} min wall")
 
 
 if __name__ == "__main__":
