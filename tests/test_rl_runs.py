@@ -77,6 +77,20 @@ def test_sparse_sweeps_and_policy_match_the_dense_model(fourrooms):
     assert torch.allclose(pi, M.soft_policy(M.soft_q(r, p.P, Vd, p.gamma), p.tau, p.terminal), rtol=0, atol=1e-10)
 
 
+def test_sparse_next_state_draws_follow_the_kernel(fourrooms):
+    """Draws among the ≤ 4 next cells: frequencies within 4.5 standard errors of P, never a cell of probability 0."""
+    p, o, n = fourrooms, RLOracles(fourrooms), 20000
+    S, A = p.n_states, p.n_actions
+    rows = torch.tensor([0, 5 * A + 2, (S + 17) * A + 1, (2 * S - 3) * A + 3])  # (context·S + s)·A + a
+    u = torch.rand((rows.numel(), n), generator=torch.Generator().manual_seed(3), dtype=DT)
+    nxt = o._next_state(rows.unsqueeze(-1).expand(-1, n), u)
+    freq = torch.zeros(rows.numel(), S, dtype=DT).scatter_add_(1, nxt, torch.full_like(u, 1.0 / n))
+    P = p.P.reshape(-1, S)[rows]
+    assert bool((freq[P == 0] == 0).all())
+    se = (P * (1 - P) / n).sqrt().clamp(min=1e-12)
+    assert float(((freq - P).abs() / se)[P > 0].max()) < 4.5
+
+
 def test_fourrooms_reward_jacobian_matches_autodiff(fourrooms):
     x = torch.randn(fourrooms.dx, generator=torch.Generator().manual_seed(1), dtype=DT)
     J = fourrooms.reward_jacobian(x)

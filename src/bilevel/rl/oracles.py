@@ -79,7 +79,7 @@ def _draw(cum: Tensor, u: Tensor) -> Tensor:
 class SeedGroups:
     """The random draws and sample counts of several runs (seeds) sampled together as one batch of rows.
 
-    Run b owns the rows ``[offsets[b], offsets[b + 1])`` of every batched draw; its uniforms come from its own
+    Run b owns ``sizes[b]`` consecutive rows of every batched draw (run 0's first); its uniforms come from its own
     generator, in the order and amounts a run alone would draw them, and its samples are added to its own
     counts.  So a batch of runs samples exactly what each run samples alone (``RLSolver.step_batch``); one
     group is the plain single-run case (``SeedGroups.single``)."""
@@ -161,8 +161,10 @@ class RLOracles:
             self._prob = Pf.gather(-1, order)
             self._next = order + S * torch.arange(n, device=p.device).view(n, 1, 1, 1)
             # the samplers draw s' among the K next states only (their cumulative probabilities, in the order of s')
+            # exact 1 from the last positive entry on: a uniform never lands on a padding entry of probability 0
             cum = self._prob.cumsum(-1)
-            cum[..., -1] = 1.0
+            last = (self._prob > 0).sum(-1, keepdim=True) - 1
+            cum = cum.masked_fill(torch.arange(K, device=p.device) >= last, 1.0)
             self._cum_rows, self._next_rows = cum.reshape(n * S * A, K), order.reshape(n * S * A, K)
 
     # ---- lower level ------------------------------------------------------------------------------
