@@ -88,11 +88,17 @@ def test_every_solver_resumes(tmp_path, name):
     _same(_run(problem, solver, 40, False), _interrupted_and_resumed(tmp_path, problem, solver, False, resume_at=10))
 
 
-def test_rl_runs_refuse_callbacks_and_resume_in_one_line(tmp_path):
-    problem = bilevel.problems.rl_synthetic(seed=0)
-    for kwargs in ({"callbacks": [Checkpoint(tmp_path, every=5)]}, {"resume_from": tmp_path}):
-        with pytest.raises(ValueError, match=r"^solve: callbacks= and resume_from= are not supported for RL problems"):
-            bilevel.solve(problem, get_solver("m_sobirl"), max_iter=3, **kwargs)
+def test_rl_and_classic_runs_refuse_each_others_checkpoints(tmp_path):
+    """RL runs checkpoint too (tests/test_rl_runs.py); a checkpoint of one kind does not resume the other."""
+    rl = bilevel.problems.rl_synthetic(seed=0, dim=4)
+    bilevel.solve(rl, get_solver("m_sobirl"), max_iter=3, callbacks=[Checkpoint(tmp_path / "rl", every=3)])
+    bilevel.solve(_quad(), get_solver("amigo_cg"), max_iter=3, callbacks=[Checkpoint(tmp_path / "aid", every=3)])
+    with pytest.raises(CheckpointError, match=r"^resume_from: .* was written for problem 'quadratic', this run has "
+                                              r"'rl_synthetic'; resume with the problem, solver"):
+        bilevel.solve(rl, get_solver("m_sobirl"), max_iter=5, resume_from=tmp_path / "aid")
+    with pytest.raises(CheckpointError, match=r"^resume_from: .* was written for problem 'rl_synthetic', this run has "
+                                              r"'quadratic'"):
+        bilevel.solve(_quad(), get_solver("amigo_cg"), max_iter=5, resume_from=tmp_path / "rl")
 
 
 def test_the_comparison_catches_a_stream_not_restored(tmp_path, monkeypatch):

@@ -159,9 +159,6 @@ def solve(
     if callback is not None and not callable(callback):
         raise TypeError(f"solve: callback must be callable(row) -> bool; got {type(callback).__name__}.")
     if problem_kind(problem) == "rl":
-        if callbacks or resume_from is not None:
-            raise ValueError("solve: callbacks= and resume_from= are not supported for RL problems yet (their loop is "
-                             "bilevel.rl.run.solve_rl); use callback=fn(row) -> stop, or run without them.")
         if batches is not None and not isinstance(batches, FullBatch):
             raise ValueError("solve: an RL problem draws its own samples (transitions, trajectories); "
                              f"got batches={type(batches).__name__} — leave batches unset.")
@@ -169,7 +166,7 @@ def solve(
 
         return solve_rl(problem, solver, max_iter=max_iter, max_time=max_time, eval_every=eval_every, seed=seed,
                         tol=tol, true_hypergradient=true_hypergradient, callback=callback, progress=progress,
-                        oracles=oracles)
+                        oracles=oracles, callbacks=callbacks, resume_from=resume_from)
     hooks = as_callbacks(callbacks, callback)
     per_iteration = [cb for cb in hooks if callable(getattr(cb, "on_iteration", None))]
     if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):
@@ -478,6 +475,30 @@ def _save(path: Any, header: dict, state: Any, generator: torch.Generator, strea
     return checkpoint.save(payload, path)
 
 
+def _check_header(payload: dict, header: dict, problem: Any, where: str) -> None:
+    """Raise ``CheckpointError`` unless the checkpoint ``payload`` was written by a run like this one (``header``:
+    solver, options, problem, sizes, dtype, seed, sampler; and the problem's x0, y0)."""
+    saved = payload["header"]
+    for key in ("problem", "dx", "dy", "dtype", "x0", "solver", "seed", "stochastic", "batches", "options"):
+        if key == "x0":
+            if not (torch.equal(payload["x0"], problem.x0) and torch.equal(payload["y0"], problem.y0)):
+                raise checkpoint.CheckpointError(
+                    f"resume_from: {where!r} was written for another instance of {problem.name!r} (its x0 or y0 "
+                    "differ); build the problem with the options and seed of the run that wrote it.")
+            continue
+        if saved[key] != header[key]:
+            if key == "options":
+                diff = sorted(k for k in set(saved[key]) | set(header[key])
+                              if saved[key].get(k) != header[key].get(k))
+                shown = "; ".join(f"{k}: {saved[key].get(k)!r} there, {header[key].get(k)!r} here" for k in diff[:4])
+                raise checkpoint.CheckpointError(
+                    f"resume_from: {where!r} was written with other solver options ({shown}); resume with the "
+                    "options of the run that wrote it.")
+            raise checkpoint.CheckpointError(
+                f"resume_from: {where!r} was written for {key} {saved[key]!r}, this run has {header[key]!r}; resume "
+                "with the problem, solver, seed and batches of the run that wrote it.")
+
+
 def _restore(path: Any, header: dict, problem: BilevelProblem, bound: Any, oracles: Any, generator: torch.Generator,
              stream: Any, counts: Counts, history: History, watch: "_CurvatureWatch", evaluate: Evaluator,
              hooks: list) -> tuple:
@@ -485,25 +506,7 @@ def _restore(path: Any, header: dict, problem: BilevelProblem, bound: Any, oracl
     payload = checkpoint.load(path, problem.device)
     where = payload["path"]
     try:
-        saved = payload["header"]
-        for key in ("problem", "dx", "dy", "dtype", "x0", "solver", "seed", "stochastic", "batches", "options"):
-            if key == "x0":
-                if not (torch.equal(payload["x0"], problem.x0) and torch.equal(payload["y0"], problem.y0)):
-                    raise checkpoint.CheckpointError(
-                        f"resume_from: {where!r} was written for another instance of {problem.name!r} (its x0 or y0 "
-                        "differ); build the problem with the options and seed of the run that wrote it.")
-                continue
-            if saved[key] != header[key]:
-                if key == "options":
-                    diff = sorted(k for k in set(saved[key]) | set(header[key])
-                                  if saved[key].get(k) != header[key].get(k))
-                    shown = "; ".join(f"{k}: {saved[key].get(k)!r} there, {header[key].get(k)!r} here" for k in diff[:4])
-                    raise checkpoint.CheckpointError(
-                        f"resume_from: {where!r} was written with other solver options ({shown}); resume with the "
-                        "options of the run that wrote it.")
-                raise checkpoint.CheckpointError(
-                    f"resume_from: {where!r} was written for {key} {saved[key]!r}, this run has {header[key]!r}; resume "
-                    "with the problem, solver, seed and batches of the run that wrote it.")
+        _check_header(payload, header, problem, where)
         fresh = bound.init(problem, oracles, torch.Generator(device=problem.device))
         run = checkpoint.decode(payload["run"], outer=getattr(fresh, "outer", None))
         state, generator = run["state"], run["generator"]

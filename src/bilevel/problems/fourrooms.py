@@ -108,9 +108,10 @@ def fourrooms(lam: float = 0.001, beta_reg: float | None = None, slip: float = 0
         return goal_reward + torch.matmul(P, incentive(x))  # E[1{s'=goal} + i_w(s')]
 
     def reward_jacobian(x: torch.Tensor) -> torch.Tensor:
+        # Σ_s' P(s'|s,a) ∂i_w(s')/∂w_j with ∂i_w(s')/∂w_j = −0.2 σ_s'(δ_s'j − σ_j), σ = softmax(w):
+        # −0.2 σ_j (P(j|s,a) − ⟨P(·|s,a), σ⟩), without the dense |S|×|S| product
         s = torch.softmax(x, -1)
-        dI = -0.2 * (torch.diag(s) - torch.outer(s, s))  # ∂i_w(s')/∂w
-        return torch.matmul(P, dI)  # [2, S, A, S(=dx)]
+        return -0.2 * (P - torch.matmul(P, s).unsqueeze(-1)) * s  # [2, S, A, S(=dx)]
 
     def cost(x: torch.Tensor) -> torch.Tensor:
         # loss = −U: −1 on arriving at the target, +β_reg‖i_w‖₁ on arriving at the goal

@@ -6,7 +6,8 @@
 - ``RLOracles`` / ``RLCounts`` (``oracles``): counted model access, value-iteration sweeps, sampled transitions
   and vectorised trajectory sampling.
 - ``SoftValueIteration``: the lower-level inner solver object.
-- ``solve_rl`` (``run``): the run loop ``bilevel.solve`` uses for RL problems.
+- ``solve_rl`` (``run``): the run loop ``bilevel.solve`` uses for RL problems; ``solve_rl_seeds``: several seeds
+  stepped together (HPGD vectorises them), each run as it would be alone.
 
 Solvers (``bilevel.solvers``): ``m_sobirl``, ``sobirl``, ``stoc_sobirl``, ``hpgd``, ``pbrl``, ``zeroth_order``.
 """
@@ -15,8 +16,8 @@ from .inner import SoftValueIteration
 from .mdp import SoftSolveError, soft_optimal, soft_policy, soft_q, soft_v, soft_vi
 from .oracles import RLCounts, RLOracles, Trajectories
 from .problem import RLProblem, RLTruth, TrajectoryLoss
-from .run import solve_rl
+from .run import solve_rl, solve_rl_seeds
 
 __all__ = ["RLCounts", "RLOracles", "RLProblem", "RLTruth", "SoftSolveError", "SoftValueIteration",
            "TrajectoryLoss", "Trajectories", "soft_optimal", "soft_policy", "soft_q", "soft_v", "soft_vi",
-           "solve_rl"]
+           "solve_rl", "solve_rl_seeds"]

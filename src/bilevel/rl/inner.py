@@ -14,7 +14,8 @@ from . import mdp as M
 class SoftValueIteration:
     """T sweeps of V ← τ logsumexp((r + γPV)/τ) from a warm start (stable log-sum-exp; vectorised over states
     and actions, batched over the leading MDP dimensions).  ``run(oracles, r, V)`` counts T sweeps per MDP;
-    ``policy(problem, r, V)`` is π = softmax((r + γPV)/τ) at the result."""
+    ``policy(problem, r, V)`` is π = softmax((r + γPV)/τ) at the result (the solvers call
+    ``RLOracles.policy``, the same map, which on a sparse kernel sums over the few next states only)."""
 
     sweeps: int = 10
 

@@ -234,7 +234,9 @@ class RLProblem:
         return out.expand(self.batch_shape) if out.dim() == 0 else out
 
     def upper_grads(self, x: Tensor, pi: Tensor) -> tuple[Tensor, Tensor]:
-        """(∇_x F, ∂F/∂π) at (x, π)."""
+        """(∇_x F, ∂F/∂π) at (x, π) (a trajectory loss: by its adjoint recursion, ``trajectory_value_and_grads``)."""
+        if self._upper is None:
+            return self.trajectory_value_and_grads(x, pi)[1:]
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             pg = pi.detach().requires_grad_(True)
@@ -242,27 +244,73 @@ class RLProblem:
             gx, gp = torch.autograd.grad(out, (xg, pg), allow_unused=True)
         return (torch.zeros_like(x) if gx is None else gx), (torch.zeros_like(pi) if gp is None else gp)
 
-    def expected_trajectory_loss(self, x: Tensor, pi: Tensor) -> Tensor:
-        """E_d[l(d; x)] exactly, one value per MDP: d_0 = ρ, flow_t(s, a, s') = d_t(s) π_sa P(s'|s, a) over
-        non-terminal s, value = Σ_{t<H} γ_f^t ⟨flow_t, c_x⟩, d_{t+1} = Σ_{s,a} flow_t (mass at terminal
+    def _occupancy(self, pi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(d_t for t < H stacked [H, ..., S], M, the discounts γ_f^t): d_0 = ρ on non-terminal states,
+        d_{t+1} = d_t M with M(s, s') = Σ_a π_sa P(s'|s, a) between non-terminal states (mass at terminal
         states leaves)."""
+        tr = self.trajectory
+        alive = (~self.terminal).to(self.dtype)
+        Mpi = M.policy_matrix(self.P, pi, self.terminal) * alive.unsqueeze(-2)
+        d = (self.rho * alive).expand(self.batch_shape + (self.n_states,))
+        ds = []
+        for _ in range(tr.horizon):
+            ds.append(d)
+            d = torch.matmul(d.unsqueeze(-2), Mpi).squeeze(-2)
+        disc = tr.gamma ** torch.arange(tr.horizon, dtype=self.dtype, device=self.device)
+        return torch.stack(ds), Mpi, disc
+
+    def expected_trajectory_loss(self, x: Tensor, pi: Tensor) -> Tensor:
+        """E_d[l(d; x)] exactly, one value per MDP: F = Σ_s D(s) c_π(s) with the discounted occupancy
+        D = Σ_{t<H} γ_f^t d_t (``_occupancy``) and c_π(s) = Σ_a π_sa Σ_s' P(s'|s, a) c_x(s, a, s') on
+        non-terminal s (differentiable in x and π)."""
         tr = self.trajectory
         if tr is None:
             raise ProblemError(f"problem {self.name!r} has no trajectory loss.")
         c = tr.cost(x)
         alive = (~self.terminal).to(self.dtype)
-        d = self.rho * alive
-        # Σ_{s'} P(s'|s,a) c(s,a,s'): the expected one-step cost of (s, a)
-        c_sa = (self.P * c).sum(-1)
-        Ppi = M.policy_matrix(self.P, pi, self.terminal)
-        cpi = (pi * c_sa).sum(-1) * alive
-        value = torch.zeros(self.batch_shape, dtype=self.dtype, device=self.device)
-        disc = 1.0
-        for _ in range(tr.horizon):
-            value = value + disc * (d * cpi).sum(-1)
-            d = torch.matmul(d.unsqueeze(-2), Ppi).squeeze(-2) * alive
-            disc *= tr.gamma
-        return value
+        cpi = (pi * (self.P * c).sum(-1)).sum(-1) * alive
+        dt, _, disc = self._occupancy(pi)
+        D = torch.tensordot(disc, dt, dims=1)
+        return (D * cpi).sum(-1)
+
+    def trajectory_value_and_grads(self, x: Tensor, pi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(F, ∇_x F, ∂F/∂π) of the exact trajectory loss F = mean over MDPs of Σ_{t<H} γ_f^t d_t·c_π, by its
+        adjoint (no autograd through the H steps): with λ_H = 0, λ_t = c_π + γ_f M λ_{t+1} (the cost-to-go)
+        and G = Σ_{t<H} γ_f^{t+1} d_t λ_{t+1}ᵀ (∂F/∂M),
+
+            ∂F/∂π_sa = [s alive] (D(s) c_sa + Σ_s' P(s'|s, a) [s' alive] G(s, s')),
+            ∂F/∂c(s, a, s') = [s alive] D(s) π_sa P(s'|s, a)   (then one VJP through c_x).
+
+        2H products with M per MDP (H = the horizon)."""
+        tr = self.trajectory
+        if tr is None:
+            raise ProblemError(f"problem {self.name!r} has no trajectory loss.")
+        x, pi = x.detach(), pi.detach()
+        alive = (~self.terminal).to(self.dtype)
+        with torch.enable_grad():
+            xg = x.requires_grad_(True)
+            c = tr.cost(xg)
+        Pc = (self.P * c.detach()).sum(-1)  # c_sa
+        cpi = (pi * Pc).sum(-1) * alive
+        dt, Mpi, disc = self._occupancy(pi)
+        D = torch.tensordot(disc, dt, dims=1)
+        value = (D * cpi).sum(-1)
+        lam = torch.zeros_like(cpi)
+        lams = []
+        for _ in range(tr.horizon):  # λ_H, …, λ_1: the cost-to-go after each step
+            lams.append(lam)
+            lam = cpi + tr.gamma * torch.matmul(Mpi, lam.unsqueeze(-1)).squeeze(-1)
+        after = torch.stack(lams[::-1])  # [H, ..., S]: λ_{t+1} for t = 0 … H − 1
+        weighted = dt * (tr.gamma * disc).view((-1,) + (1,) * (dt.dim() - 1))
+        G = torch.matmul(weighted.movedim(0, -1), after.movedim(0, -2))  # [..., S, S']
+        scale = 1.0 / self.n_contexts
+        gp = alive.unsqueeze(-1) * (Pc * D.unsqueeze(-1)
+                                    + torch.einsum("...sat,...st->...sa", self.P, G * alive.unsqueeze(-2)))
+        W = (D * alive).unsqueeze(-1).unsqueeze(-1) * pi.unsqueeze(-1) * self.P
+        with torch.enable_grad():
+            (gx,) = torch.autograd.grad((c * W).sum(), xg, allow_unused=True)
+        gx = torch.zeros_like(x) if gx is None else gx
+        return value.mean() if value.dim() else value, gx * scale, gp * scale
 
     # ---- ground truth -----------------------------------------------------------------------------
     def solve_lower(self, x: Tensor, V: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -278,10 +326,11 @@ class RLProblem:
         with torch.no_grad():
             return self.upper(x.detach(), pi)
 
-    def hypergradient_at(self, x: Tensor, pi: Tensor, w: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    def hypergradient_at(self, x: Tensor, pi: Tensor, w: Optional[Tensor] = None,
+                         grads: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor, Tensor]:
         """(∇φ estimate, w, G) at x for the policy π: with w None, w solves (I − γP_π)ᵀ w = b exactly
-        (exact when π = π*(x))."""
-        gx, G = self.upper_grads(x, pi)
+        (exact when π = π*(x)).  ``grads``: (∇_x F, ∂F/∂π) at (x, π) when already computed."""
+        gx, G = self.upper_grads(x, pi) if grads is None else grads
         live = (~self.terminal).unsqueeze(-1)
         G = G * live
         if w is None:
@@ -296,7 +345,11 @@ class RLProblem:
         """Exact φ(x) and ∇φ(x) (converged soft policy iteration, the |S|×|S| adjoint solve)."""
         x = x.detach()
         V, Q, pi = self.solve_lower(x, V)
-        grad, w, G = self.hypergradient_at(x, pi)
-        with torch.no_grad():
-            phi = self.upper(x, pi)
+        if self._upper is None:  # the trajectory loss's value comes with its gradients
+            phi, gx, G = self.trajectory_value_and_grads(x, pi)
+            grad, w, G = self.hypergradient_at(x, pi, grads=(gx, G))
+        else:
+            grad, w, G = self.hypergradient_at(x, pi)
+            with torch.no_grad():
+                phi = self.upper(x, pi)
         return RLTruth(phi=phi, grad=grad, V=V, Q=Q, pi=pi, w=w, G=G)

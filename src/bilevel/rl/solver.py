@@ -94,7 +94,23 @@ class RLSolver(Solver):
         result, on the kernel P (default: the problem's; SoBiRL passes a sampled one)."""
         r = o.reward(x)
         V = self.inner.run(o, r, V0, P)
-        return r, V, self.inner.policy(o.problem, r, V, P)
+        return r, V, o.policy(r, V, P)
+
+    def step_batch(self, states: list, oracles: list) -> list:
+        """One iteration of several runs of this solver on one problem (one state and one ``RLOracles`` per run,
+        e.g. one per seed): the next state of each, exactly (bit for bit) what ``step`` makes of it alone.
+        Here they step one after another; a solver whose iteration vectorises over runs (HPGD) overrides it."""
+        return [self.step(s, o, None) for s, o in zip(states, oracles)]
+
+    def best_response_batch(self, oracles: list, xs: list, Vs: list) -> tuple[Tensor, Tensor, Tensor]:
+        """``best_response`` for several runs at once (r, V, π with a leading run dimension): the sweeps of all
+        runs in one batched soft value iteration, counted per run; equal to each run's ``best_response``."""
+        p = oracles[0].problem
+        r = torch.stack([o.reward(x) for o, x in zip(oracles, xs)])
+        V = oracles[0].soft_vi(r, torch.stack(Vs), self.sweeps, count=False)
+        for o in oracles:
+            o.counts.sweeps += self.sweeps * p.n_contexts
+        return r, V, oracles[0].policy(r, V)
 
     def advance(self, state: RLState, x_k: Tensor, estimate: Tensor, V: Tensor, w: Optional[Tensor],
                 pi: Optional[Tensor], **extra: Any) -> RLState:
