@@ -14,6 +14,7 @@ estimate, and ``not_strongly_convex`` when the evidence persists (see ``solve``'
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -44,15 +45,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _read_step(state: Any, x: Tensor, y: Tensor, v: Optional[Tensor]) -> tuple[bool, bool]:
-    """(the iterate is finite, the inner gradient norm grew at every inner step) in one device read-back:
-    a sum is non-finite iff some entry is (or the values are astronomically large)."""
-    total = sum(t.sum() for t in (x, y, v) if t is not None)
+def _step_flags(state: Any, x: Tensor, y: Tensor, v: Optional[Tensor]) -> Tensor:
+    """[Σ(x, y, v), inner growth flag] of one step as a float64 device vector, read with the rest of its chunk
+    (no host read here): a sum is non-finite iff some entry is (or the values are astronomically large)."""
+    total = sum(t.sum() for t in (x, y, v) if t is not None).to(torch.float64)
     grew = getattr(state, "inner_growth", None)
     if grew is None:
-        return math.isfinite(float(total)), False
-    finite, flag = torch.stack([total.to(torch.float64), grew.to(torch.float64)]).tolist()
-    return math.isfinite(finite), bool(flag)
+        return total.reshape(1)
+    return torch.stack([total, torch.as_tensor(grew, device=total.device).to(torch.float64)])
+
+
+class _Chunk:
+    """The iterations stepped since the loop last read the device (see ``solve``: "Host reads").  Holds what
+    rewinds the run to the last finite iterate when the read finds a non-finite one: the state and the mutable
+    pieces (generator, outer optimizer, curvature watch) at the chunk's start, and per iteration its batches,
+    its flags (device), and the counts and solver time after it (host) — no iterate of the chunk is kept."""
+
+    __slots__ = ("start", "state", "generator", "outer", "watch", "batches", "flags", "counts", "elapsed")
+
+    def __init__(self) -> None:
+        self.start = -1
+        self.flags: list[Tensor] = []
+
+    def open(self, k: int, state: Any, generator: torch.Generator, watch: "_CurvatureWatch") -> None:
+        outer = getattr(state, "outer", None)
+        gens = [generator] + [g for g in (getattr(state, "generator", None),) if g is not None and g is not generator]
+        self.start, self.state, self.generator = k, state, [(g, g.get_state()) for g in gens]
+        self.outer = (outer, copy.deepcopy(outer.state_dict())) if outer is not None else None
+        self.watch = copy.copy(vars(watch))
+        self.watch["untrusted_below_tol"] = list(watch.untrusted_below_tol)
+        self.batches, self.flags, self.counts, self.elapsed = [], [], [], []
+
+    def add(self, batches: Any, flags: Tensor, counts: Counts, elapsed: float) -> None:
+        self.batches.append(batches)
+        self.flags.append(flags)
+        self.counts.append(counts.copy())
+        self.elapsed.append(elapsed)
+
+    def __len__(self) -> int:
+        return len(self.flags)
 
 
 #: dtypes whose rounding (about 3 and 2 significant digits) ruins second-order quantities
@@ -270,18 +301,74 @@ def solve(
         bar = tqdm(total=max_iter, initial=min(first, max_iter), desc=f"{solver.name} on {problem.name}", unit="it",
                    dynamic_ncols=True)
 
+    chunk = _Chunk()
+
+    def read() -> bool:
+        """The chunk's one host read: every iterate since the last read finite?  (Their inner-growth flags are
+        counted here.)  If not, the run is rewound to the last finite iterate — the chunk's start replayed up
+        to it, exactly, with throw-away counts — and ends ``diverged`` there, as a read after every step would
+        have; True then."""
+        nonlocal state, last_good, done, status, message, elapsed
+        if not len(chunk):
+            return False
+        if device.type == "cuda":  # the chunk's device work is the solver's time
+            t0 = time.perf_counter()
+            _sync(device)
+            elapsed += time.perf_counter() - t0
+        values = torch.cat(chunk.flags).tolist()
+        rows, at = [], 0
+        for flags in chunk.flags:  # numel is metadata: no read
+            rows.append(values[at:at + flags.numel()])
+            at += flags.numel()
+        chunk.flags = []
+        bad = next((i for i, row in enumerate(rows) if not math.isfinite(row[0])), None)
+        if bad is None:
+            for i, row in enumerate(rows):
+                if len(row) > 1 and row[1]:
+                    watch.inner_growth += 1
+                    watch.last_growth = chunk.start + i
+            return False
+        for gen, saved in chunk.generator:
+            gen.set_state(saved)
+        if chunk.outer is not None:
+            chunk.outer[0].load_state_dict(chunk.outer[1])
+        for name, value in chunk.watch.items():
+            setattr(watch, name, value)
+        replay, good = CountingOracles(user_oracles, Counts()), chunk.state
+        for i in range(bad):
+            good = bound.step(good, replay, chunk.batches[i])
+            watch.record(chunk.start + i, good, len(rows[i]) > 1 and bool(rows[i][1]))
+        after = chunk.counts[bad]  # the counts and solver time include the step that failed, as they always did
+        for f in dataclasses.fields(counts):
+            setattr(counts, f.name, getattr(after, f.name))
+        elapsed = chunk.elapsed[bad]
+        k_bad = chunk.start + bad
+        state, last_good, done, status = good, good, k_bad, "diverged"
+        message = _diverged_message(k_bad, bound, problem, good, chunk.batches[bad], user_oracles)
+        return True
+
     def iteration(k: int) -> bool:
         """One outer iteration: step, checks, evaluation, callbacks; True when the run stops here."""
         nonlocal state, last_good, done, status, message, elapsed, interrupted
-        _sync(device)
+        if not len(chunk):
+            _sync(device)  # an evaluation's device work is not the solver's time
+            chunk.open(k, state, generator, watch)
+        last = k == max_iter - 1
+        evaluated = k % eval_every == 0 or last
+        # a decision on the host is due after this step: an evaluation, per-iteration callbacks (they get a
+        # checked state), the ranks' agreement; otherwise the checks wait on the device
+        due = evaluated or bool(per_iteration) or coord is not None
         start = time.perf_counter()
         batches_k = stream(k)
         try:
             new_state = bound.step(state, oracles, batches_k)
-            _sync(device)
+            if due:
+                _sync(device)
         except KeyboardInterrupt:
             # Ctrl-C: keep everything done so far (the interrupted step is dropped) and return normally
             elapsed += time.perf_counter() - start
+            if read():  # an iterate of the chunk was already non-finite: the run had diverged
+                return True
             interrupted, status = True, "stopped"
             message = (f"interrupted (KeyboardInterrupt) during iteration {k}; the {done} completed "
                        "iterations and their history are kept.")
@@ -290,19 +377,19 @@ def solve(
                 history.append({"iteration": done - 1, "time": elapsed, **counted(),
                                 **evaluate(x_k, y_k, v_k)})
             return True
+        except Exception:
+            if read():  # a step from a non-finite iterate failed: report the divergence, as before
+                return True
+            raise
         elapsed += time.perf_counter() - start
         x_k, y_k, v_k = new_state.iterate
-        finite, grew = _read_step(new_state, new_state.x, y_k, v_k)
-        if not finite:
-            status = "diverged"
-            message = _diverged_message(k, bound, problem, last_good, batches_k, user_oracles)
-            return True
-        watch.record(k, new_state, grew)
+        chunk.add(batches_k, _step_flags(new_state, new_state.x, y_k, v_k), counts, elapsed)
+        watch.record(k, new_state, False)  # its inner-growth flag is counted at the read
         state, last_good, done = new_state, new_state, k + 1
+        if due and read():
+            return True
         if bar is not None:
             bar.update(1)
-        last = k == max_iter - 1
-        evaluated = k % eval_every == 0 or last
         if evaluated:
             try:
                 row = {"iteration": k, "time": elapsed, **counted(), **evaluate(x_k, y_k, v_k),
@@ -338,11 +425,15 @@ def solve(
             for cb in per_iteration:
                 cb.on_iteration(k, handle)
         if watch.persistent:
+            if read():
+                return True
             status, message = "not_strongly_convex", watch.stop_message(bound)
             if not evaluated:
                 history.append({"iteration": k, "time": elapsed, **counted(), **evaluate(x_k, y_k, v_k)})
             return True
         if max_time is not None and elapsed >= max_time:
+            if read():
+                return True
             status = "max_time"
             message = f"solver time {elapsed:.3f} s reached max_time={max_time:g} at iteration {k}."
             if not (k % eval_every == 0 or last):
