@@ -41,3 +41,23 @@ def test_one_read_back_per_galerkin_step(dtype, monkeypatch):
     assert info.events == () and state.j == 4
     assert ops.scalar_reads == 0
     assert calls == [3 + 4]  # α, β, ‖u‖ and the 4 projections, one read-back
+
+
+@pytest.mark.parametrize("mode", ["residual", "plain"])
+def test_a_restart_adds_one_read_back(mode, monkeypatch):
+    """A restart reads ‖r‖ and ‖b‖ together (issue 15: they were two reads): two reads in all at a restart."""
+    A = spd_matrix(40, 10.0, 0)
+    b = torch.randn(40, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    solver = Lanczos(m=3, mode=mode)
+    state = solver.init(b)
+    first = 3 if mode == "residual" else 0  # residual: the full basis restarts (w = A v̄ ≠ 0); plain: the first call
+    for k in range(first):
+        _, state, _ = solver.solve(A.__matmul__, b, state, k=k)
+    assert solver.restarts_at(state, first)
+    reads = []
+    original = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append("tolist") or original(self))
+    with _Ops() as ops:
+        _, state, info = solver.solve(A.__matmul__, b, state, k=first)
+    assert "restart" in info.events and info.matvecs == (2 if mode == "residual" else 1)
+    assert ops.scalar_reads + len(reads) == 2

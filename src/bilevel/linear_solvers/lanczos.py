@@ -372,7 +372,7 @@ class Lanczos(LinearSolver):
 
         if self.restarts_at(state, k):
             if plain:
-                base, base_norm = b, float(torch.linalg.vector_norm(b))
+                base = b
             else:
                 st.vbar = st.v
                 if st.v_is_zero:
@@ -389,9 +389,15 @@ class Lanczos(LinearSolver):
             if not plain:
                 # r = b − w formed in q_1's slot, normalised there below: no dy-sized temporary
                 base = b if st.w_is_zero else torch.sub(b, st.w, out=Q[0])
-                base_norm = float(torch.linalg.vector_norm(base))
+            # the restart's one host read (‖r‖ and ‖b‖ together): whether to skip it is decided before the
+            # Lanczos step's product is spent (a skipped restart makes none)
+            b_norm_t = torch.linalg.vector_norm(b)
+            if base is b:
+                base_norm = b_norm = float(b_norm_t)
+            else:
+                base_norm, b_norm = torch.stack([torch.linalg.vector_norm(base), b_norm_t]).tolist()
             st.j, st.alpha, st.beta, st.beta_next, st.has_next = 0, [], [], 0.0, False
-            if not (base_norm > eps_r * float(torch.linalg.vector_norm(b))) or not math.isfinite(base_norm):
+            if not (base_norm > eps_r * b_norm) or not math.isfinite(base_norm):
                 # nothing to correct (or b = 0): keep v̄ and try again next iteration
                 st.restart_pending = True
                 if plain:
@@ -436,7 +442,10 @@ class Lanczos(LinearSolver):
             for _ in range(2):  # twice is enough (Kahan–Parlett)
                 basis = st.Q[: j + 1]
                 torch.sub(omega, basis.T @ (basis @ omega), out=nxt)
-        # one read-back for the scalars of the step (α_j, β_{j+1}, ‖u‖) and, for the Galerkin solve, Q_jᵀ r_k
+        # the step's one host read: the scalars (α_j, β_{j+1}, ‖u‖) and, for the Galerkin solve, Q_jᵀ r_k.  It
+        # stays because the breakdown test decides whether q_{j+1} exists and the O(j) tridiagonal solve with its
+        # pivot guards (``_tridiagonal``) runs on the host in float64: j scalar kernels per step on the device
+        # would cost more than the read, and would not give the same bits
         scalars = [a_t, torch.linalg.vector_norm(omega if wide else omega.double()), u_norm]
         early = self.subproblem == "galerkin"  # rows Q_j are final before q_{j+1} is formed
         if early:
