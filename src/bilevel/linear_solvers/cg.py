@@ -44,6 +44,11 @@ def _dot(a: Tensor, b: Tensor) -> float:
     return float(torch.dot(a.reshape(-1), b.reshape(-1)))
 
 
+def _dot_t(a: Tensor, b: Tensor) -> Tensor:
+    """aᵀb on the device, as float64 (the host's float of it, without the read)."""
+    return torch.dot(a.reshape(-1), b.reshape(-1)).to(torch.float64)
+
+
 @dataclass(frozen=True)
 class CGState:
     """v: current estimate.  v_is_zero: v is exactly 0, so A v is skipped.
@@ -140,8 +145,16 @@ class CG(LinearSolver):
         else:
             v = state.v
             r, matvecs = b - matvec(v).detach(), 1
-        rr = _dot(r, r)
-        stop = self.rtol * float(torch.linalg.vector_norm(b)) if self.rtol is not None else 0.0
+        # Host reads: one at the start (rᵀr, and ‖b‖ for rtol) and one per CG step (pᵀz with the new rᵀr).  Each
+        # step's read decides whether the next product is spent (an indefinite or non-finite pᵀAp, a non-finite or
+        # converged residual end the call without it), so the products and v are those of plain CG; the step's
+        # update of r runs on the device before the read, with a = rᵀr / pᵀz in float64 as on the host.
+        rr_t = _dot_t(r, r)
+        if self.rtol is not None:
+            rr, b_norm = torch.stack([rr_t, torch.linalg.vector_norm(b).to(torch.float64)]).tolist()
+            stop = self.rtol * b_norm
+        else:
+            rr, stop = float(rr_t), 0.0
         moved = False
         curvature = None
         coefficients: list[tuple[float, float]] = []
@@ -154,7 +167,10 @@ class CG(LinearSolver):
             for _ in range(self.steps):
                 z = matvec(p).detach()
                 matvecs += 1
-                pz = _dot(p, z)
+                pz_t = _dot_t(p, z)
+                r_new = r - (rr_t / pz_t) * z  # (unused when the read below ends the call)
+                rr_new_t = _dot_t(r_new, r_new)
+                pz, rr_new = torch.stack([pz_t, rr_new_t]).tolist()
                 if not (math.isfinite(pz) and pz > 0.0):
                     events.append("indefinite")  # A is not SPD along p: keep the last good v
                     if math.isfinite(pz):
@@ -163,8 +179,6 @@ class CG(LinearSolver):
                                               pz / pp if pp > 0 else pz)
                     break
                 a = rr / pz
-                r_new = r - a * z
-                rr_new = _dot(r_new, r_new)
                 if not math.isfinite(rr_new):
                     events.append("nonfinite")
                     break
@@ -175,7 +189,7 @@ class CG(LinearSolver):
                     events.append("converged")
                     break
                 p = r + (rr_new / rr) * p
-                rr = rr_new
+                rr, rr_t = rr_new, rr_new_t
         new_state = replace(
             state, v=v, v_is_zero=from_zero and not moved, residual_norm=math.sqrt(rr) if math.isfinite(rr) else rr,
             coefficients=tuple(coefficients),

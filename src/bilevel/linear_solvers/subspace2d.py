@@ -46,9 +46,9 @@ from ..auto_steps import is_auto
 from .base import LINEAR_SOLVERS, Curvature, LinearSolver, MatVec, SolveInfo, initial_v, known_zero
 
 
-def _dot64(a: Tensor, b: Tensor) -> float:
-    # Entries of the 2x2 system are accumulated in float64 even for float32 vectors.
-    return float(torch.dot(a.reshape(-1).to(torch.float64), b.reshape(-1).to(torch.float64)))
+def _dot64_t(a: Tensor, b: Tensor) -> Tensor:
+    # Entries of the 2x2 system are accumulated in float64 even for float32 vectors (kept on the device).
+    return torch.dot(a.reshape(-1).to(torch.float64), b.reshape(-1).to(torch.float64))
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,12 @@ class Subspace2D(LinearSolver):
     ) -> tuple[Tensor, Subspace2DState, SolveInfo]:
         self.require_resolved()
         b = b.detach()
-        bnorm = float(torch.linalg.vector_norm(b.to(torch.float64)))
+        # Host reads (three per call, one before each decision that spends or skips a product): ‖b‖ (b = 0 or
+        # non-finite: no product at all); ‖p‖ with ‖w2‖ (p non-finite: stop; collinear: no product for w2);
+        # H with its Cholesky solve.  The Gram–Schmidt coefficients and the entries of H stay on the device in
+        # float64, the values the host had.
+        bnorm_t = torch.linalg.vector_norm(b.to(torch.float64))
+        bnorm = float(bnorm_t)
         if bnorm == 0.0:
             # The minimiser over any subspace is 0: the product for p would be wasted.
             return self._finish(state, torch.zeros_like(b), 0, 0, ("zero_rhs",))
@@ -143,39 +148,45 @@ class Subspace2D(LinearSolver):
         w1 = b / bnorm
         w2: Optional[Tensor] = None
         if p is not None:
-            pnorm = float(torch.linalg.vector_norm(p.to(torch.float64)))
+            w2 = p - _dot64_t(w1, p) * w1
+            w2 = w2 - _dot64_t(w1, w2) * w1  # second pass: orthogonal to working precision
+            pnorm, w2norm = torch.stack([torch.linalg.vector_norm(p.to(torch.float64)),
+                                         torch.linalg.vector_norm(w2.to(torch.float64))]).tolist()
             if not math.isfinite(pnorm):
                 return self._finish(state, state.v, matvecs, 0, ("nonfinite",), keep=True)
-            if pnorm > 0.0:
-                w2 = p - _dot64(w1, p) * w1
-                w2 = w2 - _dot64(w1, w2) * w1  # second pass: orthogonal to working precision
-                w2norm = float(torch.linalg.vector_norm(w2.to(torch.float64)))
-                if w2norm <= self.eps * pnorm or w2norm == 0.0:
-                    w2 = None
-                    events.append("collinear")
-                else:
-                    w2 = w2 / w2norm
+            if not pnorm > 0.0:
+                w2 = None
+            elif w2norm <= self.eps * pnorm or w2norm == 0.0:
+                w2 = None
+                events.append("collinear")
+            else:
+                w2 = w2 / w2norm
 
         aw1 = matvec(w1).detach()
         matvecs += 1
-        h11 = _dot64(w1, aw1)
+        h11_t = _dot64_t(w1, aw1)
         if w2 is not None:
             aw2 = matvec(w2).detach()
             matvecs += 1
-            h12 = 0.5 * (_dot64(w1, aw2) + _dot64(w2, aw1))  # symmetrise H
-            h22 = _dot64(w2, aw2)
-            h = torch.tensor([[h11, h12], [h12, h22]], dtype=torch.float64)
-            chol, info = torch.linalg.cholesky_ex(h)
-            if int(info) == 0 and bool(torch.isfinite(chol).all()):
-                rhs = torch.tensor([[bnorm], [0.0]], dtype=torch.float64)
-                z = torch.cholesky_solve(rhs, chol).reshape(-1).tolist()
+            h12_t = 0.5 * (_dot64_t(w1, aw2) + _dot64_t(w2, aw1))  # symmetrise H
+            h22_t = _dot64_t(w2, aw2)
+            chol, info = torch.linalg.cholesky_ex(torch.stack([h11_t, h12_t, h12_t, h22_t]).reshape(2, 2))
+            rhs = torch.stack([bnorm_t, torch.zeros_like(bnorm_t)]).reshape(2, 1)
+            z_t = torch.cholesky_solve(rhs, chol).reshape(-1)  # (read only when the factorisation succeeded)
+            h11, h12, h22, failed, finite, *z = torch.cat([
+                torch.stack([h11_t, h12_t, h22_t, info.to(torch.float64), torch.isfinite(chol).all().to(torch.float64)]),
+                z_t]).tolist()
+            if failed == 0 and finite:
                 if all(math.isfinite(t) for t in z):
                     return self._finish(state, z[0] * w1 + z[1] * w2, matvecs, 2, tuple(events),
                                         h=(h11, h12, h22))
             events.append("indefinite")
-            if bool(torch.isfinite(h).all()):
+            if all(math.isfinite(t) for t in (h11, h12, h22)):
+                h = torch.tensor([[h11, h12], [h12, h22]], dtype=torch.float64)  # host values, on the CPU
                 lowest = float(torch.linalg.eigvalsh(h)[0])  # H = WᵀAW: its eigenvalues lie in [λ_min, λ_max]
                 curvature = Curvature("SubBiO: the smallest eigenvalue of the 2×2 system H = WᵀAW", lowest)
+        else:
+            h11 = float(h11_t)
         # One-dimensional solve: the exact line search along b, z = ‖b‖ / (w1ᵀA w1).
         if math.isfinite(h11) and h11 > 0.0:
             return self._finish(state, (bnorm / h11) * w1, matvecs, 1, tuple(events), curvature=curvature, h=(h11,))
