@@ -1,10 +1,13 @@
 """``solve(problem, solver, ...) -> Result``: the front door.
 
-The loop times only the solver's steps (the device is synchronised before the clock is read) and
-evaluates metrics between steps with uncounted oracles, so time and oracle counts never include
-evaluation.  A non-finite iterate ends the run with status ``diverged`` and keeps the last finite
-iterate and the history so far; the failing step is then replayed once with oracles that check every
-result, to name the oracle that produced the first non-finite value (never in the hot path).
+The loop times only the solver's steps (on a GPU the device is synchronised once per evaluation chunk,
+before the clock is read) and evaluates metrics between steps with uncounted oracles, so time and oracle
+counts never include evaluation.  A non-finite iterate ends the run with status ``diverged`` and keeps the
+last finite iterate and the history so far; the failing step is then replayed once with oracles that check
+every result, to name the oracle that produced the first non-finite value (never in the hot path).
+
+Host reads.  Between evaluations the loop reads nothing from the device: each step's checks (finiteness of
+(x, y, v), the inner-growth flag) are queued there and read in one read per evaluation chunk (see ``solve``).
 
 Curvature.  AID solvers report the v-solver's curvature evidence per step (``state.curvature``: a Ritz
 value, pᵀAp, SubBiO's 2×2 system, a Rayleigh quotient ≤ 0, or below ``mu_lb``) and whether the v of the
@@ -122,7 +125,8 @@ def solve(
     about 1e-2 in bfloat16, 1e-3 in float16, 1e-7 in float32), so metrics and statuses are unreliable.
 
     Args:
-        max_iter: outer iterations K.   max_time: stop after this much solver time (seconds).
+        max_iter: outer iterations K.   max_time: stop after this much solver time (seconds; on a GPU
+            checked against the host's clock between evaluations, see "Host reads").
         eval_every: evaluate every this many iterations (and after the last one).
         seed: seeds the solver's own draws (random v_0, TTSA's truncation, ...).
         tol: stop with ``converged`` once the hypergradient norm at an evaluation is ≤ tol (the true
@@ -163,6 +167,25 @@ def solve(
             not strongly convex where the iterates are, every solve meets it.  Either way ``converged`` is
             only reported on an estimate whose solve saw no evidence, and the message says how often the
             fallback was used.
+
+    Host reads (issue 15).  The loop itself reads the device once per evaluation chunk, not once per
+    iteration: each step's checks — Σ(x, y, v) (finite iff every entry is) and the inner-growth flag — stay on
+    the device as a float64 vector and are read together at the chunk's end: an evaluation (every
+    ``eval_every`` iterations and the last), or any stop (``tol``, callbacks, curvature evidence,
+    ``max_time``, Ctrl-C, an exception in a step).  A per-iteration callback (``on_iteration``: it gets a
+    checked state) and a data-parallel run (the ranks' agreement) make every iteration a chunk end.  The
+    decisions are those of a read after every step: when the read finds a non-finite iterate at iteration
+    k of the chunk, the run is rewound — the chunk's first state is kept, with the generator, the ``outer``
+    optimizer and the curvature watch as they were — and its iterations before k are replayed exactly
+    (throw-away counts; on the CPU bit for bit), so the run ends ``diverged`` at k with the last finite
+    iterate, the counts and solver time through step k, and the same message; the chunk costs no memory but
+    its batches.  Curvature evidence and ``max_time`` need no device read (the v-solver reports evidence as
+    host values; the clock is the host's): on the CPU they stop at the same iteration as before; on a GPU the
+    clock between two chunk ends counts the host's time, so ``max_time`` may be noticed a few iterations
+    after the device got there (the reported time is synchronised).  The v-solvers' own reads remain: one
+    per step where a host value decides whether a product is spent or feeds the float64 tridiagonal / 2×2
+    solve (Lanczos 1 per step + 1 per restart; SubBiO 3; CG 1 + Q; gd/Neumann 1), each justified where
+    it is made; ``tests/test_host_syncs.py`` pins the counts.
 
     Statuses: ``converged`` (tol met on a trusted estimate), ``max_iter``, ``max_time``, ``stopped``
     (callback or Ctrl-C), ``diverged`` (a non-finite iterate or evaluation; the message names the oracle

@@ -115,6 +115,15 @@ def _zeros_like(b: Tensor) -> Tensor:
     return b.new_zeros(()).expand(b.shape)
 
 
+def _to_device(values: list, like: Tensor) -> Tensor:
+    """Host floats as a vector on ``like``'s device and dtype.  On CUDA through pinned memory without blocking:
+    a copy from pageable memory would synchronise the stream (a second sync per step after the step's read)."""
+    host = torch.tensor(values, dtype=like.dtype)
+    if like.device.type != "cuda":
+        return host if like.device.type == "cpu" else host.to(like.device)
+    return host.pin_memory().to(like.device, non_blocking=True)
+
+
 def _tridiagonal(alpha: tuple, beta: tuple) -> Tensor:
     t = torch.diag(torch.tensor(alpha, dtype=torch.float64))
     if len(alpha) > 1:
@@ -513,7 +522,7 @@ class Lanczos(LinearSolver):
             v = torch.zeros_like(b) if plain else st.vbar
             st.v, st.v_is_zero = v, plain or st.v_is_zero
             return v, self._freeze(st, k), SolveInfo(matvecs, tuple(events), j, curvature)
-        dv = st.Q[:j].T @ torch.tensor(s, dtype=b.dtype, device=b.device)
+        dv = st.Q[:j].T @ _to_device(s, b)
         if self.mu_lb is not None and (float(torch.linalg.vector_norm(dv))
                                        > float(torch.linalg.vector_norm(self._residual(b, st, plain))) / self.mu_lb):
             events.append("discarded")
