@@ -168,6 +168,10 @@ ROWS = [
         proc=True, needs="distributed", env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}),
     Row("n-jobs-zero", B + ("{files}/ok.yaml", "--out", "{dir}/o", "--n-jobs", "0"), 2,
         r"n_jobs \(--n-jobs\) must be a positive integer; got 0\."),
+    Row("devices-unknown (new)", B + ("{files}/ok.yaml", "--out", "{dir}/o", "--devices", "cpu,gpu"), 2,
+        r"^bilevel: devices \(--devices\): unknown device 'gpu' — use 'cpu', 'cuda' or 'cuda:N'"),
+    Row("devices-no-cuda (new)", B + ("{files}/ok.yaml", "--out", "{dir}/o", "--devices", "cuda:99"), 2,
+        r"^bilevel: devices \(--devices\): device 'cuda:99'"),
     Row("scheduler-with-sequential", B + ("{files}/ok.yaml", "--out", "{dir}/o", "--backend", "sequential",
                                           "--scheduler", "tcp://h:1"), 2, r"--scheduler is for the dask and ray"),
     # --- the results folder: one experiment, resumed; damaged runs redone ---

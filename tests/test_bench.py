@@ -533,3 +533,39 @@ def test_minibatch_sweep_end_to_end(tmp_path):
     assert "| iterations | HVPs | samples seen | epochs | solver time (s) |" in text
     soba = next(line for line in text.splitlines() if line.startswith("| SOBA |"))
     assert f"| {metas['SOBA']['counts']['samples']} |" in soba
+
+
+def test_devices_one_per_run_at_a_time(tmp_path):
+    """devices=: every run holds one device slot alone while it runs and is built there; the device is not
+    part of the run's identity, so the runs and their numbers are those of a sweep without it."""
+    out, plain = str(tmp_path / "dev"), str(tmp_path / "plain")
+    summary = run_sweep(parse(TINY), out, devices=["cpu", "cpu"], progress=False)  # 2 workers, 2 slots
+    assert summary.ran == 6 and summary.statuses == {"max_iter": 6}
+    run_sweep(parse(TINY), plain, n_jobs=1, progress=False)
+    for folder in sorted(glob.glob(os.path.join(out, "runs", "*"))):
+        meta = storage.read_meta(folder)
+        assert meta["device"] == "cpu"
+        twin = storage.run_dir(plain, meta["run_id"])
+        cols, cols1 = storage.read_history(folder, meta), storage.read_history(twin, storage.read_meta(twin))
+        assert {k: v for k, v in cols.items() if k != "time"} == {k: v for k, v in cols1.items() if k != "time"}
+    assert sorted(os.listdir(os.path.join(out, ".devices"))) == ["0.lock", "1.lock"]
+
+
+def test_device_lease_is_exclusive(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bilevel.bench.runner import _DeviceLease
+
+    out = str(tmp_path)
+    with _DeviceLease(out, ["cuda:0", "cuda:1"], 0) as a, _DeviceLease(out, ["cuda:0", "cuda:1"], 0) as b:
+        assert (a.device, b.device) == ("cuda:0", "cuda:1")  # the second skips the busy slot
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(lambda: _DeviceLease(out, ["cuda:0", "cuda:1"], 1).__enter__())
+            time.sleep(0.3)
+            assert not waiting.done()  # every slot busy: it waits
+            b.__exit__(None, None, None)
+            third = waiting.result(timeout=10)
+            assert third.device == "cuda:1"
+            third.__exit__(None, None, None)
+    with pytest.raises(ValueError, match=r"devices \(--devices\) must be a non-empty list"):
+        run_sweep(parse(TINY), str(tmp_path / "o"), devices="cuda:0", progress=False)

@@ -590,7 +590,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         experiment = load(args.config, overrides)
         summary = run_sweep(experiment, args.out, backend=args.backend, n_jobs=args.n_jobs, scheduler=args.scheduler,
                             progress=not args.no_progress, retry_failed=args.retry_failed,
-                            add_experiment=args.add_experiment)
+                            add_experiment=args.add_experiment,
+                            devices=[d.strip() for d in args.devices.split(",")] if args.devices else None)
     except SweepInterrupted as stop:
         again = ["bilevel", "bench", args.config, "--out", args.out]
         for item in args.set or ():
@@ -601,6 +602,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             again += ["--scheduler", args.scheduler]
         if args.n_jobs:
             again += ["--n-jobs", str(args.n_jobs)]
+        if args.devices:
+            again += ["--devices", args.devices]
         print(f"bilevel: interrupted: {stop.finished} of {stop.total} runs are finished and kept ({stop.ran} "
               f"finished in this session); resume with the same command: {shlex.join(again)}", file=sys.stderr)
         return 130
@@ -777,6 +780,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n-jobs", type=int, default=None,
                        help="runs in parallel (default: the CPU count); results do not depend on it: each "
                             "run uses run.threads torch threads (default 1), set in the config")
+    bench.add_argument("--devices", default=None, metavar="DEV[,DEV…]",
+                       help="torch devices for the runs, e.g. cuda:0,cuda:1: each run holds one alone while it "
+                            "runs (the problem is built there); --n-jobs defaults to their number (default: "
+                            "none, the problem's own device)")
     bench.add_argument("--retry-failed", action="store_true",
                        help="re-run the runs recorded as failed (default: keep them)")
     bench.add_argument("--set", action="append", metavar="PATH=VALUE",

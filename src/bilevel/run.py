@@ -62,7 +62,7 @@ class _Chunk:
     """The iterations stepped since the loop last read the device (see ``solve``: "Host reads").  Holds what
     rewinds the run to the last finite iterate when the read finds a non-finite one: the state and the mutable
     pieces (generator, outer optimizer, curvature watch) at the chunk's start, and per iteration its batches,
-    its flags (device), and the counts and solver time after it (host) — no iterate of the chunk is kept."""
+    its flags (device), and the counts and solver time after it (host) — no later iterate of the chunk."""
 
     __slots__ = ("start", "state", "generator", "outer", "watch", "batches", "flags", "counts", "elapsed")
 
@@ -178,8 +178,9 @@ def solve(
     k of the chunk, the run is rewound — the chunk's first state is kept, with the generator, the ``outer``
     optimizer and the curvature watch as they were — and its iterations before k are replayed exactly
     (throw-away counts; on the CPU bit for bit), so the run ends ``diverged`` at k with the last finite
-    iterate, the counts and solver time through step k, and the same message; the chunk costs no memory but
-    its batches.  Curvature evidence and ``max_time`` need no device read (the v-solver reports evidence as
+    iterate, the counts and solver time through step k, and the same message.  Memory: until its read, a
+    chunk holds its first state (x, y, v and the v-solver's state: a Lanczos basis buffer that a restart
+    within the chunk would otherwise free) and each iteration's batches, no other iterate.  Curvature evidence and ``max_time`` need no device read (the v-solver reports evidence as
     host values; the clock is the host's): on the CPU they stop at the same iteration as before; on a GPU the
     clock between two chunk ends counts the host's time, so ``max_time`` may be noticed a few iterations
     after the device got there (the reported time is synchronised).  The v-solvers' own reads remain: one

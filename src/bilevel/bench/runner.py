@@ -115,13 +115,24 @@ def environment() -> dict:
     }
 
 
-def execute(spec: dict, out: str, commit: Optional[str]) -> dict:
+def execute(spec: dict, out: str, commit: Optional[str], devices: Optional[Sequence[str]] = None,
+            first: int = 0) -> dict:
     """Run one specification and store it; returns its metadata.  Never raises for a run's own error;
     ``spec["batches"]`` (a ``MiniBatch.to_dict()``, or None for full batch) is the run's batch source;
     Ctrl-C (``KeyboardInterrupt``) stores nothing and propagates, so the run counts as not finished.
     Warnings the run raises go to ``meta["warnings"]`` (the report lists them) rather than mid-sweep stderr.
 
-    The run uses ``spec["limits"]["threads"]`` torch threads (the caller's count is restored after)."""
+    The run uses ``spec["limits"]["threads"]`` torch threads (the caller's count is restored after).  With
+    ``devices`` the run holds one of them alone while it runs (``_DeviceLease``; tried from slot ``first``)
+    and builds its problem there (its ``device`` option; recorded as ``meta["device"]``, not part of the run's
+    identity: the same run on another device is the same run)."""
+    if devices:
+        with _DeviceLease(out, devices, first) as lease:
+            return _execute(spec, out, commit, lease.device)
+    return _execute(spec, out, commit, None)
+
+
+def _execute(spec: dict, out: str, commit: Optional[str], device: Optional[str]) -> dict:
     import torch
 
     from ..problems import get_problem
@@ -142,6 +153,10 @@ def execute(spec: dict, out: str, commit: Optional[str]) -> dict:
         popts = {k: decode(v) for k, v in spec["problem_options"].items()}
         if "seed" not in popts and "seed" in _params(spec["problem"]):
             popts["seed"] = spec["seed"]
+        if device is not None:
+            meta["device"] = device
+            if "device" in _params(spec["problem"]):
+                popts["device"] = device
         problem = get_problem(spec["problem"], **popts)
         solver = get_solver(spec["solver"], **{k: decode(v) for k, v in spec["solver_options"].items()})
         batches = MiniBatch.from_dict(spec["batches"]) if spec.get("batches") else None  # None: full batch
@@ -281,14 +296,18 @@ def run_sweep(
     retry_failed: bool = False,
     add_experiment: bool = False,
     on_redo=None,
+    devices: Optional[Sequence[str]] = None,
 ) -> SweepSummary:
     """Execute every run of the experiment not already finished under ``out``.
 
     ``on_redo(run_id, why)`` is called for each finished run whose files are damaged (it is redone);
-    by default a line goes to stderr.  Raises :class:`SpecMismatch`, :class:`BackendError`, ``ValueError``
+    by default a line goes to stderr.  ``devices`` (e.g. ``["cuda:0", "cuda:1"]``): each run holds one of them
+    alone while it runs, so ``n_jobs`` workers (default: one per device) never share a device; a name given
+    twice is two slots on that device.  Raises :class:`SpecMismatch`, :class:`BackendError`, ``ValueError``
     (bad arguments) before running anything, and :class:`SweepInterrupted` on Ctrl-C."""
     experiment = _as_experiment(specs)
     _check_backend(backend, scheduler, n_jobs)
+    devices = _check_devices(devices)
     os.makedirs(out, exist_ok=True)
     record = register(out, experiment, add=add_experiment)
     os.makedirs(os.path.join(out, storage.RUNS), exist_ok=True)
@@ -311,14 +330,14 @@ def run_sweep(
         else:
             todo.append(spec)
     commit = git_commit()
-    jobs = n_jobs or (os.cpu_count() or 1)
+    jobs = n_jobs or (len(devices) if devices else (os.cpu_count() or 1))
     statuses: dict[str, int] = {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(experiment), initial=skipped, desc="runs", unit="run", dynamic_ncols=True)
-    results = _dispatch(todo, out, commit, backend, jobs, scheduler)
+    results = _dispatch(todo, out, commit, backend, jobs, scheduler, devices)
     ran = 0
     try:
         for meta in results:
@@ -378,16 +397,70 @@ def _stop(results, bar, out: str) -> None:
             signal.signal(signal.SIGINT, previous)
 
 
-def _dispatch(todo, out, commit, backend, jobs, scheduler):
+def _check_devices(devices: Any) -> Optional[list[str]]:
+    """``devices`` as a list of device names this torch can compute on (None: none given); one-line errors."""
+    if devices is None:
+        return None
+    if isinstance(devices, str) or not isinstance(devices, (list, tuple)) or not devices:
+        raise ValueError(f"devices (--devices) must be a non-empty list of torch devices, e.g. ['cuda:0', 'cuda:1'] "
+                         f"(--devices cuda:0,cuda:1); got {devices!r}.")
+    from ..problem import check_device
+
+    return [str(check_device("devices (--devices)", d)) for d in devices]
+
+
+class _DeviceLease:
+    """One device of ``devices`` held by this run alone while it runs: slot i is locked through the file
+    ``<out>/.devices/<i>.lock`` (``fcntl.flock``: released by the OS if the worker dies), tried from
+    ``first`` on, waiting when every slot is busy.  So n workers on n devices never share one, whichever
+    worker takes which run.  Without ``fcntl`` (Windows) the run takes slot ``first``."""
+
+    def __init__(self, out: str, devices: Sequence[str], first: int) -> None:
+        self.out, self.devices, self.first = out, list(devices), first
+        self.handle = None
+        self.slot = first % len(self.devices)
+
+    def __enter__(self) -> "_DeviceLease":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        folder = os.path.join(self.out, ".devices")
+        os.makedirs(folder, exist_ok=True)
+        n = len(self.devices)
+        while True:
+            for i in range(n):
+                slot = (self.first + i) % n
+                handle = open(os.path.join(folder, f"{slot}.lock"), "a")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    handle.close()
+                    continue
+                self.handle, self.slot = handle, slot
+                return self
+            time.sleep(0.05)
+
+    @property
+    def device(self) -> str:
+        return self.devices[self.slot]
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing releases the lock
+            self.handle = None
+
+
+def _dispatch(todo, out, commit, backend, jobs, scheduler, devices=None):
     if not todo:
         return
     if backend == "sequential" or (backend == "loky" and min(jobs, len(todo)) == 1):  # no worker to start
-        for spec in todo:
-            yield execute(spec.to_dict(), out, commit)
+        for i, spec in enumerate(todo):
+            yield execute(spec.to_dict(), out, commit, devices, i)
         return
     import joblib
 
-    tasks = (joblib.delayed(execute)(spec.to_dict(), out, commit) for spec in todo)
+    tasks = (joblib.delayed(execute)(spec.to_dict(), out, commit, devices, i) for i, spec in enumerate(todo))
     if backend == "dask":
         from dask.distributed import Client
 
