@@ -143,3 +143,14 @@ class Part(metaclass=CheckedOptions):
                     f"{type(self).__name__}: {name}='auto' is filled at every step by an AID solver (bilevel.solvers.aid); "
                     f"on its own pass a number, e.g. {type(self).__name__}({name}=0.1)."
                 )
+
+
+def check_run_budget(owner: str, max_iter: Any, eval_every: Any, max_time: Any, tol: Any) -> None:
+    """The run-length arguments every solve loop takes: integers max_iter ≥ 0, eval_every ≥ 1, and a positive
+    max_time and tol when given."""
+    check_int(owner, "max_iter", max_iter, 0)
+    check_int(owner, "eval_every", eval_every, 1)
+    if max_time is not None:
+        check_positive(owner, "max_time", max_time)
+    if tol is not None:
+        check_positive(owner, "tol", tol)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from . import checkpoint
-from ._validation import check_int, check_positive
+from ._validation import check_int, check_run_budget
 from .callbacks import as_callbacks
 from .history import History
 from .kinds import check_kind, problem_kind
@@ -202,13 +202,8 @@ def solve(
         hint = " Did you forget the parentheses, e.g. bilevel.solvers.lancbio()?" if callable(solver) else ""
         raise TypeError(f"solver must be a bilevel solver instance; got {type(solver).__name__}.{hint}")
     check_kind(solver, problem)  # an RL solver on a classic problem, or an AID solver on an RL problem
-    check_int("solve", "max_iter", max_iter, 0)
-    check_int("solve", "eval_every", eval_every, 1)
+    check_run_budget("solve", max_iter, eval_every, max_time, tol)
     check_int("solve", "seed", seed, 0)
-    if max_time is not None:
-        check_positive("solve", "max_time", max_time)
-    if tol is not None:
-        check_positive("solve", "tol", tol)
     if curvature_patience is not None:
         check_int("solve", "curvature_patience", curvature_patience, 1)
     if callback is not None and not callable(callback):

@@ -303,17 +303,12 @@ def solve_rl_seeds(problem: RLProblem, solver: Any, seeds: list, *, max_iter: in
     advanced.  A run that stops (converged, diverged, a callback) leaves the batch; the others go on; Ctrl-C
     stops them all, each keeping its completed iterations (status ``stopped``).  ``callbacks``: optional
     ``seed -> list`` of callback objects for each run.  No progress bar, no ``resume_from``."""
-    from .._validation import check_int, check_positive
+    from .._validation import check_run_budget
     from ..callbacks import as_callbacks
     from ..kinds import check_kind
 
     check_kind(solver, problem)
-    check_int("solve_rl_seeds", "max_iter", max_iter, 0)
-    check_int("solve_rl_seeds", "eval_every", eval_every, 1)
-    if max_time is not None:
-        check_positive("solve_rl_seeds", "max_time", max_time)
-    if tol is not None:
-        check_positive("solve_rl_seeds", "tol", tol)
+    check_run_budget("solve_rl_seeds", max_iter, eval_every, max_time, tol)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"solve_rl_seeds: seeds must be a non-empty list of distinct seeds; got {seeds!r}.")
     bound = solver.bind(problem)
