@@ -300,7 +300,7 @@ def test_zoo_quadratic_no_step_sizes_matches_the_tuned_presets(name, condition):
     """κ = 1 and 1e2 (dy = 20): a 1e3 reduction (the checks bound for the Neumann solvers) within 60 (κ = 1) or
     150 (κ = 1e2) iterations with every step automatic, in at most 3× the iterations the tuned presets of the same
     instance need where they reach it.  Measured iterations to 1e3 (auto / presets, benchmarks/auto_steps_zoo.py):
-    κ = 1: 35–40 / 15 (SOBA 40 / never, TTSA and BSA never / never); κ = 1e2: LancBiO 80 / 80, SubBiO
+    κ = 1: 35–40 / 15 (SOBA 40 / never, TTSA and BSA never / never); κ = 1e2: LancBiO 85 / 80 (its automatic m, lancbio.AUTO_DEFAULTS), SubBiO
     120 / 120, AmIGO-GD 35 / 75, AmIGO-CG 40 / 40, SOBA 130 / 510."""
     bound, budget = _bound(name, condition), (60 if condition == 1.0 else 150)
     res, norms = _until(quadratic(condition), get_solver(name), budget, bound)
@@ -316,30 +316,52 @@ def test_zoo_quadratic_no_step_sizes_matches_the_tuned_presets(name, condition):
 def test_zoo_quadratic_ill_conditioned_matches_the_tuned_presets():
     """κ = 1e4: y lags y*(x) (θ = 1/L, μ = 1: T = 5 inner steps contract by 1 − 5e-4), so no solver reaches 1e3 in
     5000 iterations with the tuned presets either (LancBiO 3.0e2, SubBiO 3.3e2; AmIGO-GD's 10 inner steps: 1e3 at
-    3940): with the same θ = 1/L the automatic steps reduce ‖∇φ‖ at least half as much as the presets over 300
-    iterations (measured 4.7e2 against 7.2e2: AdaGrad-norm's λ against the presets' 1/L_φ)."""
-    res, norms = reduction_run(quadratic(1e4), get_solver("lancbio"), 300, eval_every=50)
+    3940): with the same θ = 1/L the automatic steps reduce ‖∇φ‖ (its smallest value, evaluated every 10
+    iterations) at least 0.45× as much as the presets over 300 iterations.  Measured 3.7e2 against 7.2e2
+    (AdaGrad-norm's λ against the presets' 1/L_φ); 4.7e2 with LancBiO's fixed m = 10, which its automatic-λ default
+    m = DimensionSchedule(1, 2, 20, 10) gives up here for the MLP row (lancbio's docstring)."""
+    res, norms = reduction_run(quadratic(1e4), get_solver("lancbio"), 300, eval_every=10)
     ref = bilevel.problems.quadratic(dx=5, dy=20, condition=1e4, seed=0)
-    tuned, tuned_norms = reduction_run(ref, get_solver("lancbio"), 300, eval_every=50)
+    tuned, tuned_norms = reduction_run(ref, get_solver("lancbio"), 300, eval_every=10)
     assert res.status == "max_iter" and res.options["lr_y"] == pytest.approx(ref.presets["*"]["lr_y"], rel=1e-3)
-    assert norms[0] / min(norms) >= 0.5 * tuned_norms[0] / min(tuned_norms) > 100
+    assert norms[0] / min(norms) >= 0.45 * tuned_norms[0] / min(tuned_norms) > 100
 
 
 #: (problem, solver, budget K, reduction).  Measured first iteration with a 1e3 reduction (benchmarks/auto_steps_zoo.py,
 #: K = 3000, evaluated every 30; MLP K = 1000, every 20):
 #:   ridge      LancBiO 1260, SubBiO 1320, AmIGO-GD 1350, AmIGO-CG 1380, SOBA 1680
 #:   logistic   LancBiO, AmIGO-GD, AmIGO-CG 810, SubBiO 840, SOBA 1020
-#:   MLP        SubBiO, AmIGO-GD, AmIGO-CG, stocBiO, TTSA 40, BSA 20, SOBA 260; LancBiO only 3.6e2 in 1000 (its first
-#:              estimates, from a one-dimensional Krylov space, send x to the weak-decay side, x ≈ −2, where g is
-#:              barely convex: μ̂ = 3e-3; no divergence)
+#:   MLP        SubBiO, AmIGO-GD, AmIGO-CG, stocBiO, TTSA 40, BSA 20, SOBA 260, LancBiO 40 (with its automatic-λ
+#:              default m = DimensionSchedule(1, 2, 20, 10); the fixed m = 10 reached only 3.3e2 in 1000: its
+#:              dynamic basis mixed Hessians that AdaGrad-norm's long early x-steps had moved, see lancbio's docstring)
+#:   (ridge and logistic with LancBiO's automatic m: 1320 and 840, against 1260 and 810 with m = 10)
 #: The Neumann solvers stall at their truncation bias on ridge (1.7e2–3.1e2) and logistic regression (3.1–3.2).
 ZOO_RUNS = [
     ("mlp", "subbio", 100, 1e3),
+    ("mlp", "lancbio", 100, 1e3),
     ("mlp", "soba", 400, 1e3),
     ("logistic", "amigo_cg", 1000, 1e3),
     ("logistic", "stocbio", 150, 2.5),
     pytest.param("ridge", "lancbio", 1500, 1e3, marks=pytest.mark.slow),
 ]
+
+
+def test_lancbio_automatic_lr_x_grows_m_from_one_unless_something_sets_it():
+    """LancBiO's ``AUTO_DEFAULTS``: an automatic λ gets the growing m (short dynamic epochs while AdaGrad-norm's
+    x-steps are long); a given m, a given λ, published settings and problem scales keep theirs."""
+    from bilevel.schedules import DimensionSchedule
+    from bilevel.solvers.lancbio import AUTO_DEFAULTS, DEFAULTS
+
+    custom = quadratic(1e2)
+    assert get_solver("lancbio").bind(custom).v_solver.m == AUTO_DEFAULTS["m"]
+    assert isinstance(AUTO_DEFAULTS["m"], DimensionSchedule) and AUTO_DEFAULTS["m"].m0 == 1
+    assert get_solver("lancbio", m=7).bind(custom).v_solver.m == 7
+    assert get_solver("lancbio", lr_x=0.5).bind(custom).v_solver.m == DEFAULTS["m"]
+    ref = bilevel.problems.quadratic(dx=5, dy=20, condition=100.0, seed=0)
+    assert get_solver("lancbio").bind(ref).v_solver.m == DEFAULTS["m"]
+    synthetic = bilevel.problems.synthetic(n=20, seed=0)
+    assert get_solver("lancbio", lr_x="auto").bind(synthetic).v_solver.m == (
+        get_solver("lancbio").bind(synthetic).v_solver.m)
 
 
 @pytest.mark.parametrize("problem_name,name,budget,reduction", ZOO_RUNS)

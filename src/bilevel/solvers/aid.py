@@ -158,6 +158,9 @@ class AID(Solver):
                                         repr=False, compare=False)
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, metadata=_IDENTITY, repr=False,
                                                       compare=False)
+    #: defaults that replace ``defaults`` when λ (lr_x) is automatic (looked up just before ``defaults``): a
+    #: part option whose library default suits tuned steps but not AdaGrad-norm's long early x-steps
+    auto_defaults: Mapping[str, Any] = field(default_factory=dict, metadata=_IDENTITY, repr=False, compare=False)
     required: tuple[str, ...] = field(default=("lr_x",), metadata=_IDENTITY, repr=False)
     default_order: str = field(default="sequential", metadata=_IDENTITY, repr=False)
     min_inner_steps: int = field(default=0, metadata=_IDENTITY, repr=False)
@@ -228,6 +231,7 @@ class AID(Solver):
         options, looked up by dotted and short name (``inner.steps`` / ``inner_steps``, ``v_solver.m`` /
         ``m``)."""
         opts = super()._resolved_fields(problem, stochastic)
+        auto_x = is_auto(opts["lr_x"])
         if opts["order"] is None:
             opts["order"] = self.default_order
         if opts["hessian_batch"] is None:
@@ -241,7 +245,7 @@ class AID(Solver):
                 if value is None:
                     short = short_name(part, option)
                     keys = (f"{part}.{option}",) + ((short,) if short else ())
-                    found = self.lookup(problem, keys, stochastic)
+                    found = self._lookup_part(problem, keys, stochastic, auto_x)
                     if found is not None:
                         values[option] = found
                     elif (part, option) in _AUTO_PARTS and option in obj.presettable:
@@ -255,6 +259,17 @@ class AID(Solver):
                  "eta": is_auto(getattr(opts["v_solver"], "eta", None))}
         opts["auto_steps"] = AutoSteps(**flags, probes=min(PROBES, problem.dy)) if any(flags.values()) else None
         return opts
+
+    def _lookup_part(self, problem: BilevelProblem, keys: tuple[str, ...], stochastic: bool, auto_x: bool) -> Any:
+        """``lookup``, with ``auto_defaults`` consulted just before ``defaults`` when λ is automatic."""
+        tables = self.setting_tables(problem, stochastic)
+        if auto_x and self.auto_defaults:
+            tables = tables[:-1] + [self.auto_defaults, tables[-1]]
+        for table in tables:
+            for key in keys:
+                if key in table and table[key] is not None:
+                    return table[key]
+        return None
 
     def unset_value(self, name: str) -> Any:
         """``lr_x`` left unset with nothing to fill it: automatic (``bilevel.auto_steps``)."""
