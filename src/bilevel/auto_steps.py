@@ -15,7 +15,8 @@ joint (x, y) step with a dynamic barrier) and the second-order STABLE and HJFBiO
 Curvature estimate L̂ ≈ L = λ_max(∇²_yy g), μ̂ ≈ λ_min(∇²_yy g):
 
     start      ``probes`` = min(10, dy) Lanczos steps with full reorthogonalisation on the HVP oracle at
-               (x_0, y_0) (full data), from a random unit vector drawn with the run's generator; L̂_0 and μ̂_0
+               (x_0, y_0) (full data; under mini-batches the AID loop makes it at its first iteration on that
+               iteration's own ``hvp`` draw, whose samples are counted), from a random unit vector drawn with the run's generator; L̂_0 and μ̂_0
                are the largest and smallest Ritz values of the tridiagonal T (Kaniel–Paige: the extreme
                Ritz values converge first; they satisfy λ_min ≤ μ̂ and L̂ ≤ λ_max, with equality once
                probes = dy).  Cost: ``probes`` HVPs and one autodiff graph build, once.
@@ -28,8 +29,10 @@ Curvature estimate L̂ ≈ L = λ_max(∇²_yy g), μ̂ ≈ λ_min(∇²_yy g):
                smallest curvature met.
     safeguard  gradient descent on a convex L-smooth g(x, ·) with θ ≤ 2/L never increases ‖∇_y g‖ (each
                step multiplies the gradient by an averaged I − θ∇²g), so ‖∇_y g‖ growing at some inner step
-               (beyond round-off: 1000 ulps of ‖y‖, full batch only, at least two gradients in the
-               iteration) means θ is too large for the curvature met (or g is not convex there): L̂ ← 2 L̂,
+               (beyond round-off: 1000 ulps of ‖y‖, at least two gradients in the iteration; under
+               mini-batches both norms are taken on one batch B — the last inner step's ∇_y g_B(y_{T−1}) and
+               one extra ∇_y g_B(y_T), counted — since GD on the convex g_B with θ ≤ 2/L_B cannot raise it
+               either, while gradients on different batches differ by sampling) means θ is too large for the curvature met (or g is not convex there): L̂ ← 2 L̂,
                event ``auto_step_shrunk``, and λ's sum Σ‖D_i‖² restarts from 0 (estimates made with a diverging
                y are not hypergradients; without the restart a burst of them would shrink λ for good).  A limit: the
                iterations while y recovers still add their large D_i, so a θ several times too large (L̂_0 ≤ L/5
