@@ -243,6 +243,13 @@ def test_show_prints_the_automatic_rule(capsys):
     shown = capsys.readouterr().out
     assert "lr_x" in shown and "else auto (" in shown
     assert "v_solver.eta [eta]" in shown and "else auto (η = 1/L̂" in shown
+    assert main(["show", "lancbio"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "v_solver.m [m]" in line)
+    assert "else 10; with lr_x auto: auto (DimensionSchedule(m0=1, growth=2.0, period=20, m_max=10" in row
+    for name in SINGLE_LOOP:
+        assert main(["show", name]) == 0
+        shown = capsys.readouterr().out
+        assert all(f"else auto ({rule}" in shown for rule in ("AdaGrad-norm", "θ = 1/L̂", "η = 1/L̂"))
 
 
 # ---- the README's custom-problem example ------------------------------------------------------------------------
@@ -311,6 +318,48 @@ def test_zoo_quadratic_no_step_sizes_matches_the_tuned_presets(name, condition):
     tuned_at = hits(tuned, tuned_norms, bound)
     if tuned_at is not None:
         assert hits(res, norms, bound) <= 3 * max(tuned_at, 5)
+
+
+#: class solvers with automatic θ, η and λ (``FirstOrderAuto``): STABLE (HVP start estimate, its Neumann sums'
+#: Rayleigh quotients) and HJFBiO (secant start estimate, the Rayleigh quotients of its finite differences)
+SINGLE_LOOP = ("stable", "hjfbio")
+
+
+@pytest.mark.parametrize("condition", [1.0, 1e2])
+@pytest.mark.parametrize("name", SINGLE_LOOP)
+def test_stable_and_hjfbio_automatic_steps_on_the_zoo_quadratic(name, condition):
+    """θ, η and λ all automatic; presets win; counts include the start estimate.  Measured iterations to 1e3
+    (auto / presets, benchmarks/auto_steps_zoo.py --presets, K = 1000): κ = 1: STABLE 40 / 20, HJFBiO 40 / never
+    (2.8 in 1000); κ = 1e2: HJFBiO 130 / 510, STABLE never / never: both stall at 6.4, the Q = 20 Neumann sums'
+    truncation bias (1 − μ/L)^21 ≈ 0.81 at η = 1/L (its checks bound, 4, is used there)."""
+    ref = bilevel.problems.quadratic(dx=5, dy=20, condition=condition, seed=0)
+    assert get_solver(name).bind(ref).auto_steps is None
+    problem = quadratic(condition)
+    bound = get_solver(name).bind(problem)
+    assert bound.auto_steps.names == ("lr_x", "lr_y", "eta")
+    reduction = 1e3 if (name, condition) != ("stable", 1e2) else bilevel.solvers.SOLVERS.get(name).checks[
+        "quadratic"]["reduction"]
+    budget = 60 if condition == 1.0 else 200
+    res, norms = _until(problem, bound, budget, reduction)
+    assert res.status in ("converged", "max_iter") and all(math.isfinite(v) for v in norms)
+    assert norms[0] / min(norms) >= reduction
+    L = float(torch.linalg.eigvalsh(problem.info["A"] if "A" in problem.info else dense_hessian(
+        problem, problem.x0, problem.y0))[-1])
+    assert res.options["L_est"] == pytest.approx(L, rel=1e-3) and res.options["auto"] == "lr_x,lr_y,eta"
+    assert res.options["eta"] == res.options["lr_y"] == pytest.approx(1 / res.options["L_est"])
+    expected = bound.expected_counts(res.iterations)
+    assert res.counts.hvp == expected["hvp"] and res.counts.grad_y_g == expected["grad_y_g"]
+    if name == "hjfbio":
+        assert res.counts.hvp == 0  # Hessian-free: the start estimate is secant products of ∇_y g
+
+
+def test_stable_and_hjfbio_automatic_steps_on_the_mlp():
+    """The MLP lower level (non-convex at x_0): HJFBiO reaches 1e3 (measured at 250 of 1000), STABLE its Neumann
+    truncation floor (measured 53 in 1000: μ ≈ 0.05 at L ≈ 3); neither diverges."""
+    res, norms = _until(ZOO["mlp"](), get_solver("hjfbio"), 400, 1e3, eval_every=20)
+    assert norms[0] / min(norms) >= 1e3
+    res, norms = _until(ZOO["mlp"](), get_solver("stable"), 300, 20, eval_every=20)
+    assert all(math.isfinite(v) for v in norms) and norms[0] / min(norms) >= 20
 
 
 def test_zoo_quadratic_ill_conditioned_matches_the_tuned_presets():
