@@ -362,6 +362,25 @@ def test_stable_and_hjfbio_automatic_steps_on_the_mlp():
     assert all(math.isfinite(v) for v in norms) and norms[0] / min(norms) >= 20
 
 
+def test_bome_automatic_inner_step_and_what_it_still_needs():
+    """BOME: θ (the ŷ loop's step, and ξ_y = θ when lr_y_outer is unset) is automatic; ξ_x is not (its one-line
+    error says why and what to pass).  With the checks' ξ_x = 0.02, ξ_y = 1.5e-4, η = 1 on the zoo quadratic
+    (κ = 1e2) and θ = 1/L̂: its checks bound 200 within 3000 iterations (measured 4.4e2; presets with θ = 1/L:
+    6.2e2, the γ = ω penalty floor of the docstring)."""
+    problem = quadratic(1e2)
+    with pytest.raises(ValueError, match=r"^BOME: lr_x has no value: .*sets only θ \(lr_y\) from curvature.*pass lr_x"):
+        get_solver("bome").bind(problem)
+    opts = dict(bilevel.solvers.SOLVERS.get("bome").checks["quadratic"]["options"])
+    bound = get_solver("bome", **opts).bind(problem)
+    assert bound.auto_steps.names == ("lr_y",)
+    ref = bilevel.problems.quadratic(dx=5, dy=20, condition=1e2, seed=0)
+    assert get_solver("bome", **opts).bind(ref).auto_steps is None
+    res, norms = _until(problem, bound, 3000, 200, eval_every=100)
+    assert norms[0] / min(norms) >= 200 and res.options["auto"] == "lr_y"
+    assert res.options["L_est"] == pytest.approx(100.0, rel=1e-3)
+    assert res.counts.grad_y_g == bound.expected_counts(res.iterations)["grad_y_g"] and res.counts.hvp == 0
+
+
 def test_zoo_quadratic_ill_conditioned_matches_the_tuned_presets():
     """κ = 1e4: y lags y*(x) (θ = 1/L, μ = 1: T = 5 inner steps contract by 1 − 5e-4), so no solver reaches 1e3 in
     5000 iterations with the tuned presets either (LancBiO 3.0e2, SubBiO 3.3e2; AmIGO-GD's 10 inner steps: 1e3 at
