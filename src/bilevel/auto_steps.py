@@ -98,8 +98,8 @@ AUTO = "auto"
 #: automatic options of the AID loop, by their short names, and the rule ``bilevel show`` prints
 RULES = {
     "lr_x": "AdaGrad-norm: λ_k = 1 / sqrt(Σ_{i≤k} ‖D_i‖²), D_i the hypergradient estimates",
-    "lr_y": "θ = 1/L̂, L̂ ≈ λ_max(∇²_yy g) from Lanczos and the v-solver's Ritz values",
-    "eta": "η = 1/L̂, L̂ ≈ λ_max(∇²_yy g) from Lanczos and the v-solver's Ritz values",
+    "lr_y": "θ = 1/L̂, L̂ ≈ λ_max(∇²_yy g) from a Lanczos start and the solver's own Ritz values or quotients",
+    "eta": "η = 1/L̂, L̂ ≈ λ_max(∇²_yy g) from a Lanczos start and the solver's own Ritz values or quotients",
 }
 
 #: Lanczos steps of the start estimate (at most dy)
