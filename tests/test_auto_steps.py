@@ -462,6 +462,18 @@ def test_automatic_steps_under_mini_batches():
     assert one.samples_g == 32 * (one.grad_y_g + one.hvp + one.cross)
 
 
+@pytest.mark.parametrize("name,options", [("f2sa", {}), ("bome", {"lr_x": 0.02}), ("stable", {}), ("hjfbio", {})])
+def test_class_solvers_automatic_steps_count_exactly_under_mini_batches(name, options):
+    """F2SA and BOME's watched inner loops add one same-batch ∇_y g per iteration under mini-batches; STABLE and
+    HJFBiO have no safeguard; every count is the documented one and nothing diverges."""
+    problem = bilevel.problems.quadratic(dx=5, dy=20, condition=10.0, seed=0, n_samples=200, n_samples_f=100)
+    solver = get_solver(name, lr_y="auto", **({"lr_x": "auto"} if name != "bome" else {}), **options)
+    res = bilevel.solve(problem, solver, max_iter=30, eval_every=10, batches=bilevel.MiniBatch(32), seed=0)
+    expected = solver.bind(problem, stochastic=True).expected_counts(30)
+    assert res.status == "max_iter" and "lr_y" in res.options["auto"]
+    assert {k: res.counts.as_dict()[k] for k in ("grad_y_g", "hvp")} == {k: expected[k] for k in ("grad_y_g", "hvp")}
+
+
 def test_mini_batch_safeguard_compares_on_one_batch(monkeypatch):
     """A θ 2.5× too large under mini-batches: the same-batch comparison sees growth (sampling alone cannot: the
     run with the right θ records no shrink), doubles L̂ and the run does not diverge."""

@@ -367,6 +367,12 @@ class FirstOrderAuto:
         rules = self.auto_steps
         return rules.probes + 1 if rules is not None and rules.needs_curvature and not self.auto_hvp else 0
 
+    def auto_watch_counts(self, iterations: int) -> int:
+        """∇_y g calls of the growth safeguard under mini-batches (one same-batch gradient per iteration,
+        ``GD.run_watched``), for solvers whose automatic θ drives a watched inner loop (F2SA, BOME)."""
+        rules = self.auto_steps
+        return iterations if rules is not None and rules.lr_y and getattr(self, "stochastic", False) else 0
+
     def auto_start_hvps(self) -> int:
         """HVPs of the start estimate (``auto_hvp``)."""
         rules = self.auto_steps
