@@ -1,4 +1,5 @@
-"""Automatic step sizes on the zoo of user problems (tests/test_auto_steps.py): every AID solver, no step size.
+"""Automatic step sizes on the zoo of user problems (tests/test_auto_steps.py): every AID solver, STABLE and HJFBiO,
+no step size.
 
 Prints, per (problem, solver): status, ‖∇φ(x_0)‖ → min ‖∇φ‖ (true: closed form or bilevel.truth), the reduction,
 the first evaluated iteration with a 1e3 reduction, the final estimates L̂, μ̂ and λ, and the automatic-step events;
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import bilevel  # noqa: E402
 from bilevel.solvers import get_solver  # noqa: E402
-from test_auto_steps import AID_SOLVERS, ZOO, hits  # noqa: E402
+from test_auto_steps import AID_SOLVERS, SINGLE_LOOP, ZOO, hits  # noqa: E402
 
 CONDITIONS = {"quadratic1": 1.0, "quadratic1e2": 1e2, "quadratic1e4": 1e4}
 
@@ -38,7 +39,7 @@ def line(label: str, res, norms) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", default=",".join(ZOO))
-    parser.add_argument("--solvers", default=",".join(AID_SOLVERS))
+    parser.add_argument("--solvers", default=",".join(AID_SOLVERS + SINGLE_LOOP))
     parser.add_argument("--max-iter", type=int, default=1000)
     parser.add_argument("--evals", type=int, default=100, help="evaluations per run")
     parser.add_argument("--presets", action="store_true", help="also run the built-in quadratic's tuned presets")

@@ -243,6 +243,13 @@ def test_show_prints_the_automatic_rule(capsys):
     shown = capsys.readouterr().out
     assert "lr_x" in shown and "else auto (" in shown
     assert "v_solver.eta [eta]" in shown and "else auto (η = 1/L̂" in shown
+    assert main(["show", "lancbio"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "v_solver.m [m]" in line)
+    assert "else 10; with lr_x auto: auto (DimensionSchedule(m0=1, growth=2.0, period=20, m_max=10" in row
+    for name in SINGLE_LOOP:
+        assert main(["show", name]) == 0
+        shown = capsys.readouterr().out
+        assert all(f"else auto ({rule}" in shown for rule in ("AdaGrad-norm", "θ = 1/L̂", "η = 1/L̂"))
 
 
 # ---- the README's custom-problem example ------------------------------------------------------------------------
@@ -300,7 +307,7 @@ def test_zoo_quadratic_no_step_sizes_matches_the_tuned_presets(name, condition):
     """κ = 1 and 1e2 (dy = 20): a 1e3 reduction (the checks bound for the Neumann solvers) within 60 (κ = 1) or
     150 (κ = 1e2) iterations with every step automatic, in at most 3× the iterations the tuned presets of the same
     instance need where they reach it.  Measured iterations to 1e3 (auto / presets, benchmarks/auto_steps_zoo.py):
-    κ = 1: 35–40 / 15 (SOBA 40 / never, TTSA and BSA never / never); κ = 1e2: LancBiO 80 / 80, SubBiO
+    κ = 1: 35–40 / 15 (SOBA 40 / never, TTSA and BSA never / never); κ = 1e2: LancBiO 85 / 80 (its automatic m, lancbio.AUTO_DEFAULTS), SubBiO
     120 / 120, AmIGO-GD 35 / 75, AmIGO-CG 40 / 40, SOBA 130 / 510."""
     bound, budget = _bound(name, condition), (60 if condition == 1.0 else 150)
     res, norms = _until(quadratic(condition), get_solver(name), budget, bound)
@@ -313,33 +320,116 @@ def test_zoo_quadratic_no_step_sizes_matches_the_tuned_presets(name, condition):
         assert hits(res, norms, bound) <= 3 * max(tuned_at, 5)
 
 
+#: class solvers with automatic θ, η and λ (``FirstOrderAuto``): STABLE (HVP start estimate, its Neumann sums'
+#: Rayleigh quotients) and HJFBiO (secant start estimate, the Rayleigh quotients of its finite differences)
+SINGLE_LOOP = ("stable", "hjfbio")
+
+
+@pytest.mark.parametrize("condition", [1.0, 1e2])
+@pytest.mark.parametrize("name", SINGLE_LOOP)
+def test_stable_and_hjfbio_automatic_steps_on_the_zoo_quadratic(name, condition):
+    """θ, η and λ all automatic; presets win; counts include the start estimate.  Measured iterations to 1e3
+    (auto / presets, benchmarks/auto_steps_zoo.py --presets, K = 1000): κ = 1: STABLE 40 / 20, HJFBiO 40 / never
+    (2.8 in 1000); κ = 1e2: HJFBiO 130 / 510, STABLE never / never: both stall at 6.4, the Q = 20 Neumann sums'
+    truncation bias (1 − μ/L)^21 ≈ 0.81 at η = 1/L (its checks bound, 4, is used there)."""
+    ref = bilevel.problems.quadratic(dx=5, dy=20, condition=condition, seed=0)
+    assert get_solver(name).bind(ref).auto_steps is None
+    problem = quadratic(condition)
+    bound = get_solver(name).bind(problem)
+    assert bound.auto_steps.names == ("lr_x", "lr_y", "eta")
+    reduction = 1e3 if (name, condition) != ("stable", 1e2) else bilevel.solvers.SOLVERS.get(name).checks[
+        "quadratic"]["reduction"]
+    budget = 60 if condition == 1.0 else 200
+    res, norms = _until(problem, bound, budget, reduction)
+    assert res.status in ("converged", "max_iter") and all(math.isfinite(v) for v in norms)
+    assert norms[0] / min(norms) >= reduction
+    L = float(torch.linalg.eigvalsh(problem.info["A"] if "A" in problem.info else dense_hessian(
+        problem, problem.x0, problem.y0))[-1])
+    assert res.options["L_est"] == pytest.approx(L, rel=1e-3) and res.options["auto"] == "lr_x,lr_y,eta"
+    assert res.options["eta"] == res.options["lr_y"] == pytest.approx(1 / res.options["L_est"])
+    expected = bound.expected_counts(res.iterations)
+    assert res.counts.hvp == expected["hvp"] and res.counts.grad_y_g == expected["grad_y_g"]
+    if name == "hjfbio":
+        assert res.counts.hvp == 0  # Hessian-free: the start estimate is secant products of ∇_y g
+
+
+def test_stable_and_hjfbio_automatic_steps_on_the_mlp():
+    """The MLP lower level (non-convex at x_0): HJFBiO reaches 1e3 (measured at 250 of 1000), STABLE its Neumann
+    truncation floor (measured 53 in 1000: μ ≈ 0.05 at L ≈ 3); neither diverges."""
+    res, norms = _until(ZOO["mlp"](), get_solver("hjfbio"), 400, 1e3, eval_every=20)
+    assert norms[0] / min(norms) >= 1e3
+    res, norms = _until(ZOO["mlp"](), get_solver("stable"), 300, 20, eval_every=20)
+    assert all(math.isfinite(v) for v in norms) and norms[0] / min(norms) >= 20
+
+
+def test_bome_automatic_inner_step_and_what_it_still_needs():
+    """BOME: θ (the ŷ loop's step, and ξ_y = θ when lr_y_outer is unset) is automatic; ξ_x is not (its one-line
+    error says why and what to pass).  With the checks' ξ_x = 0.02, ξ_y = 1.5e-4, η = 1 on the zoo quadratic
+    (κ = 1e2) and θ = 1/L̂: its checks bound 200 within 3000 iterations (measured 4.4e2; presets with θ = 1/L:
+    6.2e2, the γ = ω penalty floor of the docstring)."""
+    problem = quadratic(1e2)
+    with pytest.raises(ValueError, match=r"^BOME: lr_x has no value: .*sets only θ \(lr_y\) from curvature.*pass lr_x"):
+        get_solver("bome").bind(problem)
+    opts = dict(bilevel.solvers.SOLVERS.get("bome").checks["quadratic"]["options"])
+    bound = get_solver("bome", **opts).bind(problem)
+    assert bound.auto_steps.names == ("lr_y",)
+    ref = bilevel.problems.quadratic(dx=5, dy=20, condition=1e2, seed=0)
+    assert get_solver("bome", **opts).bind(ref).auto_steps is None
+    res, norms = _until(problem, bound, 3000, 200, eval_every=100)
+    assert norms[0] / min(norms) >= 200 and res.options["auto"] == "lr_y"
+    assert res.options["L_est"] == pytest.approx(100.0, rel=1e-3)
+    assert res.counts.grad_y_g == bound.expected_counts(res.iterations)["grad_y_g"] and res.counts.hvp == 0
+
+
 def test_zoo_quadratic_ill_conditioned_matches_the_tuned_presets():
     """κ = 1e4: y lags y*(x) (θ = 1/L, μ = 1: T = 5 inner steps contract by 1 − 5e-4), so no solver reaches 1e3 in
     5000 iterations with the tuned presets either (LancBiO 3.0e2, SubBiO 3.3e2; AmIGO-GD's 10 inner steps: 1e3 at
-    3940): with the same θ = 1/L the automatic steps reduce ‖∇φ‖ at least half as much as the presets over 300
-    iterations (measured 4.7e2 against 7.2e2: AdaGrad-norm's λ against the presets' 1/L_φ)."""
-    res, norms = reduction_run(quadratic(1e4), get_solver("lancbio"), 300, eval_every=50)
+    3940): with the same θ = 1/L the automatic steps reduce ‖∇φ‖ (its smallest value, evaluated every 10
+    iterations) at least 0.45× as much as the presets over 300 iterations.  Measured 3.7e2 against 7.2e2
+    (AdaGrad-norm's λ against the presets' 1/L_φ); 4.7e2 with LancBiO's fixed m = 10, which its automatic-λ default
+    m = DimensionSchedule(1, 2, 20, 10) gives up here for the MLP row (lancbio's docstring)."""
+    res, norms = reduction_run(quadratic(1e4), get_solver("lancbio"), 300, eval_every=10)
     ref = bilevel.problems.quadratic(dx=5, dy=20, condition=1e4, seed=0)
-    tuned, tuned_norms = reduction_run(ref, get_solver("lancbio"), 300, eval_every=50)
+    tuned, tuned_norms = reduction_run(ref, get_solver("lancbio"), 300, eval_every=10)
     assert res.status == "max_iter" and res.options["lr_y"] == pytest.approx(ref.presets["*"]["lr_y"], rel=1e-3)
-    assert norms[0] / min(norms) >= 0.5 * tuned_norms[0] / min(tuned_norms) > 100
+    assert norms[0] / min(norms) >= 0.45 * tuned_norms[0] / min(tuned_norms) > 100
 
 
 #: (problem, solver, budget K, reduction).  Measured first iteration with a 1e3 reduction (benchmarks/auto_steps_zoo.py,
 #: K = 3000, evaluated every 30; MLP K = 1000, every 20):
 #:   ridge      LancBiO 1260, SubBiO 1320, AmIGO-GD 1350, AmIGO-CG 1380, SOBA 1680
 #:   logistic   LancBiO, AmIGO-GD, AmIGO-CG 810, SubBiO 840, SOBA 1020
-#:   MLP        SubBiO, AmIGO-GD, AmIGO-CG, stocBiO, TTSA 40, BSA 20, SOBA 260; LancBiO only 3.6e2 in 1000 (its first
-#:              estimates, from a one-dimensional Krylov space, send x to the weak-decay side, x ≈ −2, where g is
-#:              barely convex: μ̂ = 3e-3; no divergence)
+#:   MLP        SubBiO, AmIGO-GD, AmIGO-CG, stocBiO, TTSA 40, BSA 20, SOBA 260, LancBiO 40 (with its automatic-λ
+#:              default m = DimensionSchedule(1, 2, 20, 10); the fixed m = 10 reached only 3.3e2 in 1000: its
+#:              dynamic basis mixed Hessians that AdaGrad-norm's long early x-steps had moved, see lancbio's docstring)
+#:   (ridge and logistic with LancBiO's automatic m: 1320 and 840, against 1260 and 810 with m = 10)
 #: The Neumann solvers stall at their truncation bias on ridge (1.7e2–3.1e2) and logistic regression (3.1–3.2).
 ZOO_RUNS = [
     ("mlp", "subbio", 100, 1e3),
+    ("mlp", "lancbio", 100, 1e3),
     ("mlp", "soba", 400, 1e3),
     ("logistic", "amigo_cg", 1000, 1e3),
     ("logistic", "stocbio", 150, 2.5),
     pytest.param("ridge", "lancbio", 1500, 1e3, marks=pytest.mark.slow),
 ]
+
+
+def test_lancbio_automatic_lr_x_grows_m_from_one_unless_something_sets_it():
+    """LancBiO's ``AUTO_DEFAULTS``: an automatic λ gets the growing m (short dynamic epochs while AdaGrad-norm's
+    x-steps are long); a given m, a given λ, published settings and problem scales keep theirs."""
+    from bilevel.schedules import DimensionSchedule
+    from bilevel.solvers.lancbio import AUTO_DEFAULTS, DEFAULTS
+
+    custom = quadratic(1e2)
+    assert get_solver("lancbio").bind(custom).v_solver.m == AUTO_DEFAULTS["m"]
+    assert isinstance(AUTO_DEFAULTS["m"], DimensionSchedule) and AUTO_DEFAULTS["m"].m0 == 1
+    assert get_solver("lancbio", m=7).bind(custom).v_solver.m == 7
+    assert get_solver("lancbio", lr_x=0.5).bind(custom).v_solver.m == DEFAULTS["m"]
+    ref = bilevel.problems.quadratic(dx=5, dy=20, condition=100.0, seed=0)
+    assert get_solver("lancbio").bind(ref).v_solver.m == DEFAULTS["m"]
+    synthetic = bilevel.problems.synthetic(n=20, seed=0)
+    assert get_solver("lancbio", lr_x="auto").bind(synthetic).v_solver.m == (
+        get_solver("lancbio").bind(synthetic).v_solver.m)
 
 
 @pytest.mark.parametrize("problem_name,name,budget,reduction", ZOO_RUNS)
@@ -351,8 +441,9 @@ def test_zoo_no_step_sizes_reduces_the_true_hypergradient(problem_name, name, bu
 
 
 def test_automatic_steps_under_mini_batches():
-    """With MiniBatch the start estimate uses the full data (batch None: its samples are counted), the safeguard
-    is off (mini-batch gradients differ by sampling) and the Ritz values come from the batches' Hessians."""
+    """With MiniBatch the start estimate is made on the first iteration's own hvp draw (its samples counted), the
+    safeguard compares ‖∇_y g‖ on one batch (one counted ∇_y g more per iteration) and the Ritz values come from
+    the batches' Hessians."""
     problem = bilevel.problems.quadratic(dx=5, dy=20, condition=10.0, seed=0, n_samples=200, n_samples_f=100)
     solver = get_solver("amigo_cg", lr_x="auto", lr_y="auto")
     res = bilevel.solve(problem, solver, max_iter=200, eval_every=50, batches=bilevel.MiniBatch(32), seed=0)
@@ -361,6 +452,62 @@ def test_automatic_steps_under_mini_batches():
     assert norms[0] / min(norms) > 10
     L = float(torch.linalg.eigvalsh(problem.info["A"])[-1])
     assert 0.9 * L <= res.options["L_est"] <= 2 * L
+    bound = solver.bind(problem, stochastic=True)
+    expected = bound.expected_counts(200)
+    assert res.counts.grad_y_g == expected["grad_y_g"] == (bound.inner.steps + 1) * 200
+    assert res.counts.hvp == expected["hvp"]
+    # the start estimate's probes run on the first hvp draw: 32 samples each (on the full data they were 200 each)
+    one = bilevel.solve(problem, solver, max_iter=1, eval_every=1, batches=bilevel.MiniBatch(32), seed=0).counts
+    assert one.hvp == bound.expected_counts(1)["hvp"] and one.hvp > bound.auto_steps.probes
+    assert one.samples_g == 32 * (one.grad_y_g + one.hvp + one.cross)
+
+
+@pytest.mark.parametrize("name,options", [("f2sa", {}), ("bome", {"lr_x": 0.02}), ("stable", {}), ("hjfbio", {})])
+def test_class_solvers_automatic_steps_count_exactly_under_mini_batches(name, options):
+    """F2SA and BOME's watched inner loops add one same-batch ∇_y g per iteration under mini-batches; STABLE and
+    HJFBiO have no safeguard; every count is the documented one and nothing diverges."""
+    problem = bilevel.problems.quadratic(dx=5, dy=20, condition=10.0, seed=0, n_samples=200, n_samples_f=100)
+    solver = get_solver(name, lr_y="auto", **({"lr_x": "auto"} if name != "bome" else {}), **options)
+    res = bilevel.solve(problem, solver, max_iter=30, eval_every=10, batches=bilevel.MiniBatch(32), seed=0)
+    expected = solver.bind(problem, stochastic=True).expected_counts(30)
+    assert res.status == "max_iter" and "lr_y" in res.options["auto"]
+    assert {k: res.counts.as_dict()[k] for k in ("grad_y_g", "hvp")} == {k: expected[k] for k in ("grad_y_g", "hvp")}
+
+
+def test_mini_batch_safeguard_compares_on_one_batch(monkeypatch):
+    """A θ 2.5× too large under mini-batches: the same-batch comparison sees growth (sampling alone cannot: the
+    run with the right θ records no shrink), doubles L̂ and the run does not diverge."""
+    import bilevel.auto_steps as auto
+
+    problem = bilevel.problems.quadratic(dx=5, dy=20, condition=10.0, seed=0, n_samples=200, n_samples_f=100)
+    solver = get_solver("amigo_cg", lr_x="auto", lr_y="auto")
+    fine = bilevel.solve(problem, solver, max_iter=100, eval_every=50, batches=bilevel.MiniBatch(32), seed=0)
+    assert fine.events.get("auto_step_shrunk", 0) == 0
+    true = auto.lanczos_extremes
+    monkeypatch.setattr(auto, "lanczos_extremes", lambda *a, **k: (lambda lo, hi, n: (lo, hi / 2.5, n))(*true(*a, **k)))
+    res = bilevel.solve(problem, solver, max_iter=100, eval_every=50, batches=bilevel.MiniBatch(32), seed=0)
+    assert res.status == "max_iter" and res.events.get("auto_step_shrunk", 0) >= 1
+    L = float(torch.linalg.eigvalsh(problem.info["A"])[-1])
+    assert res.options["L_est"] >= L / 2 and all(math.isfinite(v) for v in res.history.column("hypergrad_norm"))
+
+
+def test_digits_hyperclean_mini_batch_automatic_steps_against_the_stochastic_preset():
+    """Digits hyper-cleaning (p = 0.5, 600 training images), MiniBatch(64), K = 500: LancBiO with every step
+    automatic (asked for: the problem has published stochastic settings) does not diverge, the same-batch
+    safeguard raises no false alarm under sampling noise, and the test accuracy comes within 0.08 of the
+    stochastic preset's.  Measured (K = 500 / 1000 / 2000): automatic 0.819 / 0.82 / 0.817, preset 0.864 /
+    0.87 / 0.869 (SOBA 0.827 / 0.881, AmIGO-CG 0.819 / 0.861 at 1000): AdaGrad-norm's λ_k = 1/sqrt(Σ‖D_i‖²)
+    shrinks like 1/sqrt(k) once the sum is dominated by sampling noise, so it plateaus below the tuned λ = 100."""
+    problem = bilevel.problems.hyperclean("digits", corruption=0.5, seed=0)
+    runs = {}
+    for label, solver in (("auto", get_solver("lancbio", lr_x="auto", lr_y="auto")), ("preset", get_solver("lancbio"))):
+        runs[label] = bilevel.solve(problem, solver, max_iter=500, eval_every=250, batches=bilevel.MiniBatch(64),
+                                    seed=0)
+    auto, preset = runs["auto"], runs["preset"]
+    assert auto.status == "max_iter" and auto.options["auto"] == "lr_x,lr_y"
+    assert auto.events.get("auto_step_shrunk", 0) == 0
+    acc, ref = auto.history.column("test_accuracy")[-1], preset.history.column("test_accuracy")[-1]
+    assert acc >= 0.78 and acc >= ref - 0.08
 
 
 def test_divergence_hint_names_the_automatic_steps():

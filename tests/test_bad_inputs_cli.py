@@ -377,8 +377,8 @@ IN_PROCESS = [
                     r"with \.mean\(\) or \.sum\(\)\. — .*the history so far \(\d+ evaluations\) is in ",
               code=1),
     InProcess("custom-problem-without-steps",
-              _cli(["run", "toy", "--solver", "stable", "--max-iter", "2", "--no-progress", "--out", "{tmp}/t.csv"], _toy()),
-              None, r"^bilevel: STABLE: lr_x has no value: pass lr_x=\.\.\. \(problem 'toy' has no scale for it\)",
+              _cli(["run", "toy", "--solver", "pbgd", "--max-iter", "2", "--no-progress", "--out", "{tmp}/t.csv"], _toy()),
+              None, r"^bilevel: PBGD: lr_x has no value: pass lr_x=\.\.\. \(problem 'toy' has no scale for it\)",
               code=2),
     InProcess("x0-y0-on-meta", lambda: bilevel.BilevelProblem(_f, _g_cpu, _meta(), _meta()), ProblemError,
               r"x0 is on the meta device \(a shape without values\) but f and g compute with tensors on 'cpu' — "

@@ -423,9 +423,9 @@ def test_bad_options_are_rejected_with_a_clear_message(name, kwargs, exc, fragme
         make(name, **kwargs)
 
 
-@pytest.mark.parametrize("name", ["stable", "hjfbio"])  # the AID solvers fill eta from curvature (auto_steps)
-def test_missing_eta_is_reported(name):
+@pytest.mark.parametrize("name", ["stable", "hjfbio"])  # like the AID solvers, they fill eta from curvature
+def test_missing_eta_is_automatic(name):
     problem = BilevelProblem(lambda x, y: (y ** 2).sum(), lambda x, y: ((y - x) ** 2).sum(),
                              torch.zeros(3, dtype=F64), torch.zeros(3, dtype=F64))
-    with pytest.raises(ValueError, match="eta has no value"):
-        make(name, lr_x=0.1, lr_y=0.1).resolve(problem)
+    solver = make(name, lr_x=0.1, lr_y=0.1)
+    assert solver.resolve(problem)["eta"] == "auto" and solver.bind(problem).auto_steps.names == ("eta",)

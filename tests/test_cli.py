@@ -61,7 +61,8 @@ def test_list_and_show(capsys):
     # a step size comes from the experiment's settings or the problem's scales, which a custom problem lacks
     assert re.search(r"\n  lr_x +from the experiment's settings or the problem's scales, else auto \(AdaGrad-norm: λ_k = 1 / sqrt", shown)
     assert re.search(r"\n  inner\.lr \[lr_y\] +from the experiment's settings or the problem's scales, else auto \(θ = 1/L̂", shown)
-    assert re.search(r"\n  v_solver\.m \[m\] +from the experiment's settings or the problem's scales, else 10\n", shown)
+    assert re.search(r"\n  v_solver\.m \[m\] +from the experiment's settings or the problem's scales, else 10; "
+                     r"with lr_x auto: auto \(DimensionSchedule\(", shown)
     assert "a BilevelProblem you build from callables has neither" in " ".join(shown.split())
     assert main(["show", "synthetic"]) == 0
     assert "condition" in capsys.readouterr().out

@@ -9,13 +9,15 @@ The first-order F2SA uses the same rules for its θ and ξ (``F2SA.auto_steps``)
 (``SecantPoint``) in place of HVPs for the start estimate.  Tried on PBGD and left out: its penalised y starts far
 from its target and moves by θ/γ per step, so the early x-directions γ(∇_x g(x, y) − ∇_x g(x, ŷ)) are large and
 AdaGrad-norm's sum keeps α_x tiny (measured: reduction 3 in 1000 iterations on the zoo quadratics at γ = 300,
-T = 1, where the tuned α_x = 0.03 reaches 1e3 in 2000; 58 at the default γ = 10, its O(1/γ) bias).  BOME (a
-joint (x, y) step with a dynamic barrier) and the second-order STABLE and HJFBiO are not covered either.
+T = 1, where the tuned α_x = 0.03 reaches 1e3 in 2000; 58 at the default γ = 10, its O(1/γ) bias).  STABLE
+(HVP start estimate, Neumann Rayleigh quotients) and HJFBiO (secant start estimate, the Rayleigh quotients of its
+finite differences) use the mixin ``FirstOrderAuto`` with ``eta`` too; what each keeps current is in its docstring.
 
 Curvature estimate L̂ ≈ L = λ_max(∇²_yy g), μ̂ ≈ λ_min(∇²_yy g):
 
     start      ``probes`` = min(10, dy) Lanczos steps with full reorthogonalisation on the HVP oracle at
-               (x_0, y_0) (full data), from a random unit vector drawn with the run's generator; L̂_0 and μ̂_0
+               (x_0, y_0) (full data; under mini-batches the AID loop makes it at its first iteration on that
+               iteration's own ``hvp`` draw, whose samples are counted), from a random unit vector drawn with the run's generator; L̂_0 and μ̂_0
                are the largest and smallest Ritz values of the tridiagonal T (Kaniel–Paige: the extreme
                Ritz values converge first; they satisfy λ_min ≤ μ̂ and L̂ ≤ λ_max, with equality once
                probes = dy).  Cost: ``probes`` HVPs and one autodiff graph build, once.
@@ -28,8 +30,10 @@ Curvature estimate L̂ ≈ L = λ_max(∇²_yy g), μ̂ ≈ λ_min(∇²_yy g):
                smallest curvature met.
     safeguard  gradient descent on a convex L-smooth g(x, ·) with θ ≤ 2/L never increases ‖∇_y g‖ (each
                step multiplies the gradient by an averaged I − θ∇²g), so ‖∇_y g‖ growing at some inner step
-               (beyond round-off: 1000 ulps of ‖y‖, full batch only, at least two gradients in the
-               iteration) means θ is too large for the curvature met (or g is not convex there): L̂ ← 2 L̂,
+               (beyond round-off: 1000 ulps of ‖y‖, at least two gradients in the iteration; under
+               mini-batches both norms are taken on one batch B — the last inner step's ∇_y g_B(y_{T−1}) and
+               one extra ∇_y g_B(y_T), counted — since GD on the convex g_B with θ ≤ 2/L_B cannot raise it
+               either, while gradients on different batches differ by sampling) means θ is too large for the curvature met (or g is not convex there): L̂ ← 2 L̂,
                event ``auto_step_shrunk``, and λ's sum Σ‖D_i‖² restarts from 0 (estimates made with a diverging
                y are not hypergradients; without the restart a burst of them would shrink λ for good).  A limit: the
                iterations while y recovers still add their large D_i, so a θ several times too large (L̂_0 ≤ L/5
@@ -94,8 +98,8 @@ AUTO = "auto"
 #: automatic options of the AID loop, by their short names, and the rule ``bilevel show`` prints
 RULES = {
     "lr_x": "AdaGrad-norm: λ_k = 1 / sqrt(Σ_{i≤k} ‖D_i‖²), D_i the hypergradient estimates",
-    "lr_y": "θ = 1/L̂, L̂ ≈ λ_max(∇²_yy g) from Lanczos and the v-solver's Ritz values",
-    "eta": "η = 1/L̂, L̂ ≈ λ_max(∇²_yy g) from Lanczos and the v-solver's Ritz values",
+    "lr_y": "θ = 1/L̂, L̂ ≈ λ_max(∇²_yy g) from a Lanczos start and the solver's own Ritz values or quotients",
+    "eta": "η = 1/L̂, L̂ ≈ λ_max(∇²_yy g) from a Lanczos start and the solver's own Ritz values or quotients",
 }
 
 #: Lanczos steps of the start estimate (at most dy)
@@ -311,12 +315,15 @@ class AutoSteps:
 
 
 class FirstOrderAuto:
-    """Mixin of the first-order class solvers (F2SA) whose ``lr_x`` (x-step) and ``lr_y`` (θ of the shared
-    ``inner.GD`` loop) become automatic when nothing sets them: θ = 1/L̂ from a secant estimate (no HVP) and the
-    growth safeguard on the inner loop, AdaGrad-norm for the x-step (this module's rules)."""
+    """Mixin of the class solvers (F2SA, HJFBiO, STABLE) whose ``lr_x`` (x-step), ``lr_y`` (θ) and, where listed,
+    ``eta`` (η) become automatic when nothing sets them: θ = η = 1/L̂ from a start estimate (secant products of
+    ∇_y g, no HVP, unless ``auto_hvp``), AdaGrad-norm for the x-step (this module's rules).  The solver's step
+    calls ``auto_steps.observe`` with its own growth flag and Rayleigh quotients, where it has them."""
 
     #: options that become "auto" when nothing sets them
     auto_options: tuple[str, ...] = ("lr_x", "lr_y")
+    #: the start estimate from HVPs (second-order solvers) instead of secant products of ∇_y g
+    auto_hvp: bool = False
 
     def unset_value(self, name: str) -> Any:
         return AUTO if name in self.auto_options else None
@@ -337,22 +344,36 @@ class FirstOrderAuto:
     @property
     def auto_steps(self) -> Optional[AutoSteps]:
         """Which steps are automatic, None when none is."""
-        flags = {"lr_x": is_auto(getattr(self, "lr_x", None)), "lr_y": is_auto(getattr(self, "lr_y", None))}
+        flags = {n: is_auto(getattr(self, n, None)) for n in ("lr_x", "lr_y", "eta") if n in self.auto_options}
         if not any(flags.values()):
             return None
         return AutoSteps(**flags, probes=getattr(self, "_probes", PROBES))
 
     def auto_start(self, oracles: Any, x: Tensor, y: Tensor, generator: Any) -> Optional[StepState]:
-        """The start estimate (``probes`` + 1 ∇_y g when θ is automatic), None without automatic steps."""
+        """The start estimate (``probes`` + 1 ∇_y g, or ``probes`` HVPs with ``auto_hvp``, when θ or η is
+        automatic; full data), None without automatic steps."""
         rules = self.auto_steps
         if rules is None:
             return None
         try:
-            return rules.start(SecantPoint(oracles, x, y), x, y, generator)
+            point = (oracles.at(x, y) if self.auto_hvp else SecantPoint(oracles, x, y)) if rules.needs_curvature \
+                else None
+            return rules.start(point, x, y, generator)
         except ValueError as err:
             raise ValueError(f"{getattr(self, 'label', type(self).__name__)}: {err}") from None
 
     def auto_start_counts(self) -> int:
-        """∇_y g calls of the start estimate."""
+        """∇_y g calls of the start estimate (secant products)."""
         rules = self.auto_steps
-        return rules.probes + 1 if rules is not None and rules.needs_curvature else 0
+        return rules.probes + 1 if rules is not None and rules.needs_curvature and not self.auto_hvp else 0
+
+    def auto_watch_counts(self, iterations: int) -> int:
+        """∇_y g calls of the growth safeguard under mini-batches (one same-batch gradient per iteration,
+        ``GD.run_watched``), for solvers whose automatic θ drives a watched inner loop (F2SA, BOME)."""
+        rules = self.auto_steps
+        return iterations if rules is not None and rules.lr_y and getattr(self, "stochastic", False) else 0
+
+    def auto_start_hvps(self) -> int:
+        """HVPs of the start estimate (``auto_hvp``)."""
+        rules = self.auto_steps
+        return rules.probes if rules is not None and rules.needs_curvature and self.auto_hvp else 0

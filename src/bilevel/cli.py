@@ -166,6 +166,7 @@ def _algorithm_rows(entry: Any) -> list[tuple[str, str]]:
     solver = entry.create()
     automatic = isinstance(solver, AID)
     required = set(getattr(solver, "required", ()))
+    auto_defaults = dict(getattr(solver, "auto_defaults", {}))
     top_defaults = dict(solver.defaults)
     if getattr(solver, "default_order", None) is not None:
         top_defaults.setdefault("order", solver.default_order)
@@ -182,7 +183,11 @@ def _algorithm_rows(entry: Any) -> list[tuple[str, str]]:
                 keys = [dotted] + ([short] if short else [])
                 defaults = {**{k: part_defaults.get(option) for k in keys}, **solver.defaults}
                 auto = RULES[short] if automatic and (name, option) in _AUTO_PARTS and option in presettable else ""
-                rows.append((label, _shown(v, defaults, keys, option in presettable, auto)))
+                text = _shown(v, defaults, keys, option in presettable, auto)
+                by_auto = next((auto_defaults[k] for k in keys if k in auto_defaults), None)
+                if v is None and by_auto is not None:  # LancBiO's m under an automatic λ (its AUTO_DEFAULTS)
+                    text += f"; with lr_x auto: auto ({by_auto!r}, short epochs while the x-steps are long)"
+                rows.append((label, text))
         elif name in _OUTER_ROWS and value is None:
             rows.append((name, _OUTER_ROWS[name]))
         else:

@@ -42,7 +42,7 @@ class InnerSolver(Part):
         raise NotImplementedError
 
     def run_watched(self, oracles: Any, x: Tensor, y: Tensor, batches: Any, k: int, steps: Optional[int] = None,
-                    first: int = 0, grad0: Optional[Tensor] = None, any_step: bool = False
+                    first: int = 0, grad0: Optional[Tensor] = None, any_step: bool = False, batch0: Any = None
                     ) -> tuple[Tensor, Optional[Tensor]]:
         """``run``, plus a 0-dim bool tensor (never read here: no host sync) that is True when the lower
         gradient norm grew at every step (at some step with ``any_step``), or None when the solver cannot
@@ -82,7 +82,7 @@ class GD(InnerSolver):
         return y
 
     def run_watched(self, oracles: Any, x: Tensor, y: Tensor, batches: Any, k: int, steps: Optional[int] = None,
-                    first: int = 0, grad0: Optional[Tensor] = None, any_step: bool = False
+                    first: int = 0, grad0: Optional[Tensor] = None, any_step: bool = False, batch0: Any = None
                     ) -> tuple[Tensor, Optional[Tensor]]:
         """``run`` (the same y, bit for bit), and whether ‖∇_y g(x, y_t)‖ grew at every step t.
 
@@ -96,15 +96,29 @@ class GD(InnerSolver):
         round-off (a converged y) and its norm moves at random.
 
         ``any_step=True`` (the automatic steps' safeguard, ``bilevel.auto_steps``): True when the norm grew at
-        some step (two gradients suffice), which θ ≤ 2/L rules out for a convex g."""
+        some step (two gradients suffice), which θ ≤ 2/L rules out for a convex g.  Under mini-batches it
+        compares on one batch B, so that sampling cannot fake growth: ‖∇_y g_B(x, y_T)‖ against the last step's
+        ‖∇_y g_B(x, y_{T−1})‖ (one extra ∇_y g on B, counted; when the loop makes no step, ``grad0`` and its
+        batch ``batch0`` are the step before).  GD on the convex L_B-smooth g_B with θ ≤ 2/L_B cannot raise it,
+        so growth means θ is too large for a batch's curvature (L_B ≥ L can be larger than the full data's:
+        the safeguard is then conservative, never unsafe)."""
         lr = schedule_value(self.lr, k)
         norms = [] if grad0 is None else [torch.linalg.vector_norm(grad0)]
         watch = bool(getattr(batches, "full", False))
+        last = (grad0, batch0)
         for t in range(self.steps if steps is None else steps):
-            grad = oracles.grad_y_g(x, y, batches("inner", first + t))
+            batch = batches("inner", first + t)
+            grad = oracles.grad_y_g(x, y, batch)
             if watch:
                 norms.append(torch.linalg.vector_norm(grad))
+            last = (grad, batch)
             y = y - lr * grad
+        if any_step and not watch:
+            if last[0] is None:
+                return y, None
+            before, after = torch.linalg.vector_norm(last[0]), torch.linalg.vector_norm(oracles.grad_y_g(x, y, last[1]))
+            return y, (after > before) & (lr * after > _NOISE_ULPS * torch.finfo(y.dtype).eps
+                                          * torch.linalg.vector_norm(y))
         if not watch or len(norms) < (2 if any_step else 3):
             return y, None
         norms_t = torch.stack(norms)

@@ -54,6 +54,7 @@ oracle call uses.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
@@ -145,7 +146,9 @@ class AID(Solver):
     step, bit for bit.
 
     Oracle cost per iteration: T ∇_y g, 1 ∇_y f, 1 ∇_x f, the v-solver's HVPs, 1 cross product; with automatic θ
-    or η, min(10, dy) HVPs once at the start (the curvature estimate) and one host read per iteration.
+    or η, min(10, dy) HVPs once at the start (the curvature estimate; under mini-batches on the first
+    iteration's ``hvp`` draw, its samples counted) and one host read per iteration; with an automatic θ under
+    mini-batches, 1 ∇_y g more per iteration (the safeguard's same-batch comparison, ``GD.run_watched``).
     Samples per iteration with mini-batches (B_r: the batch size of role r): T·B_inner + (HVPs)·B_hvp +
     B_cross on g, 2·B_upper on f (∇_x f and ∇_y f are one call on one batch, counted once each); an
     autodiff graph build (``linearize``, none on problems with closed-form products) adds its batch again.
@@ -158,6 +161,9 @@ class AID(Solver):
                                         repr=False, compare=False)
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, metadata=_IDENTITY, repr=False,
                                                       compare=False)
+    #: defaults that replace ``defaults`` when λ (lr_x) is automatic (looked up just before ``defaults``): a
+    #: part option whose library default suits tuned steps but not AdaGrad-norm's long early x-steps
+    auto_defaults: Mapping[str, Any] = field(default_factory=dict, metadata=_IDENTITY, repr=False, compare=False)
     required: tuple[str, ...] = field(default=("lr_x",), metadata=_IDENTITY, repr=False)
     default_order: str = field(default="sequential", metadata=_IDENTITY, repr=False)
     min_inner_steps: int = field(default=0, metadata=_IDENTITY, repr=False)
@@ -228,6 +234,7 @@ class AID(Solver):
         options, looked up by dotted and short name (``inner.steps`` / ``inner_steps``, ``v_solver.m`` /
         ``m``)."""
         opts = super()._resolved_fields(problem, stochastic)
+        auto_x = is_auto(opts["lr_x"])
         if opts["order"] is None:
             opts["order"] = self.default_order
         if opts["hessian_batch"] is None:
@@ -241,7 +248,7 @@ class AID(Solver):
                 if value is None:
                     short = short_name(part, option)
                     keys = (f"{part}.{option}",) + ((short,) if short else ())
-                    found = self.lookup(problem, keys, stochastic)
+                    found = self._lookup_part(problem, keys, stochastic, auto_x)
                     if found is not None:
                         values[option] = found
                     elif (part, option) in _AUTO_PARTS and option in obj.presettable:
@@ -255,6 +262,17 @@ class AID(Solver):
                  "eta": is_auto(getattr(opts["v_solver"], "eta", None))}
         opts["auto_steps"] = AutoSteps(**flags, probes=min(PROBES, problem.dy)) if any(flags.values()) else None
         return opts
+
+    def _lookup_part(self, problem: BilevelProblem, keys: tuple[str, ...], stochastic: bool, auto_x: bool) -> Any:
+        """``lookup``, with ``auto_defaults`` consulted just before ``defaults`` when λ is automatic."""
+        tables = self.setting_tables(problem, stochastic)
+        if auto_x and self.auto_defaults:
+            tables = tables[:-1] + [self.auto_defaults, tables[-1]]
+        for table in tables:
+            for key in keys:
+                if key in table and table[key] is not None:
+                    return table[key]
+        return None
 
     def unset_value(self, name: str) -> Any:
         """``lr_x`` left unset with nothing to fill it: automatic (``bilevel.auto_steps``)."""
@@ -279,13 +297,17 @@ class AID(Solver):
 
     # ---- cost -------------------------------------------------------------------------------------------
     def expected_counts(self, iterations: int) -> dict[str, float]:
-        """Per iteration: T ∇_y g, 1 ∇_x f, 1 ∇_y f, 1 cross product, the v-solver's HVPs.
+        """Per iteration: T ∇_y g, 1 ∇_x f, 1 ∇_y f, 1 cross product, the v-solver's HVPs (+ 1 ∇_y g with an
+        automatic θ under mini-batches: the safeguard's same-batch gradient).
         (Simultaneous order: the first of the T y-steps uses ∇_y g at the linearisation point.)"""
         self._require_bound()
         K = iterations
         probes = self.auto_steps.probes if self.auto_steps is not None and self.auto_steps.needs_curvature else 0
+        # the mini-batch safeguard's same-batch gradient (GD.run_watched), once per iteration that makes a y-step
+        watched = (self.auto_steps is not None and self.auto_steps.lr_y and self.stochastic
+                   and (self.inner.steps > 0 or self.order == "simultaneous"))
         return {
-            "grad_y_g": self.inner.steps * K, "grad_x_f": K, "grad_y_f": K, "grad_x_g": 0,
+            "grad_y_g": (self.inner.steps + watched) * K, "grad_x_f": K, "grad_y_f": K, "grad_x_g": 0,
             "cross": K, "cross_t": 0,
             "hvp": self._counted_v_solver.total_matvecs(K, v0_zero=self.v_init == "zeros") + probes,
         }
@@ -308,17 +330,19 @@ class AID(Solver):
         if self.v_init == "randn":
             v0 = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
         auto = None
-        if self.auto_steps is not None:  # the start estimate of L̂, μ̂: probes HVPs at (x_0, y_0), full data
-            try:
-                auto = self.auto_steps.start(oracles.at(x, y), x, y, generator, float(self.damping or 0.0))
-            except ValueError as err:
-                raise ValueError(f"{self.label}: {err}") from None
-        v_state = self._parts(auto)[1].init(torch.zeros_like(y), v0)
+        if self.auto_steps is not None and self.stochastic and self.auto_steps.needs_curvature:
+            # under mini-batches the start estimate waits for the first iteration's own hvp draw (_auto_ready)
+            auto = self._auto_start(oracles, x, y, generator, None, probe=False)
+        elif self.auto_steps is not None:  # the start estimate of L̂, μ̂: probes HVPs at (x_0, y_0), full data
+            auto = self._auto_start(oracles, x, y, generator, None)
+        pending = auto is not None and self.auto_steps.needs_curvature and not math.isfinite(auto.L)
+        v_state = (self.v_solver if pending else self._parts(auto)[1]).init(torch.zeros_like(y), v0)
         outer = build_outer(self.label, self, x)
         return AIDState(k=0, x=x, y=y, v=v_state.v, v_state=v_state, iterate=(x, y, v_state.v),
                         generator=generator, outer=outer, auto=auto)
 
     def step(self, state: AIDState, oracles: Any, batches: Any) -> AIDState:
+        state = self._auto_ready(state, oracles, batches)
         if self.order == "simultaneous":
             return self._step_simultaneous(state, oracles, batches)
         x, k = state.x, state.k
@@ -343,13 +367,33 @@ class AID(Solver):
         jv = hessian.on(batches("cross")).cross(v_old)
         v, v_state, info = v_solver.solve(hessian.matvec, b, state.v_state, k=k, generator=state.generator)
         y_new, grew = inner.run_watched(oracles, x, y - theta * d_y, batches, k, steps=inner.steps - 1,
-                                        first=1, grad0=d_y, **self._watch)
+                                        first=1, grad0=d_y, batch0=hessian.batch(), **self._watch)
         x_new, auto = self._x_update(x, gx_f, jv, info, k, state.auto, state.outer)
         # the iterate's v is v_k, made by the previous iteration's solve
         return self._advance(state, x_new, y_new, v, v_state, info, (x, y, v_old), grew, state.curvature is None,
                              hessian.kept(), self._observe(auto, grew, v_state))
 
     # ---- automatic steps (bilevel.auto_steps) --------------------------------------------------------------
+    def _auto_start(self, oracles: Any, x: Tensor, y: Tensor, generator: Any, batch: Any, probe: bool = True
+                    ) -> StepState:
+        """The start estimate of L̂, μ̂: ``probes`` HVPs at (x_0, y_0) on ``batch`` (None: the full data);
+        ``probe=False``: the state without an estimate yet (L̂ = NaN), for mini-batch runs."""
+        rules = self.auto_steps if probe else dataclasses.replace(self.auto_steps, lr_y=False, eta=False)
+        point = oracles.at(x, y, batch) if probe else None
+        try:
+            return rules.start(point, x, y, generator, float(self.damping or 0.0))
+        except ValueError as err:
+            raise ValueError(f"{self.label}: {err}") from None
+
+    def _auto_ready(self, state: AIDState, oracles: Any, batches: Any) -> AIDState:
+        """Under mini-batches, the first iteration makes the start estimate on its own ``hvp`` draw (the draw
+        its v-solver then uses: its samples are counted like every other call's)."""
+        auto = state.auto
+        if auto is None or not self.auto_steps.needs_curvature or math.isfinite(auto.L):
+            return state
+        start = self._auto_start(oracles, state.x, state.y, state.generator, batches("hvp"))
+        return dataclasses.replace(state, auto=dataclasses.replace(start, lam=auto.lam, sumsq=auto.sumsq))
+
     def _parts(self, auto: Optional[StepState]) -> tuple[InnerSolver, LinearSolver]:
         """The inner solver and the v-solver with the automatic θ, η of ``auto`` filled in (the configured
         parts themselves when nothing is automatic)."""
@@ -438,6 +482,10 @@ class _Hessian:
                 self.held, self._draw = (self.batches("hvp"),), False
             return self.held[0]
         return self.batches("hvp", index)
+
+    def batch(self) -> Any:
+        """The iteration's first ``hvp`` draw (the held one in ``"epoch"`` mode): the point's batch."""
+        return self._hvp_batch()
 
     def point(self) -> Any:
         """The point on the iteration's first ``hvp`` draw (the held one in ``"epoch"`` mode)."""

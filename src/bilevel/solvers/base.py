@@ -182,7 +182,7 @@ class Solver(ABC, metaclass=CheckedOptions):
             if out.get(name) is None:
                 raise ValueError(
                     f"{self.label or type(self).__name__}: {name} has no value: pass {name}=... "
-                    f"(problem {problem.name!r} has no scale for it)."
+                    f"(problem {problem.name!r} has no scale for it){self.unset_hint(name)}."
                 )
         return out
 
@@ -192,6 +192,10 @@ class Solver(ABC, metaclass=CheckedOptions):
         if opts.get("outer") is not None:
             return tuple(name for name in self.required if name != "lr_x")
         return self.required
+
+    def unset_hint(self, name: str) -> str:
+        """Text added to the one-line error for a required option that nothing set (why it is not automatic)."""
+        return ""
 
     def unset_value(self, name: str) -> Any:
         """The value of a required option that nothing set (None: an error).  The AID loop answers

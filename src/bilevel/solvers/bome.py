@@ -11,10 +11,11 @@ import torch
 from torch import Tensor
 
 from .._validation import check_int, check_positive
-from ..inner import InnerGDLoop, schedule_value
+from ..auto_steps import FirstOrderAuto, StepState
+from ..inner import GD, InnerGDLoop, schedule_value
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
-from .base import Solver, register
+from .base import Solver, add_events, register
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class BOMEState:
     omega: Optional[Tensor] = None
     direction: Optional[Tensor] = None
     events: Mapping[str, int] = field(default_factory=dict)
+    #: the automatic θ (``bilevel.auto_steps``), None when lr_y is given or preset
+    auto: Optional[StepState] = None
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -40,7 +43,7 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class BOME(InnerGDLoop, Solver):
+class BOME(FirstOrderAuto, InnerGDLoop, Solver):
     """BOME — Bilevel Optimization Made Easy: descent on f subject to the value-function constraint
     q(x, y) = g(x, y) − min_y′ g(x, y′) ≤ 0, via a dynamic barrier (Liu, Ye, Wright, Stone & Liu,
     "BOME! Bilevel Optimization Made Easy: A Simple First-Order Approach", NeurIPS 2022).
@@ -78,11 +81,23 @@ class BOME(InnerGDLoop, Solver):
     Suggested starting values (BOME is not in the reference experiments; T and η as in Liu et al. 2022):
     T = 10, η = 0.5, hyper-cleaning block steps (ξ_x, ξ_y) = (500, 0.1) with θ = 0.1; synthetic: the
     problem's scales λ = 1, θ = 1e-5.  The problems' scales supply lr_x and lr_y.
+
+    Automatic steps (``bilevel.auto_steps``): only θ, the ŷ loop's step (lr_y that nothing sets, or
+    ``"auto"``), and with it ξ_y when lr_y_outer is unset (ξ_y = θ, as with a given θ): θ = 1/L̂ with L̂ from
+    min(10, dy) Lanczos steps on secant products of ∇_y g at (x_0, y_0) (min(10, dy) + 1 extra ∇_y g, once, full
+    data; no HVP), doubled when ‖∇_y g‖ grows at a ŷ-step (the AID safeguard).  The ŷ loop is gradient descent on
+    g(x_k, ·), stable for θ < 2/L, so curvature sets it.  Not automatic, so still required on a problem without
+    scales: ξ_x (lr_x).  Why: the x-block step must stay stable at the barrier weight ω, and the x-curvature of
+    f + ω q grows with ω (∇²_xx of both levels, not ∇²_yy g, which is all the estimate sees); AdaGrad-norm on
+    the x-block, tried in its place, would also change P, hence ω, at every step.  ξ_y (lr_y_outer) sets the
+    accuracy (the O(1/ω) neighbourhood, ω ≈ 2/(ξ_y L_g)) against time, a choice, not a curvature; ξ_y = θ is
+    stable but stalls early (above).  The error for a missing lr_x says so.
     """
 
     name: ClassVar[str] = "bome"
     label: ClassVar[str] = "BOME"
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 10, "eta_b": 0.5}
+    auto_options: ClassVar[tuple[str, ...]] = ("lr_y",)
 
     lr_x: Optional[ScheduleLike] = None
     lr_y: Optional[ScheduleLike] = None
@@ -116,7 +131,7 @@ class BOME(InnerGDLoop, Solver):
     def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "BOME"
         for name in ("lr_x", "lr_y", "lr_y_outer"):
-            if opts.get(name) is not None:
+            if opts.get(name) is not None and not self.auto_value(owner, name, opts[name]):
                 as_schedule(opts[name], f"{owner}: {name}")
         if opts.get("eta_b") is not None:
             check_positive(owner, "eta_b", opts["eta_b"], allow_zero=True)
@@ -125,27 +140,44 @@ class BOME(InnerGDLoop, Solver):
         check_positive(owner, "eps", opts["eps"], allow_zero=True)
 
     def expected_counts(self, iterations: int) -> dict[str, float]:
-        """Per iteration: T + 1 ∇_y g, 2 ∇_x g, 1 ∇_x f, 1 ∇_y f; no second-order products."""
+        """Per iteration: T + 1 ∇_y g, 2 ∇_x g, 1 ∇_x f, 1 ∇_y f; no second-order products.  An automatic θ adds
+        min(10, dy) + 1 ∇_y g once (the secant estimate), and under mini-batches 1 ∇_y g per iteration (the
+        safeguard's same-batch gradient)."""
         self._require_bound()
         T, K = self.inner_steps, iterations
-        return {"grad_y_g": (T + 1) * K, "grad_x_g": 2 * K, "grad_x_f": K, "grad_y_f": K,
+        return {"grad_y_g": (T + 1) * K + self.auto_start_counts() + self.auto_watch_counts(K), "grad_x_g": 2 * K, "grad_x_f": K, "grad_y_f": K,
                 "hvp": 0, "cross": 0, "cross_t": 0}
 
 
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> BOMEState:
         self._require_bound()
         x, y = problem.x0, problem.y0
-        return BOMEState(k=0, x=x, y=y, y_hat=y.clone(), iterate=(x, y, None))
+        return BOMEState(k=0, x=x, y=y, y_hat=y.clone(), iterate=(x, y, None),
+                         auto=self.auto_start(oracles, x, y, generator))
+
+    def unset_hint(self, name: str) -> str:
+        if name == "lr_x":
+            return ("; BOME sets only θ (lr_y) from curvature: ξ_x must stay stable at the barrier weight ω, whose "
+                    "x-curvature no estimate of ∇²_yy g bounds — pass lr_x (e.g. 0.01), and lr_y_outer (ξ_y < θ) "
+                    "for accuracy")
+        return ""
 
     def step(self, state: BOMEState, oracles: Any, batches: Any) -> BOMEState:
         x, y, k = state.x, state.y, state.k
-        y_hat = self.inner_loop.run(oracles, x, state.y_hat, batches, k)
+        auto, rules, grew, events = state.auto, self.auto_steps, None, ()
+        if rules is not None and rules.lr_y:  # automatic θ: the ŷ loop also reports growth (the safeguard)
+            theta = auto.theta
+            y_hat, grew = GD(steps=self.inner_steps, lr=theta).run_watched(oracles, x, state.y_hat, batches, k,
+                                                                             any_step=True)
+        else:
+            theta = self.lr_y
+            y_hat = self.inner_loop.run(oracles, x, state.y_hat, batches, k)
         lower = batches("lower")
         gx_g, gy_g = oracles.grad_g(x, y, lower)
         q_x = gx_g - oracles.grad_x_g(x, y_hat, lower)  # same batch as gx_g
         q_y = gy_g
         gx_f, gy_f = oracles.grad_f(x, y, batches("upper"))
-        outer = self.lr_y if self.lr_y_outer is None else self.lr_y_outer
+        outer = theta if self.lr_y_outer is None else self.lr_y_outer
         px, py = schedule_value(self.lr_x, k), schedule_value(outer, k)
         qPq = px * _dot(q_x, q_x) + py * _dot(q_y, q_y)
         fPq = px * _dot(gx_f, q_x) + py * _dot(gy_f, q_y)
@@ -156,9 +188,12 @@ class BOME(InnerGDLoop, Solver):
         omega = torch.where(active, torch.clamp(float(self.eta_b) - ratio, min=0.0), torch.zeros_like(qPq))
         d_x = gx_f + omega * q_x
         d_y = gy_f + omega * q_y
+        if rules is not None:
+            auto, events = rules.observe(auto, grew, None)
         return dataclasses.replace(
             state, k=k + 1, x=(x - px * d_x).detach(), y=(y - py * d_y).detach(), y_hat=y_hat.detach(),
-            iterate=(x, y, None), omega=omega.detach(), direction=d_x.detach(),
+            iterate=(x, y, None), omega=omega.detach(), direction=d_x.detach(), auto=auto,
+            events=add_events(state.events, events),
         )
 
 

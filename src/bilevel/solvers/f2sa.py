@@ -161,10 +161,11 @@ class F2SA(FirstOrderAuto, InnerGDLoop, Solver):
 
     def expected_counts(self, iterations: int) -> dict[str, float]:
         """Per iteration: 2T ∇_y g, T ∇_y f, 1 ∇_x f, 2 ∇_x g; no second-order products.  An automatic θ adds
-        min(10, dy) + 1 ∇_y g once (the secant estimate)."""
+        min(10, dy) + 1 ∇_y g once (the secant estimate), and under mini-batches 1 ∇_y g per iteration (the
+        safeguard's same-batch gradient)."""
         self._require_bound()
         T, K = self.inner_steps, iterations
-        return {"grad_y_g": 2 * T * K + self.auto_start_counts(), "grad_y_f": T * K, "grad_x_f": K, "grad_x_g": 2 * K,
+        return {"grad_y_g": 2 * T * K + self.auto_start_counts() + self.auto_watch_counts(K), "grad_y_f": T * K, "grad_x_f": K, "grad_x_g": 2 * K,
                 "hvp": 0, "cross": 0, "cross_t": 0}
 
 

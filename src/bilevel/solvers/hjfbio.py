@@ -12,13 +12,14 @@ import torch
 from torch import Tensor
 
 from .._validation import check_bool, check_positive
+from ..auto_steps import FirstOrderAuto, StepState
 from ..inner import schedule_value
 from ..outer import OuterOptimizer
 from ..outer import build as build_outer
 from ..outer import check_options as check_outer
 from ..problem import BilevelProblem
 from ..schedules import PowerDecay, ScheduleLike, as_schedule
-from .base import Solver, register
+from .base import Solver, add_events, register
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,13 @@ class HJFBiOState:
     events: Mapping[str, int] = field(default_factory=dict)
     #: the ``outer`` optimizer of x (``bilevel.outer``; mutable, like a generator), else None
     outer: Optional[OuterOptimizer] = field(default=None, compare=False)
+    #: the automatic steps (``bilevel.auto_steps``), None when lr_x, lr_y and eta are given or preset
+    auto: Optional[StepState] = None
 
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class HJFBiO(Solver):
+class HJFBiO(FirstOrderAuto, Solver):
     """HJFBiO — Hessian/Jacobian-free bilevel optimisation, single loop (Huang, "Optimal Hessian/Jacobian-Free
     Nonconvex-PL Bilevel Optimization", ICML 2024).
 
@@ -70,7 +73,15 @@ class HJFBiO(Solver):
 
     η is the v-step, separate from the inner step θ (the reference used θ for both); lr_x and lr_y accept
     schedules.  There is no inner_steps: one y-step per iteration.  Step sizes and η come from the
-    problem's scales, the published settings or the user.
+    problem's scales, the published settings or the user, else they are automatic.
+
+    Automatic steps (lr_x, lr_y, eta that nothing sets, or ``"auto"``; ``bilevel.auto_steps``), Hessian-free
+    like the method: θ = η = 1/L̂ with L̂ from min(10, dy) Lanczos steps on secant products of ∇_y g at
+    (x_0, y_0) (min(10, dy) + 1 extra ∇_y g, once, full data; no HVP), raised by the Rayleigh quotient
+    v_kᵀÂv_k/‖v_k‖² of each iteration's own finite difference (no extra call; one host read per iteration);
+    λ by AdaGrad-norm on the x-direction.  Why these: the y-step is gradient descent on g(x_k, ·) and the
+    v-step gradient descent on ½vᵀA_kv − b_kᵀv, both stable for a step < 2/L.  No growth safeguard: one
+    ∇_y g per iteration, at a point whose x has moved, gives no two gradients of one g(x, ·) to compare.
 
     Published settings (``settings``, looked up by the problem's experiment key; hyper-cleaning only):
 
@@ -88,6 +99,7 @@ class HJFBiO(Solver):
     name: ClassVar[str] = "hjfbio"
     label: ClassVar[str] = "HJFBiO"
     required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
+    auto_options: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
     settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {"hyperclean": {"eta": 0.1}}
 
     lr_x: Optional[ScheduleLike] = None
@@ -120,9 +132,9 @@ class HJFBiO(Solver):
         owner = "HJFBiO"
         check_outer(owner, opts)
         for name in ("lr_x", "lr_y"):
-            if opts.get(name) is not None:
+            if opts.get(name) is not None and not self.auto_value(owner, name, opts[name]):
                 as_schedule(opts[name], f"{owner}: {name}")
-        if opts.get("eta") is not None:
+        if opts.get("eta") is not None and not self.auto_value(owner, "eta", opts["eta"]):
             check_positive(owner, "eta", opts["eta"])
         if opts.get("delta") is not None:
             check_positive(owner, "delta", opts["delta"])
@@ -144,12 +156,13 @@ class HJFBiO(Solver):
         return None
 
     def expected_counts(self, iterations: int) -> dict[str, float]:
-        """Per iteration after the first: 3 ∇_y g, 2 ∇_x g, 1 ∇_x f, 1 ∇_y f (the first: 1 ∇_y g)."""
+        """Per iteration after the first: 3 ∇_y g, 2 ∇_x g, 1 ∇_x f, 1 ∇_y f (the first: 1 ∇_y g); an automatic
+        θ or η adds min(10, dy) + 1 ∇_y g once (the secant start estimate)."""
         self._require_bound()
         K = iterations
         fd = max(K - 1, 0)  # iterations with v_k ≠ 0: all but the first
         return {
-            "grad_y_g": K + 2 * fd, "grad_x_g": 2 * fd, "grad_x_f": K, "grad_y_f": K,
+            "grad_y_g": K + 2 * fd + self.auto_start_counts(), "grad_x_g": 2 * fd, "grad_x_f": K, "grad_y_f": K,
             "hvp": 0, "cross": 0, "cross_t": 0,
         }
 
@@ -176,23 +189,37 @@ class HJFBiO(Solver):
         self._require_bound()
         x, y = problem.x0, problem.y0
         v = torch.zeros_like(y)
-        return HJFBiOState(k=0, x=x, y=y, v=v, iterate=(x, y, v), outer=build_outer(self.label, self, x))
+        return HJFBiOState(k=0, x=x, y=y, v=v, iterate=(x, y, v), outer=build_outer(self.label, self, x),
+                           auto=self.auto_start(oracles, x, y, generator))
 
     def step(self, state: HJFBiOState, oracles: Any, batches: Any) -> HJFBiOState:
         x, y, v, k = state.x, state.y, state.v, state.k
+        auto, rules = state.auto, self.auto_steps
+        spectrum = None
         if bool(torch.any(v != 0)):  # the hvp draw only when the differences are taken (no unused draw)
             av, jv = self._differences(oracles, x, y, v, batches("hvp"))
+            if rules is not None and rules.needs_curvature:  # vᵀÂv/‖v‖², from the difference just taken
+                q = float(torch.dot(v.reshape(-1), av.reshape(-1)) / torch.dot(v.reshape(-1), v.reshape(-1)))
+                spectrum = (q, q)
         else:
             av, jv = torch.zeros_like(y), torch.zeros_like(x)
         d_y = oracles.grad_y_g(x, y, batches("inner"))
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
-        v_new = v - self.eta * (av - b)
-        y_new = y - schedule_value(self.lr_y, k) * d_y
-        if state.outer is None:
+        eta = auto.eta if rules is not None and rules.eta else self.eta
+        theta = auto.theta if rules is not None and rules.lr_y else schedule_value(self.lr_y, k)
+        v_new = v - eta * (av - b)
+        y_new = y - theta * d_y
+        events = ()
+        if rules is not None and rules.lr_x:
+            x_new, auto = rules.x_step(auto, x, gx_f - jv)
+        elif state.outer is None:
             x_new = x - schedule_value(self.lr_x, k) * (gx_f - jv)
         else:
             x_new = state.outer.step(x, gx_f - jv)
-        return dataclasses.replace(state, k=k + 1, x=x_new, y=y_new, v=v_new, iterate=(x, y, v))
+        if rules is not None:
+            auto, events = rules.observe(auto, None, spectrum)
+        return dataclasses.replace(state, k=k + 1, x=x_new, y=y_new, v=v_new, iterate=(x, y, v), auto=auto,
+                                   events=add_events(state.events, events))
 
 
 def hjfbio(**options: Any) -> HJFBiO:

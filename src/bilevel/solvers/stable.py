@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_int, check_positive
+from ..auto_steps import FirstOrderAuto, StepState
 from ..inner import schedule_value
 from ..linear_solvers.base import Curvature
 from ..linear_solvers.neumann import Neumann
@@ -43,11 +44,13 @@ class StableState:
     trusted: bool = True
     #: the ``outer`` optimizer of x (``bilevel.outer``; mutable, like a generator), else None
     outer: Optional[OuterOptimizer] = field(default=None, compare=False)
+    #: the automatic steps (``bilevel.auto_steps``), None when lr_x, lr_y and eta are given or preset
+    auto: Optional[StepState] = None
 
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class STABLE(Solver):
+class STABLE(FirstOrderAuto, Solver):
     """STABLE — single-timescale bilevel optimisation, matrix-free variant (Chen, Xu & Zhang, "A
     Single-Timescale Method for Stochastic Bilevel Optimization", AISTATS 2022).
 
@@ -78,6 +81,16 @@ class STABLE(Solver):
     average) and no inner_steps (single loop: one y-step per iteration); passing them is an error.
     Step sizes come from the problem's scales or the user; the library only defaults Q = 20.
 
+    Automatic steps (lr_x, lr_y, eta that nothing sets, or ``"auto"``; ``bilevel.auto_steps``): θ = η = 1/L̂
+    with L̂ from min(10, dy) Lanczos HVPs at (x_0, y_0) (once, full data, counted), raised by the largest
+    Rayleigh quotient of the v-sum's terms (I − ηA_k)^i b_k (no extra product; they turn towards the top
+    eigenvector exactly when η > 2/λ_max); λ by AdaGrad-norm on the x-direction.  Why these are the
+    automatic ones: the y-step y − θ∇_y g − z_k is gradient descent on g(x_k, ·) plus the correction, stable
+    for θ < 2/L like the AID inner loop's; the Neumann sums contract for η < 2/L.  There is no growth
+    safeguard: one ∇_y g per iteration, at a point whose x has moved since the last one, gives no two
+    gradients of one g(x, ·) to compare (the Rayleigh quotients are the check).  One host read per
+    iteration (the quotients).
+
     Published settings (``settings``, looked up by the problem's experiment key; the reference's
     hyper-cleaning run, not in the paper's figures):
 
@@ -96,6 +109,8 @@ class STABLE(Solver):
     name: ClassVar[str] = "stable"
     label: ClassVar[str] = "STABLE"
     required: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
+    auto_options: ClassVar[tuple[str, ...]] = ("lr_x", "lr_y", "eta")
+    auto_hvp: ClassVar[bool] = True
     defaults: ClassVar[Mapping[str, Any]] = {"v_steps": 20}
     settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {"hyperclean": {"v_steps": 20}, "newsgroups": {"v_steps": 10}}
 
@@ -127,54 +142,67 @@ class STABLE(Solver):
         owner = "STABLE"
         check_outer(owner, opts)
         for name in ("lr_x", "lr_y"):
-            if opts.get(name) is not None:
+            if opts.get(name) is not None and not self.auto_value(owner, name, opts[name]):
                 as_schedule(opts[name], f"{owner}: {name}")
-        if opts.get("eta") is not None:
+        if opts.get("eta") is not None and not self.auto_value(owner, "eta", opts["eta"]):
             check_positive(owner, "eta", opts["eta"])
         if opts.get("v_steps") is not None:
             check_int(owner, "v_steps", opts["v_steps"], 1)
 
     def expected_counts(self, iterations: int) -> dict[str, float]:
-        """Per iteration: 1 ∇_y g, 1 ∇_x f, 1 ∇_y f, 2Q HVPs, 1 cross, 1 cross_t."""
+        """Per iteration: 1 ∇_y g, 1 ∇_x f, 1 ∇_y f, 2Q HVPs, 1 cross, 1 cross_t; an automatic θ or η adds
+        min(10, dy) HVPs once (the start estimate)."""
         self._require_bound()
         K = iterations
         return {
             "grad_y_g": K, "grad_x_f": K, "grad_y_f": K, "grad_x_g": 0,
-            "hvp": 2 * self.v_steps * K, "cross": K, "cross_t": K,
+            "hvp": 2 * self.v_steps * K + self.auto_start_hvps(), "cross": K, "cross_t": K,
         }
 
     @cached_property
     def neumann(self) -> Neumann:
-        """The fixed-length Neumann sum η Σ_{i=0..Q} (I − ηA)^i (built once per bound solver)."""
-        return Neumann(eta=self.eta, steps=self.v_steps, randomized=False)
+        """The fixed-length Neumann sum η Σ_{i=0..Q} (I − ηA)^i (built once per bound solver; with an automatic
+        η, for the current η̂ at each step)."""
+        return Neumann(eta=1.0 if isinstance(self.eta, str) else self.eta, steps=self.v_steps, randomized=False)
 
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> StableState:
         self._require_bound()
         x, y = problem.x0, problem.y0
         v = torch.zeros_like(y)
-        return StableState(k=0, x=x, y=y, v=v, iterate=(x, y, v), outer=build_outer(self.label, self, x))
+        return StableState(k=0, x=x, y=y, v=v, iterate=(x, y, v), outer=build_outer(self.label, self, x),
+                           auto=self.auto_start(oracles, x, y, generator))
 
     def step(self, state: StableState, oracles: Any, batches: Any) -> StableState:
         x, y, k = state.x, state.y, state.k
+        auto, rules = state.auto, self.auto_steps
         neumann = self.neumann
+        if rules is not None and rules.eta:
+            neumann = dataclasses.replace(neumann, eta=auto.eta)
+        theta = auto.theta if rules is not None and rules.lr_y else schedule_value(self.lr_y, k)
         point = oracles.at(x, y, batches("hvp"))
         d_y = point.grad_y_g()
         gx_f, b = oracles.grad_f(x, y, batches("upper"))
         # both sums are rebuilt from b every iteration: a fresh v-solver state each time (nothing carried)
-        v, _, info_v = neumann.solve(point.hvp, b, neumann.init(b), k=k)
+        v, v_state, info_v = neumann.solve(point.hvp, b, neumann.init(b), k=k)
         cross = point_on(oracles, point, batches("cross"))
-        if state.outer is None:
-            x_new = x - schedule_value(self.lr_x, k) * (gx_f - cross.cross(v))
+        direction = gx_f - cross.cross(v)
+        if rules is not None and rules.lr_x:
+            x_new, auto = rules.x_step(auto, x, direction)
+        elif state.outer is None:
+            x_new = x - schedule_value(self.lr_x, k) * direction
         else:
-            x_new = state.outer.step(x, gx_f - cross.cross(v))
+            x_new = state.outer.step(x, direction)
         # The correction uses the actual move of x, so it tracks y* along the step just taken.
         t = cross.cross_t(x_new - x)
         z, _, info_z = neumann.solve(point.hvp, t, neumann.init(t), k=k)
-        y_new = y - schedule_value(self.lr_y, k) * d_y - z
+        y_new = y - theta * d_y - z
+        events = ()
+        if rules is not None:
+            auto, events = rules.observe(auto, None, neumann.spectrum(v_state))
         return dataclasses.replace(
             state, k=k + 1, x=x_new, y=y_new, v=v, iterate=(x, y, v), correction=z,
-            events=add_events(state.events, info_v.events + info_z.events),
-            curvature=info_v.curvature or info_z.curvature, trusted=info_v.curvature is None,
+            events=add_events(state.events, info_v.events + info_z.events + events),
+            curvature=info_v.curvature or info_z.curvature, trusted=info_v.curvature is None, auto=auto,
         )
 
 
