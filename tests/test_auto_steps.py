@@ -272,7 +272,7 @@ def test_readme_custom_problem_runs_without_step_sizes():
     exec(compile(code, "README.md", "exec"), scope)
     res = scope["res"]
     assert res.status == "max_iter" and res.iterations == 300
-    assert res.options["auto"] == "lr_x,lr_y" and res.options["lr_y"] > 0
+    assert res.options["auto"] == "lr_x,lr_y,m" and res.options["lr_y"] > 0  # m: lancbio.AUTO_DEFAULTS
     norms = res.history.column("hypergrad_est_norm")
     assert all(math.isfinite(v) for v in norms) and norms[-1] < norms[0]
 
@@ -423,7 +423,12 @@ def test_lancbio_automatic_lr_x_grows_m_from_one_unless_something_sets_it():
     custom = quadratic(1e2)
     assert get_solver("lancbio").bind(custom).v_solver.m == AUTO_DEFAULTS["m"]
     assert isinstance(AUTO_DEFAULTS["m"], DimensionSchedule) and AUTO_DEFAULTS["m"].m0 == 1
+    assert get_solver("lancbio").bind(custom).auto_steps.listed == ("lr_x", "lr_y", "m")
+    with pytest.warns(UserWarning, match="never reaches its cap"):
+        res = bilevel.solve(custom, get_solver("lancbio"), max_iter=2, eval_every=2)
+    assert res.options["auto"] == "lr_x,lr_y,m" and res.options["m"] == str(AUTO_DEFAULTS["m"])
     assert get_solver("lancbio", m=7).bind(custom).v_solver.m == 7
+    assert get_solver("lancbio", m=7).bind(custom).auto_steps.listed == ("lr_x", "lr_y")
     assert get_solver("lancbio", lr_x=0.5).bind(custom).v_solver.m == DEFAULTS["m"]
     ref = bilevel.problems.quadratic(dx=5, dy=20, condition=100.0, seed=0)
     assert get_solver("lancbio").bind(ref).v_solver.m == DEFAULTS["m"]

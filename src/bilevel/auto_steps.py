@@ -232,17 +232,25 @@ class AutoSteps:
     """Which of the AID loop's steps are automatic (``lr_x``, ``lr_y``, ``eta``), and how (module docstring).
 
     probes: Lanczos steps (HVPs) of the start estimate, ≤ dy.   x_rule: "adagrad" (AdaGrad-norm, the default)
-    or "dog" (DoG, kept for comparison; module docstring)."""
+    or "dog" (DoG, kept for comparison; module docstring).  from_defaults: other options whose value came from
+    the solver's defaults for an automatic λ (LancBiO's growing m, ``lancbio.AUTO_DEFAULTS``)."""
 
     lr_x: bool = False
     lr_y: bool = False
     eta: bool = False
     probes: int = PROBES
     x_rule: str = "adagrad"
+    from_defaults: tuple[str, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The automatic step sizes."""
         return tuple(n for n in ("lr_x", "lr_y", "eta") if getattr(self, n))
+
+    @property
+    def listed(self) -> tuple[str, ...]:
+        """What ``Result.options["auto"]`` lists: the automatic steps and the options chosen for them."""
+        return self.names + self.from_defaults
 
     @property
     def needs_curvature(self) -> bool:
