@@ -467,12 +467,13 @@ def test_automatic_steps_under_mini_batches():
     assert one.samples_g == 32 * (one.grad_y_g + one.hvp + one.cross)
 
 
-@pytest.mark.parametrize("name,options", [("f2sa", {}), ("bome", {"lr_x": 0.02}), ("stable", {}), ("hjfbio", {})])
+@pytest.mark.parametrize("name,options", [("f2sa", {}), ("bome", {"lr_x": 0.02}), ("stable", {}), ("hjfbio", {}),
+                                          ("pbgd", {"lr_x": 0.01}), ("itd", {})])
 def test_class_solvers_automatic_steps_count_exactly_under_mini_batches(name, options):
-    """F2SA and BOME's watched inner loops add one same-batch ∇_y g per iteration under mini-batches; STABLE and
-    HJFBiO have no safeguard; every count is the documented one and nothing diverges."""
+    """F2SA, BOME and PBGD's watched inner loops add one same-batch ∇_y g per iteration under mini-batches; STABLE,
+    HJFBiO and ITD have no safeguard there; every count is the documented one and nothing diverges."""
     problem = bilevel.problems.quadratic(dx=5, dy=20, condition=10.0, seed=0, n_samples=200, n_samples_f=100)
-    solver = get_solver(name, lr_y="auto", **({"lr_x": "auto"} if name != "bome" else {}), **options)
+    solver = get_solver(name, lr_y="auto", **({"lr_x": "auto"} if name not in ("bome", "pbgd") else {}), **options)
     res = bilevel.solve(problem, solver, max_iter=30, eval_every=10, batches=bilevel.MiniBatch(32), seed=0)
     expected = solver.bind(problem, stochastic=True).expected_counts(30)
     assert res.status == "max_iter" and "lr_y" in res.options["auto"]
@@ -560,3 +561,74 @@ def test_f2sa_first_order_automatic_steps(capsys):
     assert get_solver("f2sa").bind(ref).auto_steps is None
     assert main(["show", "f2sa"]) == 0
     assert "else auto (AdaGrad-norm" in capsys.readouterr().out
+
+
+# ---- ITD and PBGD -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("condition,options,budget", [(1.0, {}, 60), (1e2, {"inner_steps": 700}, 20)])
+def test_itd_automatic_steps_on_the_zoo_quadratic(condition, options, budget):
+    """ITD: θ = 1/L̂ (HVP start estimate, kept current by the backward pass's Rayleigh quotients) and AdaGrad-norm λ.
+    κ = 1 with the default T = 10; κ = 1e2 with its checks' T = 700 (T = 10 stalls at the unroll's bias
+    ‖J A⁻¹ (I − θA)^T ∇_y f‖, reduction 5.4 with automatic steps and presets alike).  Measured iterations to 1e3
+    (auto / presets): κ = 1: 40 / 20; κ = 1e2, T = 700: 10 / 10."""
+    problem = quadratic(condition)
+    bound = get_solver("itd", **options).bind(problem)
+    assert bound.auto_steps.names == ("lr_x", "lr_y")
+    ref = bilevel.problems.quadratic(dx=5, dy=20, condition=condition, seed=0)
+    assert get_solver("itd", **options).bind(ref).auto_steps is None  # the problem's scales win
+    res, norms = _until(problem, bound, budget, 1e3)
+    assert res.status == "converged" and norms[0] / min(norms) >= 1e3
+    assert res.options["auto"] == "lr_x,lr_y" and res.options["lr_y"] == pytest.approx(1 / res.options["L_est"])
+    ev = torch.linalg.eigvalsh(dense_hessian(problem, problem.x0, problem.y0))
+    tol = 1e-8 * float(ev[-1])
+    assert 0.9 * float(ev[-1]) <= res.options["L_est"] <= float(ev[-1]) + tol  # Ritz values and quotients: ≤ λ_max
+    assert float(ev[0]) - tol <= res.options["mu_est"]
+    expected = bound.expected_counts(res.iterations)
+    assert {k: res.counts.as_dict()[k] for k in expected} == expected
+    assert res.counts.hvp == (bound.inner_steps - 1) * res.iterations + 10  # + the start estimate's 10 HVPs
+    tuned, tuned_norms = _until(ref, get_solver("itd", **options), budget, 1e3)
+    assert hits(res, norms, 1e3) <= 3 * max(hits(tuned, tuned_norms, 1e3), 5)
+
+
+def test_itd_rejects_an_iteration_whose_unroll_overflows(monkeypatch):
+    """A start estimate 5× too small at T = 700 (θ = 5/L: |1 − θL|^700 overflows within one iteration): the
+    iteration is rejected (x, y^0 kept), L̂ doubles until θ < 2/L, and the run still reaches 1e3."""
+    import bilevel.auto_steps as auto
+
+    true = auto.lanczos_extremes
+    monkeypatch.setattr(auto, "lanczos_extremes", lambda *a, **k: (lambda lo, hi, n: (lo, hi / 5, n))(*true(*a, **k)))
+    problem = quadratic(1e2)
+    bound = get_solver("itd", inner_steps=700).bind(problem)
+    res, norms = _until(problem, bound, 20, 1e3)
+    assert res.status == "converged" and norms[0] / min(norms) >= 1e3
+    assert res.events["auto_step_rejected"] == res.events["auto_step_shrunk"] == 2
+    assert 50.0 < res.options["L_est"] <= 100.0 + 1e-6  # 100/5 doubled twice: θ = 1.25/L
+    assert res.counts.hvp == bound.expected_counts(res.iterations)["hvp"]  # rejected iterations are counted
+
+
+def test_itd_automatic_steps_on_the_mlp():
+    """The MLP lower level: 1e3 within 60 iterations (measured 40; ridge 2.3e2 and logistic 3.1 in 1000 at T = 10,
+    the unroll's bias floor (1 − μ/L)^T: logistic L̂ ≈ 1.5, μ ≈ 0.13)."""
+    res, norms = _until(ZOO["mlp"](), get_solver("itd"), 60, 1e3, eval_every=10)
+    assert norms[0] / min(norms) >= 1e3 and res.options["auto"] == "lr_x,lr_y"
+
+
+def test_pbgd_automatic_inner_step_and_what_it_still_needs():
+    """PBGD: θ (the ŷ loop's step, and α_y = θ/max(γ, 1)) is automatic; α_x is not (one-line error, and "auto"
+    refused).  With the checks' γ = 300, α_x = 0.03, T = 1 on the zoo quadratic (κ = 1e2) the automatic θ reaches
+    1e3 at the presets' iteration (measured 1300 / 1300)."""
+    problem = quadratic(1e2)
+    with pytest.raises(ValueError, match=r"^PBGD: lr_x has no value: .*sets only θ \(lr_y\) from curvature.*pass lr_x"):
+        get_solver("pbgd").bind(problem)
+    with pytest.raises(TypeError, match=r"^PBGD: lr_x cannot be 'auto'"):
+        get_solver("pbgd", lr_x="auto")
+    opts = dict(bilevel.solvers.SOLVERS.get("pbgd").checks["quadratic"]["options"])
+    bound = get_solver("pbgd", **opts).bind(problem)
+    assert bound.auto_steps.names == ("lr_y",)
+    ref = bilevel.problems.quadratic(dx=5, dy=20, condition=1e2, seed=0)
+    assert get_solver("pbgd", **opts).bind(ref).auto_steps is None
+    res, norms = _until(problem, bound, 1400, 1e3, eval_every=50)
+    assert res.status == "converged" and res.options["auto"] == "lr_y"
+    assert res.options["L_est"] == pytest.approx(100.0, rel=1e-3)
+    assert res.counts.grad_y_g == bound.expected_counts(res.iterations)["grad_y_g"] and res.counts.hvp == 0
+    tuned, tuned_norms = _until(ref, get_solver("pbgd", **opts), 1400, 1e3, eval_every=50)
+    assert hits(res, norms, 1e3) <= hits(tuned, tuned_norms, 1e3)
