@@ -6,10 +6,12 @@ it with ``"auto"`` (and any of them can be asked for explicitly: ``lancbio(lr_x=
 ``-O lr_y=auto``).  Given values, the solver's ``SETTINGS`` and the problem's ``presets`` always win.
 
 The first-order F2SA uses the same rules for its θ and ξ (``F2SA.auto_steps``), with secant products of ∇_y g
-(``SecantPoint``) in place of HVPs for the start estimate.  Tried on PBGD and left out: its penalised y starts far
-from its target and moves by θ/γ per step, so the early x-directions γ(∇_x g(x, y) − ∇_x g(x, ŷ)) are large and
-AdaGrad-norm's sum keeps α_x tiny (measured: reduction 3 in 1000 iterations on the zoo quadratics at γ = 300,
-T = 1, where the tuned α_x = 0.03 reaches 1e3 in 2000; 58 at the default γ = 10, its O(1/γ) bias).  STABLE
+(``SecantPoint``) in place of HVPs for the start estimate; BOME and PBGD only for θ (secant start estimate).
+AdaGrad-norm for PBGD's α_x was tried and left out: its penalised y starts far from its target and moves by θ/γ
+per step, so the early x-directions γ(∇_x g(x, y) − ∇_x g(x, ŷ)) are large and AdaGrad-norm's sum keeps α_x tiny
+(measured: reduction 3 in 1000 iterations on the zoo quadratics at γ = 300, T = 1, where the tuned α_x = 0.03
+reaches 1e3 in 2000; 58 at the default γ = 10, its O(1/γ) bias).  ITD (HVP start estimate, the Rayleigh quotients
+of its backward pass's HVPs; an iteration whose unroll grows is rejected) sets θ and λ.  STABLE
 (HVP start estimate, Neumann Rayleigh quotients) and HJFBiO (secant start estimate, the Rayleigh quotients of its
 finite differences) use the mixin ``FirstOrderAuto`` with ``eta`` too; what each keeps current is in its docstring.
 
