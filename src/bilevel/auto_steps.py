@@ -325,9 +325,10 @@ class AutoSteps:
 
 
 class FirstOrderAuto:
-    """Mixin of the class solvers (F2SA, HJFBiO, STABLE) whose ``lr_x`` (x-step), ``lr_y`` (θ) and, where listed,
-    ``eta`` (η) become automatic when nothing sets them: θ = η = 1/L̂ from a start estimate (secant products of
-    ∇_y g, no HVP, unless ``auto_hvp``), AdaGrad-norm for the x-step (this module's rules).  The solver's step
+    """Mixin of the class solvers (F2SA, HJFBiO, STABLE, ITD; BOME and PBGD for θ only) whose ``lr_x`` (x-step),
+    ``lr_y`` (θ) and, where listed, ``eta`` (η) become automatic when nothing sets them (``auto_options``): θ = η =
+    1/L̂ from a start estimate (secant products of ∇_y g, no HVP, unless ``auto_hvp``: STABLE, ITD), AdaGrad-norm
+    for the x-step (this module's rules).  The solver's step
     calls ``auto_steps.observe`` with its own growth flag and Rayleigh quotients, where it has them."""
 
     #: options that become "auto" when nothing sets them
