@@ -67,6 +67,9 @@ CASES = {
                                                     "outer_scheduler.step_size": 15}, True),
     "lancbio plain mode (basis window)": ("lancbio", {"plain_until": 30, "m": 6}, False),
     "f2sa rmsprop minibatch": ("f2sa", {"outer": "rmsprop", "outer.lr": 0.01}, True),
+    # automatic steps (bilevel.auto_steps): L̂, μ̂ and AdaGrad-norm's sum travel in the state
+    "itd automatic steps": ("itd", {"lr_x": "auto", "lr_y": "auto"}, False),
+    "pbgd automatic θ": ("pbgd", {"lr_y": "auto"}, False),
 }
 
 

@@ -6,10 +6,12 @@ it with ``"auto"`` (and any of them can be asked for explicitly: ``lancbio(lr_x=
 ``-O lr_y=auto``).  Given values, the solver's ``SETTINGS`` and the problem's ``presets`` always win.
 
 The first-order F2SA uses the same rules for its θ and ξ (``F2SA.auto_steps``), with secant products of ∇_y g
-(``SecantPoint``) in place of HVPs for the start estimate.  Tried on PBGD and left out: its penalised y starts far
-from its target and moves by θ/γ per step, so the early x-directions γ(∇_x g(x, y) − ∇_x g(x, ŷ)) are large and
-AdaGrad-norm's sum keeps α_x tiny (measured: reduction 3 in 1000 iterations on the zoo quadratics at γ = 300,
-T = 1, where the tuned α_x = 0.03 reaches 1e3 in 2000; 58 at the default γ = 10, its O(1/γ) bias).  STABLE
+(``SecantPoint``) in place of HVPs for the start estimate; BOME and PBGD only for θ (secant start estimate).
+AdaGrad-norm for PBGD's α_x was tried and left out: its penalised y starts far from its target and moves by θ/γ
+per step, so the early x-directions γ(∇_x g(x, y) − ∇_x g(x, ŷ)) are large and AdaGrad-norm's sum keeps α_x tiny
+(measured: reduction 3 in 1000 iterations on the zoo quadratics at γ = 300, T = 1, where the tuned α_x = 0.03
+reaches 1e3 in 2000; 58 at the default γ = 10, its O(1/γ) bias).  ITD (HVP start estimate, the Rayleigh quotients
+of its backward pass's HVPs; an iteration whose unroll grows is rejected) sets θ and λ.  STABLE
 (HVP start estimate, Neumann Rayleigh quotients) and HJFBiO (secant start estimate, the Rayleigh quotients of its
 finite differences) use the mixin ``FirstOrderAuto`` with ``eta`` too; what each keeps current is in its docstring.
 
@@ -232,17 +234,25 @@ class AutoSteps:
     """Which of the AID loop's steps are automatic (``lr_x``, ``lr_y``, ``eta``), and how (module docstring).
 
     probes: Lanczos steps (HVPs) of the start estimate, ≤ dy.   x_rule: "adagrad" (AdaGrad-norm, the default)
-    or "dog" (DoG, kept for comparison; module docstring)."""
+    or "dog" (DoG, kept for comparison; module docstring).  from_defaults: other options whose value came from
+    the solver's defaults for an automatic λ (LancBiO's growing m, ``lancbio.AUTO_DEFAULTS``)."""
 
     lr_x: bool = False
     lr_y: bool = False
     eta: bool = False
     probes: int = PROBES
     x_rule: str = "adagrad"
+    from_defaults: tuple[str, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The automatic step sizes."""
         return tuple(n for n in ("lr_x", "lr_y", "eta") if getattr(self, n))
+
+    @property
+    def listed(self) -> tuple[str, ...]:
+        """What ``Result.options["auto"]`` lists: the automatic steps and the options chosen for them."""
+        return self.names + self.from_defaults
 
     @property
     def needs_curvature(self) -> bool:
@@ -315,9 +325,10 @@ class AutoSteps:
 
 
 class FirstOrderAuto:
-    """Mixin of the class solvers (F2SA, HJFBiO, STABLE) whose ``lr_x`` (x-step), ``lr_y`` (θ) and, where listed,
-    ``eta`` (η) become automatic when nothing sets them: θ = η = 1/L̂ from a start estimate (secant products of
-    ∇_y g, no HVP, unless ``auto_hvp``), AdaGrad-norm for the x-step (this module's rules).  The solver's step
+    """Mixin of the class solvers (F2SA, HJFBiO, STABLE, ITD; BOME and PBGD for θ only) whose ``lr_x`` (x-step),
+    ``lr_y`` (θ) and, where listed, ``eta`` (η) become automatic when nothing sets them (``auto_options``): θ = η =
+    1/L̂ from a start estimate (secant products of ∇_y g, no HVP, unless ``auto_hvp``: STABLE, ITD), AdaGrad-norm
+    for the x-step (this module's rules).  The solver's step
     calls ``auto_steps.observe`` with its own growth flag and Rayleigh quotients, where it has them."""
 
     #: options that become "auto" when nothing sets them

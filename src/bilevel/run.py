@@ -650,11 +650,12 @@ def _auto_record(bound: Any, state: Any) -> dict:
 
 def _auto_options(bound: Any, state: Any) -> dict:
     """For ``Result.options``: the last automatic values (numbers replace "auto") and ``"auto"``, the names
-    that were automatic, comma-separated (JSON and Parquet keep one type per column)."""
+    that were automatic, comma-separated (JSON and Parquet keep one type per column), then the options that
+    took a default chosen for automatic steps (LancBiO's ``m``)."""
     rules = getattr(bound, "auto_steps", None)
     if rules is None:
         return {}
-    return {**_auto_record(bound, state), "auto": ",".join(rules.names)}
+    return {**_auto_record(bound, state), "auto": ",".join(getattr(rules, "listed", rules.names))}
 
 
 def _postfix(row: dict) -> dict:

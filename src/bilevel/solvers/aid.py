@@ -235,6 +235,7 @@ class AID(Solver):
         ``m``)."""
         opts = super()._resolved_fields(problem, stochastic)
         auto_x = is_auto(opts["lr_x"])
+        by_rule: list[str] = []  # part options that auto_defaults filled (listed in Result.options["auto"])
         if opts["order"] is None:
             opts["order"] = self.default_order
         if opts["hessian_batch"] is None:
@@ -251,6 +252,8 @@ class AID(Solver):
                     found = self._lookup_part(problem, keys, stochastic, auto_x)
                     if found is not None:
                         values[option] = found
+                        if auto_x and self._lookup_part(problem, keys, stochastic, False) is not found:
+                            by_rule.append(short or f"{part}.{option}")  # filled by auto_defaults
                     elif (part, option) in _AUTO_PARTS and option in obj.presettable:
                         values[option] = AUTO  # nothing sets it: from curvature (bilevel.auto_steps)
             try:
@@ -260,7 +263,8 @@ class AID(Solver):
                 raise ValueError(f"{self.label}: {err} (set it as {part}.<option> or {hint}).") from None
         flags = {"lr_x": is_auto(opts["lr_x"]), "lr_y": is_auto(getattr(opts["inner"], "lr", None)),
                  "eta": is_auto(getattr(opts["v_solver"], "eta", None))}
-        opts["auto_steps"] = AutoSteps(**flags, probes=min(PROBES, problem.dy)) if any(flags.values()) else None
+        opts["auto_steps"] = AutoSteps(**flags, probes=min(PROBES, problem.dy), from_defaults=tuple(by_rule)) \
+            if any(flags.values()) else None
         return opts
 
     def _lookup_part(self, problem: BilevelProblem, keys: tuple[str, ...], stochastic: bool, auto_x: bool) -> Any:

@@ -11,13 +11,14 @@ import torch
 from torch import Tensor
 
 from .._validation import check_int
-from ..inner import InnerGDLoop, schedule_value
+from ..auto_steps import FirstOrderAuto, StepState
+from ..inner import _NOISE_ULPS, InnerGDLoop, schedule_value
 from ..outer import OuterOptimizer
 from ..outer import build as build_outer
 from ..outer import check_options as check_outer
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
-from .base import Solver, register
+from .base import Solver, add_events, register
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,13 @@ class ITDState:
     events: Mapping[str, int] = field(default_factory=dict)
     #: the ``outer`` optimizer of x (``bilevel.outer``; mutable, like a generator), else None
     outer: Optional[OuterOptimizer] = field(default=None, compare=False)
+    #: the automatic steps (``bilevel.auto_steps``), None when lr_x and lr_y are given or preset
+    auto: Optional[StepState] = None
 
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class ITD(InnerGDLoop, Solver):
+class ITD(FirstOrderAuto, InnerGDLoop, Solver):
     """ITD — reverse-mode iterative differentiation of the unrolled inner loop (Franceschi, Donini,
     Frasconi & Pontil, "Forward and Reverse Gradient-Based Hyperparameter Optimization", ICML 2017, and
     "Bilevel Programming for Hyperparameter Optimization and Meta-Learning", ICML 2018; Ji, Yang & Liang,
@@ -82,11 +85,24 @@ class ITD(InnerGDLoop, Solver):
     ``outer=`` (with ``outer_options``, ``outer_scheduler``, ``outer_scheduler_options``): a ``torch.optim``
     optimizer makes the x-step from the same direction instead of x − λ·D (``bilevel.outer``; lr_x unused);
     the oracle cost is unchanged.
+
+    Automatic steps (lr_x and lr_y that nothing sets, or ``"auto"``; ``bilevel.auto_steps``), as the AID loop's:
+    θ = 1/L̂ with L̂ from min(10, dy) Lanczos steps on HVPs at (x_0, y_0) (counted, once, full data), raised by
+    the Rayleigh quotients pᵀAp/pᵀp of the backward pass's T_b − 1 HVPs (no extra oracle call; each lies in
+    [λ_min, λ_max] of its A), doubled when ‖∇_y g‖ grows at some forward step or overflows (full data only:
+    under mini-batches the T draws differ, so no safeguard).  Unlike the AID loop's few inner steps, a large T
+    with θ > 2/L amplifies the top eigencomponent of y by |1 − θL|^T within one iteration (overflow at T = 700),
+    so such an iteration is rejected: x_k and y^0 are kept (D stays the last accepted one), L̂ doubles (events
+    ``auto_step_shrunk``, ``auto_step_rejected``) and the iteration's oracle calls are still counted.  λ by
+    AdaGrad-norm on D.  Both fit the unrolled map:
+    its forward steps are gradient descent on g(x_k, ·), stable for θ < 2/L, and D is a gradient estimate of
+    x ↦ f(x, y^T(x)), whose smoothness constant AdaGrad-norm does not need.  One host read per iteration.
     """
 
     name: ClassVar[str] = "itd"
     label: ClassVar[str] = "ITD"
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 10}
+    auto_hvp: ClassVar[bool] = True  # second-order already: the start estimate from HVPs, as the AID loop's
     settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "synthetic": {"inner_steps": 10}, "hyperclean": {"inner_steps": 10}, "newsgroups": {"inner_steps": 10},
         "stochastic/hyperclean": {"inner_steps": 9, "lr_x": 100.0, "lr_y": 0.1},
@@ -123,7 +139,7 @@ class ITD(InnerGDLoop, Solver):
         owner = "ITD"
         check_outer(owner, opts)
         for name in ("lr_x", "lr_y"):
-            if opts.get(name) is not None:
+            if opts.get(name) is not None and not self.auto_value(owner, name, opts[name]):
                 as_schedule(opts[name], f"{owner}: {name}")
         T, Tb = opts.get("inner_steps"), opts.get("backprop_steps")
         if T is not None:
@@ -143,43 +159,85 @@ class ITD(InnerGDLoop, Solver):
         return self.inner_steps if self.backprop_steps is None else self.backprop_steps
 
     def expected_counts(self, iterations: int) -> dict[str, float]:
-        """Per iteration: T ∇_y g, T_b cross products, T_b − 1 HVPs, 1 ∇_x f, 1 ∇_y f."""
+        """Per iteration: T ∇_y g, T_b cross products, T_b − 1 HVPs, 1 ∇_x f, 1 ∇_y f.  An automatic θ adds
+        min(10, dy) HVPs once (the start estimate)."""
         self._require_bound()
         T, Tb, K = self.inner_steps, self._tb, iterations
-        return {"grad_y_g": T * K, "cross": Tb * K, "hvp": (Tb - 1) * K, "grad_x_f": K, "grad_y_f": K,
+        return {"grad_y_g": T * K, "cross": Tb * K, "hvp": (Tb - 1) * K + self.auto_start_hvps(), "grad_x_f": K, "grad_y_f": K,
                 "grad_x_g": 0, "cross_t": 0}
 
 
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> ITDState:
         self._require_bound()
         x, y = problem.x0, problem.y0
-        return ITDState(k=0, x=x, y=y, iterate=(x, y, None), outer=build_outer(self.label, self, x))
+        return ITDState(k=0, x=x, y=y, iterate=(x, y, None), outer=build_outer(self.label, self, x),
+                        auto=self.auto_start(oracles, x, y, generator))
 
     def step(self, state: ITDState, oracles: Any, batches: Any) -> ITDState:
         x, y, k = state.x, state.y.detach(), state.k  # no gradient through y^0
         T, Tb = self.inner_steps, self._tb
-        theta = schedule_value(self.lr_y, k)
+        auto, rules = state.auto, self.auto_steps
+        auto_y = rules is not None and rules.lr_y
+        # with an automatic θ: the forward gradients' norms (safeguard) and the backward HVPs' Rayleigh quotients
+        watch = auto_y and bool(getattr(batches, "full", False))
+        norms: list[Tensor] = []
+        quotients: list[Tensor] = []
+        theta = auto.theta if auto_y else schedule_value(self.lr_y, k)
         # the first T − T_b steps: plain GD (nothing to differentiate through)
-        y = self.inner_loop.run(oracles, x, y, batches, k, steps=T - Tb)
+        if auto_y:
+            for t in range(T - Tb):
+                grad = oracles.grad_y_g(x, y, batches("inner", t))
+                norms.append(torch.linalg.vector_norm(grad))
+                y = y - theta * grad
+        else:
+            y = self.inner_loop.run(oracles, x, y, batches, k, steps=T - Tb)
         points = []  # linearisations at y^(t−1) for the last T_b steps, in forward order
         for t in range(T - Tb, T):  # 0-based step index; the step's draw serves its backward products too
             point = oracles.at(x, y, batches("inner", t))
             points.append(point)
-            y = y - theta * point.grad_y_g()
+            grad = point.grad_y_g()
+            if auto_y:
+                norms.append(torch.linalg.vector_norm(grad))
+            y = y - theta * grad
         direction, p = oracles.grad_f(x, y, batches("upper"))
         for i, point in enumerate(reversed(points)):  # t = T, T − 1, …, T − T_b + 1
             direction = direction - theta * point.cross(p)
             if i < Tb - 1:
-                p = p - theta * point.hvp(p)
+                hp = point.hvp(p)
+                if auto_y:
+                    quotients.append(torch.stack((torch.sum(p * hp), torch.sum(p * p))).detach())
+                p = p - theta * hp
         del points  # release the T_b linearisations (and their graphs) now
         direction, y = direction.detach(), y.detach()
-        if state.outer is None:
+        events: tuple = ()
+        rejected = False
+        if rules is not None:
+            grew = spectrum = None
+            if watch and norms:
+                stacked = torch.stack(norms).detach()
+                # growth at some step (not at the round-off floor of a converged y), or an overflow
+                grew = (torch.any(stacked[1:] > stacked[:-1]) & (
+                    theta * stacked[-1] > _NOISE_ULPS * torch.finfo(y.dtype).eps * torch.linalg.vector_norm(y))
+                ) | ~torch.all(torch.isfinite(stacked)) | ~torch.all(torch.isfinite(direction))
+                rejected = bool(grew)  # the one host read
+            if quotients and not rejected:  # pᵀAp / pᵀp where p ≠ 0 (one host read)
+                q = [a / b for a, b in torch.stack(quotients).to(torch.float64).tolist() if b > 0]
+                spectrum = (min(q), max(q)) if q else None
+            if rules.lr_x and not rejected:
+                x_new, auto = rules.x_step(auto, x, direction)
+            auto, events = rules.observe(auto, grew, spectrum)
+        if rejected:  # θ was too large: y^T and D are not usable; keep x_k, y^0 and the last accepted D
+            x_new, y, direction = x, state.y.detach(), state.direction
+            events = events + ("auto_step_rejected",)
+        elif rules is not None and rules.lr_x:
+            pass  # x_new from AdaGrad-norm, above
+        elif state.outer is None:
             x_new = (x - schedule_value(self.lr_x, k) * direction).detach()
         else:
             x_new = state.outer.step(x, direction)
         return dataclasses.replace(
             state, k=k + 1, x=x_new, y=y,
-            iterate=(x, y, None), direction=direction,
+            iterate=(x, y, None), direction=direction, auto=auto, events=add_events(state.events, events),
         )
 
 

@@ -11,13 +11,14 @@ import torch
 from torch import Tensor
 
 from .._validation import check_int
-from ..inner import InnerGDLoop, schedule_value
+from ..auto_steps import FirstOrderAuto, StepState
+from ..inner import GD, InnerGDLoop, schedule_value
 from ..outer import OuterOptimizer
 from ..outer import build as build_outer
 from ..outer import check_options as check_outer
 from ..problem import BilevelProblem
 from ..schedules import ScheduleLike, as_schedule
-from .base import Solver, register
+from .base import Solver, add_events, register
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,13 @@ class PBGDState:
     events: Mapping[str, int] = field(default_factory=dict)
     #: the ``outer`` optimizer of x (``bilevel.outer``; mutable, like a generator), else None
     outer: Optional[OuterOptimizer] = field(default=None, compare=False)
+    #: the automatic θ (``bilevel.auto_steps``), None when lr_y is given or preset
+    auto: Optional[StepState] = None
 
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class PBGD(InnerGDLoop, Solver):
+class PBGD(FirstOrderAuto, InnerGDLoop, Solver):
     """V-PBGD — gradient descent on the value-function penalty F_γ(x, y) = f(x, y) + γ (g(x, y) − g*(x))
     (Shen & Chen, "On Penalty-based Bilevel Gradient Descent Method", ICML 2023).
 
@@ -76,6 +79,18 @@ class PBGD(InnerGDLoop, Solver):
     Suggested starting values (PBGD is not in the reference experiments; γ as in Shen & Chen 2023):
     γ ∈ {10, 100}, T = 10; steps from the problems' scales: synthetic λ = 1, θ = 1e-5; hyper-cleaning
     λ = 500, θ = 0.1.
+
+    Automatic steps (``bilevel.auto_steps``): only θ, the ŷ loop's step (lr_y that nothing sets, or ``"auto"``),
+    and with it α_y = θ/max(γ, 1) when lr_y_penalized is unset: θ = 1/L̂ with L̂ from min(10, dy) Lanczos steps
+    on secant products of ∇_y g at (x_0, y_0) (min(10, dy) + 1 extra ∇_y g, once, full data; no HVP), doubled
+    when ‖∇_y g‖ grows at a ŷ-step (the AID safeguard; under mini-batches one same-batch ∇_y g more per
+    iteration).  The ŷ loop is gradient descent on g(x_k, ·), stable for θ < 2/L, so curvature sets it.  Not
+    automatic, so still required on a problem without scales: α_x (lr_x).  Why: F_γ's curvature in x grows
+    like γ (∇²_xx f + γ(∇²_xx g − ∇²g*), which no estimate of ∇²_yy g bounds), and AdaGrad-norm in its place
+    fails on the method's early directions: y starts far from its target and moves by α_y ≈ θ/γ per step, so
+    γ(∇_x g(x, y) − ∇_x g(x, ŷ)) is large for many iterations and the sum Σ‖D_i‖² keeps α_x tiny for good
+    (measured on the zoo quadratics: reduction 3 in 1000 iterations at γ = 300, T = 1, where the checks'
+    α_x = 0.03 reaches 1e3 in 2000).  The error for a missing lr_x says so.
     ``outer=`` (with ``outer_options``, ``outer_scheduler``, ``outer_scheduler_options``): a ``torch.optim``
     optimizer makes the x-step from the same direction instead of x − λ·D (``bilevel.outer``; lr_x unused);
     the oracle cost is unchanged.
@@ -84,6 +99,7 @@ class PBGD(InnerGDLoop, Solver):
     name: ClassVar[str] = "pbgd"
     label: ClassVar[str] = "PBGD"
     defaults: ClassVar[Mapping[str, Any]] = {"inner_steps": 10, "gamma": 10.0}
+    auto_options: ClassVar[tuple[str, ...]] = ("lr_y",)
 
     lr_x: Optional[ScheduleLike] = None
     outer: Any = None
@@ -120,31 +136,50 @@ class PBGD(InnerGDLoop, Solver):
     def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "PBGD"
         check_outer(owner, opts)
+        if isinstance(opts.get("lr_x"), str) and opts["lr_x"] == "auto":
+            raise TypeError(f"{owner}: lr_x cannot be 'auto' (only lr_y is: F_γ's x-curvature grows like γ and no "
+                            "curvature estimate of g bounds it); pass a number, e.g. lr_x=0.03 at gamma=300.")
         for name in ("lr_x", "lr_y", "lr_y_penalized", "gamma"):
-            if opts.get(name) is not None:
+            if opts.get(name) is not None and not self.auto_value(owner, name, opts[name]):
                 as_schedule(opts[name], f"{owner}: {name}")
         if opts.get("inner_steps") is not None:
             check_int(owner, "inner_steps", opts["inner_steps"], 1)
 
     def expected_counts(self, iterations: int) -> dict[str, float]:
-        """Per iteration: T + 1 ∇_y g, 2 ∇_x g, 1 ∇_x f, 1 ∇_y f; no second-order products."""
+        """Per iteration: T + 1 ∇_y g, 2 ∇_x g, 1 ∇_x f, 1 ∇_y f; no second-order products.  An automatic θ adds
+        min(10, dy) + 1 ∇_y g once (the secant estimate), and under mini-batches 1 ∇_y g per iteration (the
+        safeguard's same-batch gradient)."""
         self._require_bound()
         T, K = self.inner_steps, iterations
-        return {"grad_y_g": (T + 1) * K, "grad_x_g": 2 * K, "grad_x_f": K, "grad_y_f": K,
+        return {"grad_y_g": (T + 1) * K + self.auto_start_counts() + self.auto_watch_counts(K), "grad_x_g": 2 * K, "grad_x_f": K, "grad_y_f": K,
                 "hvp": 0, "cross": 0, "cross_t": 0}
 
 
     def init(self, problem: BilevelProblem, oracles: Any, generator: torch.Generator) -> PBGDState:
         self._require_bound()
         x, y = problem.x0, problem.y0
-        return PBGDState(k=0, x=x, y=y, y_hat=y.clone(), iterate=(x, y, None), outer=build_outer(self.label, self, x))
+        return PBGDState(k=0, x=x, y=y, y_hat=y.clone(), iterate=(x, y, None), outer=build_outer(self.label, self, x),
+                         auto=self.auto_start(oracles, x, y, generator))
+
+    def unset_hint(self, name: str) -> str:
+        if name == "lr_x":
+            return ("; PBGD sets only θ (lr_y) from curvature: α_x must stay stable on F_γ, whose x-curvature grows "
+                    "like γ and no estimate of ∇²_yy g bounds — pass lr_x (e.g. 0.03 at γ = 300 with inner_steps=1)")
+        return ""
 
     def step(self, state: PBGDState, oracles: Any, batches: Any) -> PBGDState:
         x, y, k = state.x, state.y, state.k
-        theta, gamma = schedule_value(self.lr_y, k), schedule_value(self.gamma, k)
+        auto, rules, grew, events = state.auto, self.auto_steps, None, ()
+        gamma = schedule_value(self.gamma, k)
+        if rules is not None and rules.lr_y:  # automatic θ: the ŷ loop also reports growth (the safeguard)
+            theta = auto.theta
+            y_hat, grew = GD(steps=self.inner_steps, lr=theta).run_watched(oracles, x, state.y_hat, batches, k,
+                                                                             any_step=True)
+        else:
+            theta = schedule_value(self.lr_y, k)
+            y_hat = self.inner_loop.run(oracles, x, state.y_hat, batches, k)
         penalized = self.lr_y_penalized
         alpha_y = schedule_value(penalized, k) if penalized is not None else theta / max(gamma, 1.0)
-        y_hat = self.inner_loop.run(oracles, x, state.y_hat, batches, k)
         lower = batches("lower")
         gx_g, gy_g = oracles.grad_g(x, y, lower)
         gx_g_hat = oracles.grad_x_g(x, y_hat, lower)  # same batch as gx_g
@@ -155,9 +190,12 @@ class PBGD(InnerGDLoop, Solver):
             x_new = (x - schedule_value(self.lr_x, k) * d_x).detach()
         else:
             x_new = state.outer.step(x, d_x)
+        if rules is not None:
+            auto, events = rules.observe(auto, grew, None)
         return dataclasses.replace(
             state, k=k + 1, x=x_new, y=(y - alpha_y * d_y).detach(),
-            y_hat=y_hat.detach(), iterate=(x, y, None), direction=d_x.detach(),
+            y_hat=y_hat.detach(), iterate=(x, y, None), direction=d_x.detach(), auto=auto,
+            events=add_events(state.events, events),
         )
 
 
