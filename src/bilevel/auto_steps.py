@@ -258,6 +258,10 @@ class AutoSteps:
     def needs_curvature(self) -> bool:
         return self.lr_y or self.eta
 
+    def _curvature_steps(self) -> str:
+        """The automatic steps set from curvature, as the options to pass instead ("lr_y and eta")."""
+        return " and ".join(name for name, on in (("lr_y", self.lr_y), ("eta", self.eta)) if on)
+
     def start(self, point: Any, x: Tensor, y: Tensor, generator: Optional[torch.Generator],
               delta: float = 0.0) -> StepState:
         """The start estimate (``probes`` HVPs at the point's (x_0, y_0) when θ or η is automatic)."""
@@ -267,8 +271,8 @@ class AutoSteps:
             if not (math.isfinite(hi) and hi > 0):
                 raise ValueError(
                     f"automatic steps: the largest Ritz value of ∇²_yy g at (x0, y0) is {hi:.6g}, so no step can be "
-                    "derived from it (is g(x0, ·) convex and finite there?) — pass lr_y (and eta), or start where g is "
-                    "convex in y."
+                    f"derived from it (is g(x0, ·) convex and finite there?) — pass {self._curvature_steps()}, or start "
+                    "where g is convex in y."
                 )
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         return StepState(L=hi, mu=lo, L0=hi, mu0=lo, delta=delta, sumsq=zero, x0=x,

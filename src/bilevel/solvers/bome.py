@@ -130,6 +130,9 @@ class BOME(FirstOrderAuto, InnerGDLoop, Solver):
 
     def validate(self, opts: Mapping[str, Any]) -> None:
         owner = "BOME"
+        if isinstance(opts.get("lr_x"), str) and opts["lr_x"] == "auto":
+            raise TypeError(f"{owner}: lr_x cannot be 'auto' (only lr_y is: ξ_x must stay stable at the barrier weight ω, "
+                            "whose x-curvature no curvature estimate of g bounds); pass a number, e.g. lr_x=0.01.")
         for name in ("lr_x", "lr_y", "lr_y_outer"):
             if opts.get(name) is not None and not self.auto_value(owner, name, opts[name]):
                 as_schedule(opts[name], f"{owner}: {name}")
