@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Iterable
 
 import torch
@@ -27,6 +28,25 @@ class LastBatch:
     def get(self, batch: Any, gather: Callable[[], Any]) -> Any:
         if self._batch is not batch or not isinstance(batch, Tensor):
             self._batch, self._value = batch, gather()
+        return self._value
+
+
+class LastTensor:
+    """A one-entry memo of a value computed from a tensor (∇_y f or the softmax Π at y): served again while the
+    argument is the same tensor object with the same version counter (an in-place write invalidates).  A weak
+    reference keys it, so a freed tensor never matches and the memo keeps no iterate alive; the hit returns the
+    stored value itself, bit-identical to recomputing."""
+
+    __slots__ = ("_ref", "_version", "_value")
+
+    def __init__(self) -> None:
+        self._ref: Any = None
+        self._version = -1
+        self._value: Any = None
+
+    def get(self, t: Tensor, compute: Callable[[], Any]) -> Any:
+        if self._ref is None or self._ref() is not t or self._version != t._version:
+            self._ref, self._version, self._value = weakref.ref(t), t._version, compute()
         return self._value
 
 

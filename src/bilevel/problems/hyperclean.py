@@ -27,7 +27,6 @@ coordinates of u.  The MLP and user modules evaluate the batch's rows through au
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -39,7 +38,7 @@ from .._validation import check_bool, check_choice, check_int, check_positive, s
 from ..problem import BilevelProblem, ClosedForms, ProblemError
 from ._products import Products as _Products
 from ._registry import PROBLEMS
-from ._shared import LastBatch, classification_metrics
+from ._shared import LastBatch, LastTensor, classification_metrics
 from .quadratic import _check_dtype_device, batch_index
 
 #: default sizes (train, validation, test) per dataset; None = everything available
@@ -394,18 +393,13 @@ def hyperclean(
             nv = Xv.shape[0]
             check_bool("hyperclean", "fused", fused)
             products = _Products() if fused else None
-            last_f: list = [None, None, None]  # weak reference to y, its version, ∇_y f (full batch)
-            last_pi: list = [None, None, None]  # weak reference to y, its version, Π (full training data)
+            last_f, last_pi = LastTensor(), LastTensor()  # ∇_y f (full batch) and Π (full training data) at y
             padded = layout == "padded" or (layout == "auto" and dtype == torch.float32 and device.type == "cpu")
             lay_t, lay_v = _Layout(Xt, C, padded), _Layout(Xv, C, padded)
 
             def grad_y_f(x, y, batch):
                 if batch is None and fused:
-                    if last_f[0] is not None and last_f[0]() is y and last_f[1] == y._version:
-                        return last_f[2]
-                    out = _grad_y_f(x, y, batch)
-                    last_f[:] = [weakref.ref(y), y._version, out]
-                    return out
+                    return last_f.get(y, lambda: _grad_y_f(x, y, batch))
                 return _grad_y_f(x, y, batch)
 
             def _grad_y_f(x, y, batch):
@@ -432,10 +426,8 @@ def hyperclean(
                 if batch is None:
                     if not fused:
                         return _LinearPoint(lay_t, Yt, reg, x, y, shape)
-                    hit = last_pi[0] is not None and last_pi[0]() is y and last_pi[1] == y._version
-                    pt = _LinearPoint(lay_t, Yt, reg, x, y, shape, products=products, Pi=last_pi[2] if hit else None)
-                    last_pi[:] = [weakref.ref(y), y._version, pt.Pi]
-                    return pt
+                    Pi = last_pi.get(y, lambda: lay_t.softmax(lay_t.logits(y.view(shape))))
+                    return _LinearPoint(lay_t, Yt, reg, x, y, shape, products=products, Pi=Pi)
                 idx = batch_index(batch, device)
                 X_b, Y_b = train_rows.get(batch, lambda: (Xt.index_select(0, idx), Yt.index_select(0, idx)))
                 return _LinearPoint(_Layout(X_b, C, False), Y_b, reg, x, y, shape, idx, products=products)
