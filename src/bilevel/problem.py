@@ -148,7 +148,31 @@ def _with_batch(fn: Callable, name: str) -> Callable[[Any, Any, Any], Tensor]:
     )
 
 
-class BilevelProblem:
+class UpperStart:
+    """dx, dtype, device and x0 of a problem that holds its flat initial upper variable as ``_x0``: the problem's
+    dtype and device are those of x0 (shared by ``BilevelProblem`` and ``bilevel.rl.RLProblem``)."""
+
+    _x0: Tensor
+
+    @property
+    def dx(self) -> int:
+        return self._x0.numel()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._x0.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._x0.device
+
+    @property
+    def x0(self) -> Tensor:
+        """Flat initial upper variable (a fresh copy)."""
+        return self._x0.clone()
+
+
+class BilevelProblem(UpperStart):
     """``min_x f(x, y*(x))`` with ``y*(x) = argmin_y g(x, y)``, g strongly convex in y.
 
     Args:
@@ -256,25 +280,8 @@ class BilevelProblem:
 
     # ---- shapes -----------------------------------------------------------------------------------
     @property
-    def dx(self) -> int:
-        return self._x0.numel()
-
-    @property
     def dy(self) -> int:
         return self._y0.numel()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._x0.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._x0.device
-
-    @property
-    def x0(self) -> Tensor:
-        """Flat initial upper variable (a fresh copy)."""
-        return self._x0.clone()
 
     @property
     def y0(self) -> Tensor:

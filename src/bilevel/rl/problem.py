@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..problem import ProblemError
+from ..problem import ProblemError, UpperStart
 from . import mdp as M
 
 __all__ = ["RLProblem", "RLTruth", "TrajectoryLoss"]
@@ -68,7 +68,7 @@ def _check_prob(name: str, t: Tensor, dim: int) -> None:
                            f"last axis); got sums in [{float(t.sum(dim).min()):.3g}, {float(t.sum(dim).max()):.3g}].")
 
 
-class RLProblem:
+class RLProblem(UpperStart):
     """A bilevel RL problem (``kind = "rl"``).
 
     Args:
@@ -158,25 +158,9 @@ class RLProblem:
         return n
 
     @property
-    def dx(self) -> int:
-        return self._x0.numel()
-
-    @property
     def dy(self) -> int:
         """Size of the lower variable: one soft value per state and MDP."""
         return self.n_contexts * self.n_states
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._x0.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._x0.device
-
-    @property
-    def x0(self) -> Tensor:
-        return self._x0.clone()
 
     @property
     def y0(self) -> Tensor:
