@@ -88,6 +88,12 @@ class RLSolver(Solver):
         V = problem.y0
         return RLState(k=0, x=x, V=V, w=w, iterate=(x, V, w, None, None), events={}, generator=generator)
 
+    def init_derivative_state(self, problem: RLProblem, generator: torch.Generator) -> RLState:
+        """The start of a solver that carries D = ∂V/∂x between iterations as w (SoBiRL, Stoc-SoBiRL): D₀ = 0, a
+        dx-vector per state and MDP, the warm start of the policy-evaluation sweeps."""
+        D0 = torch.zeros(problem.y0.shape + (problem.dx,), dtype=problem.dtype, device=problem.device)
+        return self.init_state(problem, generator, w=D0)
+
     def best_response(self, o: RLOracles, x: Tensor, V0: Tensor, P: Optional[Tensor] = None
                       ) -> tuple[Tensor, Tensor, Tensor]:
         """(r(x), V, π): ``sweeps`` warm-started soft value-iteration sweeps from V0 and the soft policy of the

@@ -3,6 +3,7 @@ bilevel reinforcement learning and RLHF", ICML 2024; JMLR 2025)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Optional
 
@@ -83,8 +84,6 @@ class PBRL(RLSolver):
         zeros = torch.zeros(shape, dtype=problem.dtype, device=problem.device)
         theta = torch.zeros(shape + (problem.n_actions,), dtype=problem.dtype, device=problem.device)
         state = self.init_state(problem, generator, w=theta)
-        import dataclasses
-
         return dataclasses.replace(state, extra={"V_theta": zeros, "d_star": zeros, "d_theta": zeros})
 
     @staticmethod

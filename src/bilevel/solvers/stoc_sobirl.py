@@ -82,8 +82,7 @@ class StocSoBiRL(RLSolver):
 
     def init(self, problem: Any, oracles: Any, generator: torch.Generator) -> RLState:
         self._require_bound()
-        D0 = torch.zeros(problem.y0.shape + (problem.dx,), dtype=problem.dtype, device=problem.device)
-        return self.init_state(problem, generator, w=D0)
+        return self.init_derivative_state(problem, generator)
 
     def step(self, state: RLState, oracles: Any, batches: Any = None) -> RLState:
         o = self.check_oracles(oracles)
