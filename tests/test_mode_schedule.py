@@ -103,6 +103,24 @@ def test_preset_on_hyperclean_counts_and_options():
         bilevel.solvers.lancbio(preset="nope")
 
 
+@pytest.mark.filterwarnings("ignore:.*never reaches its cap")
+def test_fast_preset_three_y_steps_and_an_early_switch():
+    """"hyperclean-fast": T = 3, plain for k < 100, the published m(k); its counts are the documented cost."""
+    preset = PRESETS["hyperclean-fast"]
+    assert (preset["inner_steps"], preset["plain_until"]) == (3, 100)
+    assert [preset["m"](k) for k in range(400)] == [PRESETS["hyperclean-published"]["m"](k) for k in range(400)]
+    problem = bilevel.problems.hyperclean("digits", corruption=0.8, seed=0, dtype=F64)
+    solver = bilevel.solvers.lancbio(preset="hyperclean-fast")
+    res = bilevel.solve(problem, solver, max_iter=104, eval_every=52)
+    assert (res.options["inner_steps"], res.options["plain_until"]) == (3, 100)
+    expected = solver.bind(problem).expected_counts(104)
+    assert res.counts.grad_y_g == expected["grad_y_g"] == 3 * 104
+    # plain: 1 HVP per iteration; k₀ = 100 restarts (2 HVPs); m = 3 from there: 1, 1, then k = 103 restarts (2)
+    assert [solver.bind(problem).v_solver.m(k) for k in (98, 100, 103)] == [2, 3, 3]
+    assert res.counts.hvp == expected["hvp"] == 100 + 2 + 1 + 1 + 2
+    assert res.events["mode_switch"] == 1
+
+
 def test_default_settings_are_the_published_schedule():
     """Deterministic hyper-cleaning defaults to the reference's run (plain for k < 250, then residual); the
     earlier default, residual from k = 0, is the preset "hyperclean-residual"."""
