@@ -38,7 +38,7 @@ docs-serve: $(VENV)/.docs
 	$(BIN)/python -m mkdocs serve
 
 # the gallery's figures: each example at its default budget, its PNG copied under docs/examples/figures/
-EXAMPLE_FIGURES := own_problem hyperclean_digits mini_batch yaml_sweep
+EXAMPLE_FIGURES := own_problem hyperclean_digits mini_batch yaml_sweep bilevel_rl data_parallel
 docs-figures: $(BIN)/bilevel
 	for name in $(EXAMPLE_FIGURES); do \
 		BILEVEL_EXAMPLES_OUT=examples/output $(BIN)/python examples/$$name.py > /dev/null && \

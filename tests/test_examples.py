@@ -28,7 +28,7 @@ def _run(script: Path, out: Path, data_dir: Path, *args: str) -> subprocess.Comp
 def test_examples_exist():
     names = {p.stem for p in EXAMPLES}
     expected = {"own_problem", "nn_module", "hyperclean_digits", "custom_v_solver", "yaml_sweep", "mini_batch",
-                "newsgroups"}
+                "newsgroups", "bilevel_rl", "data_parallel"}
     assert expected <= names, f"missing examples: {sorted(expected - names)}"
 
 
