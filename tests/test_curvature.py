@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
@@ -434,3 +435,47 @@ def test_curvature_checks_add_no_host_reads(monkeypatch):
 
     for name, budget in HOST_READS.items():
         assert per_iteration(name) <= budget, name
+
+
+# ---- a v estimate that loses its accuracy: the logged residual's rise is reported, and never "converged" ------
+
+
+@dataclass(frozen=True, kw_only=True)
+class _SpoilingCG(cg().__class__):
+    """CG whose estimate is scaled by ``factor`` from outer iteration ``spoil_at`` on (a stand-in for a Krylov basis
+    that lost orthogonality): ‖A v − b‖ jumps far above the values logged before."""
+
+    spoil_at: int = 10
+    factor: float = 1e4
+
+    def solve(self, matvec, b, state, *, k=0, generator=None):
+        v, new_state, info = super().solve(matvec, b, state, k=k, generator=generator)
+        return (v * self.factor, new_state, info) if k >= self.spoil_at else (v, new_state, info)
+
+
+def test_residual_rise_is_reported_and_blocks_convergence():
+    from bilevel.run import RESIDUAL_RISE
+
+    problem = bilevel.problems.quadratic(dx=3, dy=6, condition=10.0, seed=0)
+    solver = aid(inner=InnerGD(steps=5, lr=0.1), v_solver=_SpoilingCG(steps=6, spoil_at=10), lr_x=1e-12)
+    res = bilevel.solve(problem, solver, max_iter=30, eval_every=5, true_hypergradient=False)
+    residuals = res.history.column("residual")
+    assert max(residuals[2:]) > RESIDUAL_RISE * min(residuals[:2])  # the spoiled evaluations (k = 10, 15, …)
+    assert res.status == "max_iter"
+    assert "rose from" in res.message and "at iteration 10, " in res.message and "from iteration 10 on" in res.message, \
+        res.message
+    # the same run with a tol every evaluation meets: converged at k = 0, before the estimate was spoiled …
+    early = bilevel.solve(problem, solver, max_iter=30, eval_every=5, true_hypergradient=False, tol=1e300)
+    assert (early.status, early.iterations) == ("converged", 1)
+    # … and never on a spoiled one: shrunk by 1e-3 from k = 10, the estimate ‖D‖ (1.93) falls below a tol of 2
+    # that the accurate ones (2.87 and 3.65 at k = 0 and 5) do not meet; the run goes on to max_iter
+    shrunk = aid(inner=InnerGD(steps=5, lr=0.1), v_solver=_SpoilingCG(steps=6, spoil_at=10, factor=1e-3), lr_x=1e-12)
+    spoiled = bilevel.solve(problem, shrunk, max_iter=30, eval_every=5, true_hypergradient=False, tol=2.0)
+    est = spoiled.history.column("hypergrad_est_norm")
+    assert min(est[:2]) > 2.0 and max(est[2:]) < 2.0
+    assert spoiled.status == "max_iter" and "from iteration 10 on" in spoiled.message, spoiled.message
+    watch = sys.modules["bilevel.run"]._CurvatureWatch(None)
+    assert [watch.residual(k, r) for k, r in ((0, 1e-8), (5, 1e-9), (10, 2e-6), (15, 1e-12), (20, 1e-8))] == \
+        [False, False, True, False, True]
+    assert watch.residual_rise == ((5, 1e-9), (10, 2e-6)) and watch.last_rise == (20, 1e-8)
+    assert "rose from 1.0e-09 (iteration 5) to 2.0e-06 at iteration 10, 1.0e-08 at iteration 20" in watch.note(None, 21, "max_iter", {})
