@@ -474,8 +474,33 @@ def test_residual_rise_is_reported_and_blocks_convergence():
     est = spoiled.history.column("hypergrad_est_norm")
     assert min(est[:2]) > 2.0 and max(est[2:]) < 2.0
     assert spoiled.status == "max_iter" and "from iteration 10 on" in spoiled.message, spoiled.message
-    watch = sys.modules["bilevel.run"]._CurvatureWatch(None)
-    assert [watch.residual(k, r) for k, r in ((0, 1e-8), (5, 1e-9), (10, 2e-6), (15, 1e-12), (20, 1e-8))] == \
-        [False, False, True, False, True]
-    assert watch.residual_rise == ((5, 1e-9), (10, 2e-6)) and watch.last_rise == (20, 1e-8)
-    assert "rose from 1.0e-09 (iteration 5) to 2.0e-06 at iteration 10, 1.0e-08 at iteration 20" in watch.note(None, 21, "max_iter", {})
+    # the rule on relative residuals: 1e3 × the larger of the lowest so far and the floor (√eps of the dtype)
+    watch = sys.modules["bilevel.run"]._CurvatureWatch(None, floor=1e-10)
+    assert [watch.residual(k, r) for k, r in ((0, 1e-8), (5, 1e-9), (10, 2e-6), (15, 1e-12), (20, 1e-8),
+                                              (25, 2e-7), (30, math.nan))] == \
+        [False, False, True, False, False, True, False]  # from k = 15 the floor 1e-10 sets the bar: 1e-7
+    assert watch.residual_rise == ((5, 1e-9), (10, 2e-6)) and watch.last_rise == (25, 2e-7)
+    assert "‖A v − b‖ / ‖b‖ rose from 1.0e-09 (iteration 5) to 2.0e-06 at iteration 10, 2.0e-07 at iteration 25" in \
+        watch.note(None, 31, "max_iter", {})
+
+
+def test_residual_rise_is_relative_to_the_right_hand_side():
+    """A right-hand side b that grows along the run raises ‖A v − b‖ with it; the rule reads ‖A v − b‖ / ‖b‖, so an
+    accurate solve is never flagged.  g = ½ yᵀH y (H SPD, κ = 10), f = ½ (x − 10)² + x Σ y: b = x·1 grows
+    1e4-fold as x goes from 1e-3 to 10; CG with dy steps solves to rounding, and the message has no residual note."""
+    gen = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=F64))
+    H = Q @ torch.diag(torch.linspace(1.0, 10.0, 6, dtype=F64)) @ Q.T
+
+    def g(x, y, batch):
+        return 0.5 * y @ H @ y
+
+    def f(x, y, batch):
+        return 0.5 * (x[0] - 10.0) ** 2 + x[0] * y.sum()
+
+    problem = BilevelProblem(f, g, torch.full((1,), 1e-3, dtype=F64), torch.zeros(6, dtype=F64))
+    solver = aid(inner=InnerGD(steps=5, lr=0.1), v_solver=cg(steps=6), lr_x=0.1)
+    res = bilevel.solve(problem, solver, max_iter=80, eval_every=2, true_hypergradient=False)
+    residuals = res.history.column("residual")
+    assert max(residuals) > 1e3 * min(residuals), residuals  # the absolute residual rose 1e3-fold …
+    assert "rose from" not in res.message, res.message      # … the relative one did not

@@ -48,6 +48,7 @@ class Evaluator:
         self.true_hypergradient = true_hypergradient
         self._y_star: Optional[Tensor] = None
         self._v_star: Optional[Tensor] = None
+        self.rhs_norm: Optional[float] = None  # ‖b_k‖ of the last call with a v (for the relative residual)
 
     def __call__(self, x: Tensor, y: Tensor, v: Optional[Tensor]) -> dict[str, Any]:
         o, p = self.oracles, self.problem
@@ -59,6 +60,7 @@ class Evaluator:
             point = o.at(x, y)
             gx_f, b = o.grad_f(x, y)
             row["residual"] = _norm(point.hvp(v) - b)
+            self.rhs_norm = _norm(b)
             estimate = gx_f - point.cross(v)
             row["hypergrad_est_norm"] = _norm(estimate)
         if self.true_hypergradient:

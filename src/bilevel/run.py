@@ -13,8 +13,8 @@ Curvature.  AID solvers report the v-solver's curvature evidence per step (``sta
 value, pᵀAp, SubBiO's 2×2 system, a Rayleigh quotient ≤ 0, or below ``mu_lb``) and whether the v of the
 evaluated iterate is trusted (``state.trusted``).  ``solve`` decides: ``converged`` only on a trusted
 estimate, and ``not_strongly_convex`` when the evidence persists (see ``solve``'s ``curvature_patience``).
-An evaluation whose logged residual ‖A v − b‖ stands more than ``RESIDUAL_RISE`` (1e3) times above the lowest
-logged so far is untrusted too (the v estimate lost the accuracy it had), and the final message says from where.
+An evaluation whose relative residual ‖A v − b‖ / ‖b‖ stands more than ``RESIDUAL_RISE`` (1e3) times above the
+lowest logged so far (and above √eps) is untrusted too (the v estimate lost the accuracy it had), and the final message says from where.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def solve(
     solve (Lanczos 1 per step + 1 per restart; SubBiO 3; CG 1 + Q; gd/Neumann 1), each justified where
     it is made; ``tests/test_host_syncs.py`` pins the counts.
 
-    Statuses: ``converged`` (tol met on a trusted estimate, whose logged residual is not 1e3× above its lowest),
+    Statuses: ``converged`` (tol met on a trusted estimate, whose relative residual is not 1e3× above its lowest),
     ``max_iter``, ``max_time``, ``stopped``
     (callback or Ctrl-C), ``diverged`` (a non-finite iterate or evaluation; the message names the oracle
     that produced the first non-finite value), ``not_strongly_convex`` (see ``curvature_patience``).
@@ -293,7 +293,7 @@ def solve(
 
     elapsed = 0.0
     status, message, done = "max_iter", "", 0
-    watch = _CurvatureWatch(curvature_patience)
+    watch = _CurvatureWatch(curvature_patience, floor=math.sqrt(torch.finfo(problem.dtype).eps))
     header = _header(problem, bound, stochastic, seed, batches)
     if resume_from is not None:
         restored = _restore(resume_from, header, problem, bound, oracles, generator, stream, counts, history, watch,
@@ -431,7 +431,8 @@ def solve(
                 message = _evaluation_message(k, row, problem, x_k, y_k, bound)
                 return True
             metric = row.get("hypergrad_norm", row.get("hypergrad_est_norm"))
-            lost = watch.residual(k, row.get("residual"))
+            lost = "residual" in row and watch.residual(k, row["residual"] / evaluate.rhs_norm
+                                                        if evaluate.rhs_norm else math.nan)
             if tol is not None and metric is not None and metric <= tol:
                 if getattr(new_state, "trusted", True) and not lost:
                     status = "converged"
@@ -680,17 +681,19 @@ def _step_hint(bound: Any) -> str:
     return f"the step sizes are likely too large ({steps}); try smaller ones." if steps else "try smaller step sizes."
 
 
-#: the logged residual ‖A v − b‖ standing this many times above its lowest value so far marks the estimate untrusted
+#: the logged relative residual ‖A v − b‖ / ‖b‖ standing this many times above its lowest value so far (and above
+#: √eps of the dtype, the level below which a residual is rounding) marks the estimate untrusted
 RESIDUAL_RISE = 1e3
 
 
 class _CurvatureWatch:
     """The curvature evidence of a run: iterations with v-solver evidence (and the current streak of
     consecutive ones), iterations whose inner gradient norm grew at every step, evaluations that met
-    tol on an untrusted estimate, and a logged residual ‖A v − b‖ that rose far above its lowest value."""
+    tol on an untrusted estimate, and a relative residual ‖A v − b‖ / ‖b‖ that rose far above its lowest value."""
 
-    def __init__(self, patience: Optional[int]) -> None:
+    def __init__(self, patience: Optional[int], floor: float = 0.0) -> None:
         self.patience = patience
+        self.floor = floor
         self.streak = 0
         self.longest = 0
         self.iterations = 0
@@ -702,15 +705,17 @@ class _CurvatureWatch:
         self.residual_rise: Optional[tuple[tuple[int, float], tuple[int, float]]] = None  # (lowest, first rise)
         self.last_rise: Optional[tuple[int, float]] = None
 
-    def residual(self, k: int, value: Optional[float]) -> bool:
-        """Track the logged ‖A v − b‖; True (and remembered for the final message) when it stands more than
-        ``RESIDUAL_RISE`` times above its lowest value so far: the v estimate, and the hypergradient built on it,
-        have lost the accuracy they had (e.g. a Krylov basis that lost orthogonality in float32)."""
-        if value is None or not math.isfinite(value):
+    def residual(self, k: int, value: float) -> bool:
+        """Track the logged relative residual ‖A v − b‖ / ‖b‖; True (and remembered for the final message) when
+        it stands more than ``RESIDUAL_RISE`` times above the larger of its lowest value so far and ``floor``
+        (√eps of the dtype): the v estimate, and the hypergradient built on it, have lost the accuracy they had (e.g. a Krylov
+        basis that lost orthogonality in float32).  Relative, so that a right-hand side that grows along the run
+        does not count; above √eps, so that rounding-level residuals of exact solves never do."""
+        if not math.isfinite(value):
             return False
         if self.best_residual is None or value < self.best_residual[1]:
             self.best_residual = (k, value)
-        if value > RESIDUAL_RISE * self.best_residual[1]:
+        if value > RESIDUAL_RISE * max(self.best_residual[1], self.floor):
             if self.residual_rise is None:
                 self.residual_rise = (self.best_residual, (k, value))
             self.last_rise = (k, value)
@@ -778,7 +783,7 @@ class _CurvatureWatch:
             (kb, best), (k, value) = self.residual_rise
             kl, last = self.last_rise
             since = f", {last:.1e} at iteration {kl}" if kl != k else ""
-            parts.append(f"‖A v − b‖ rose from {best:.1e} (iteration {kb}) to {value:.1e} at iteration {k}{since}: the v "
+            parts.append(f"‖A v − b‖ / ‖b‖ rose from {best:.1e} (iteration {kb}) to {value:.1e} at iteration {k}{since}: the v "
                          f"estimate and the hypergradient built on it lost their accuracy, so do not trust the iterates "
                          f"from iteration {k} on (a smaller subspace dimension m or float64 for the Krylov solvers, "
                          "smaller steps otherwise).")
