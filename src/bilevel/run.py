@@ -14,7 +14,8 @@ value, pᵀAp, SubBiO's 2×2 system, a Rayleigh quotient ≤ 0, or below ``mu_lb
 evaluated iterate is trusted (``state.trusted``).  ``solve`` decides: ``converged`` only on a trusted
 estimate, and ``not_strongly_convex`` when the evidence persists (see ``solve``'s ``curvature_patience``).
 An evaluation whose relative residual ‖A v − b‖ / ‖b‖ stands more than ``RESIDUAL_RISE`` (1e3) times above the
-lowest logged so far (and above √eps) is untrusted too (the v estimate lost the accuracy it had), and the final message says from where.
+lowest logged so far (and above √eps) is untrusted too (the v estimate lost the accuracy it had), and the final
+message says from where.
 """
 
 from __future__ import annotations
@@ -708,9 +709,9 @@ class _CurvatureWatch:
     def residual(self, k: int, value: float) -> bool:
         """Track the logged relative residual ‖A v − b‖ / ‖b‖; True (and remembered for the final message) when
         it stands more than ``RESIDUAL_RISE`` times above the larger of its lowest value so far and ``floor``
-        (√eps of the dtype): the v estimate, and the hypergradient built on it, have lost the accuracy they had (e.g. a Krylov
-        basis that lost orthogonality in float32).  Relative, so that a right-hand side that grows along the run
-        does not count; above √eps, so that rounding-level residuals of exact solves never do."""
+        (√eps of the dtype): the v estimate, and the hypergradient built on it, have lost the accuracy they had
+        (e.g. a Krylov basis that lost orthogonality in float32).  Relative, so that a right-hand side that grows
+        along the run does not count; above √eps, so that rounding-level residuals of exact solves never do."""
         if not math.isfinite(value):
             return False
         if self.best_residual is None or value < self.best_residual[1]:
@@ -783,10 +784,10 @@ class _CurvatureWatch:
             (kb, best), (k, value) = self.residual_rise
             kl, last = self.last_rise
             since = f", {last:.1e} at iteration {kl}" if kl != k else ""
-            parts.append(f"‖A v − b‖ / ‖b‖ rose from {best:.1e} (iteration {kb}) to {value:.1e} at iteration {k}{since}: the v "
-                         f"estimate and the hypergradient built on it lost their accuracy, so do not trust the iterates "
-                         f"from iteration {k} on (a smaller subspace dimension m or float64 for the Krylov solvers, "
-                         "smaller steps otherwise).")
+            parts.append(f"‖A v − b‖ / ‖b‖ rose from {best:.1e} (iteration {kb}) to {value:.1e} at iteration {k}"
+                         f"{since}: the v estimate and the hypergradient built on it lost their accuracy, so do not "
+                         f"trust the iterates from iteration {k} on (a smaller subspace dimension m or float64 for the "
+                         "Krylov solvers, smaller steps otherwise).")
         text = " ".join(parts) + self._growth_text()
         return text.strip()
 

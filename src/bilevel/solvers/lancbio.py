@@ -260,8 +260,8 @@ def lancbio(*, preset: Optional[str] = None, **options: Any) -> AID:
     100, 150, 250, 400}, T ∈ {2, 3, 5}, λ ∈ {250, 500, 600, 1000}, θ ∈ {0.1, 0.15, 0.3, 1}, m₀ = 2, a cap of 20.
     k₀ = 50 … 150 all beat 250 and 0; T = 2 does not reach 0.885 by k = 800; θ ≥ 0.15 derails the lower level
     (test accuracy 0.15–0.76); a residual-mode cap of 20 in float32 collapsed two of three seeds late (test
-    accuracy 0.16 and 0.27 at K = 3000 after 0.89).  On seeds 4 and 5, which took no part in the choice: 490 and 410 iterations, 10.0 and
-    7.7 s (the published preset: 500 and 460, 13.0 and 11.9 s; same session, K = 700).
+    accuracy 0.16 and 0.27 at K = 3000 after 0.89).  On seeds 4 and 5, which took no part in the choice: 490 and
+    410 iterations, 10.0 and 7.7 s (the published preset: 500 and 460, 13.0 and 11.9 s; same session, K = 700).
 
     float32.  Build the problem in float32 (``hyperclean(..., dtype=torch.float32)``, ``--dtype float32``): the
     vectors and products run in float32, while the Lanczos inner products (α_j, β_{j+1}, Q_jᵀ r_k) accumulate
